@@ -1,0 +1,69 @@
+"""Padded batches of regression tasks with masks.
+
+Every task family produces a :class:`TaskBatch` with a fixed ``N`` (the
+largest task size it can produce) and a ``mask`` for the real points, so a
+batch of tasks of different sizes is one set of arrays for ``jit``/``vmap``.
+The context/target split (SPEC section 5) adds two disjoint sub-masks.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class TaskBatch(NamedTuple):
+    """A batch of ``T`` padded tasks.
+
+    Attributes:
+      x: ``[T, N, x_dim]`` inputs (padded entries are finite, e.g. 0).
+      y: ``[T, N, y_dim]`` targets.
+      mask: ``[T, N]`` 1.0 for real points, 0.0 for padding.
+      context: ``[T, N]`` 1.0 for context points (a subset of ``mask``).
+      target: ``[T, N]`` 1.0 for target points (disjoint from ``context``).
+    """
+
+    x: Array
+    y: Array
+    mask: Array
+    context: Array
+    target: Array
+
+
+def size_mask(key: Array, num_tasks: int, n_max: int, n_range: tuple[int, int], dtype=jnp.float32) -> Array:
+    """Masks ``[T, n_max]`` for task sizes ``n ~ U{n_range[0], ..., n_range[1] - 1}``."""
+    lo, hi = n_range
+    if not 1 <= lo < hi <= n_max + 1:
+        raise ValueError(f"n_range must satisfy 1 <= lo < hi <= n_max + 1, got {n_range} with n_max={n_max}")
+    n = jax.random.randint(key, (num_tasks,), lo, hi)
+    return (jnp.arange(n_max)[None, :] < n[:, None]).astype(dtype)
+
+
+def split_one(key: Array, mask: Array, proportion: tuple[float, float]) -> tuple[Array, Array]:
+    """Random disjoint context/target masks for one padded task (SPEC section 5).
+
+    ``mask [N]`` -> ``(context [N], target [N])``. The context share is
+    ``p ~ U(a, b)`` of the real points, rounded, and clipped so that both sets
+    hold at least one point whenever the task has two or more points.
+    """
+    k_p, k_perm = jax.random.split(key)
+    n = jnp.sum(mask)
+    p = jax.random.uniform(k_p, (), minval=proportion[0], maxval=proportion[1])
+    n_ctx = jnp.clip(jnp.round(p * n), 1, jnp.maximum(n - 1, 1))
+    # Random rank among real points; padded points rank last.
+    scores = jax.random.uniform(k_perm, mask.shape) + (1.0 - mask) * 2.0
+    rank = jnp.argsort(jnp.argsort(scores))
+    context = (rank < n_ctx).astype(mask.dtype) * mask
+    target = mask - context
+    return context, target
+
+
+def split(key: Array, x: Array, y: Array, mask: Array, proportion: tuple[float, float]) -> TaskBatch:
+    """Attach a random context/target split to padded tasks ``[T, N, ...]``."""
+    keys = jax.random.split(key, x.shape[0])
+    context, target = jax.vmap(split_one, in_axes=(0, 0, None))(keys, mask, proportion)
+    return TaskBatch(x, y, mask, context, target)

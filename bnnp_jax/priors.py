@@ -1,0 +1,133 @@
+"""Layer-wise Gaussian weight priors and their trainability masks (SPEC section 3).
+
+Each layer's prior parameters are a :class:`PriorParams` with a ``mean [O, D]``
+(``D = D_in + 1``, bias last) and a raw scale whose layout depends on the kind:
+
+- ``unitwise`` (default): ``scale [O, D, D]``, lower-triangular Cholesky factor
+  of each unit's covariance with the diagonal stored as a log.
+- ``diagonal``: ``scale [O, D]``, log standard deviations.
+- ``shared``: ``scale [D, D]``, one Cholesky factor for every unit of the layer
+  (this enables the width-scalable fast path of SPEC section 9).
+
+:func:`to_gaussian` turns them into :class:`~bnnp_jax.gaussian.Gaussian` in
+precision form. Partial trainability is a boolean mask pytree consumed by the
+optimiser (``optax.masked``-style), never by mutating parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bnnp_jax.gaussian import Gaussian
+
+Array = jax.Array
+PRIOR_KINDS = ("unitwise", "diagonal", "shared")
+SIDES = ("front", "back")
+
+
+class PriorParams(NamedTuple):
+    """One layer's prior: ``mean [O, D]`` and the kind-dependent raw ``scale``."""
+
+    mean: Array
+    scale: Array
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in PRIOR_KINDS:
+        raise ValueError(f"prior kind must be one of {PRIOR_KINDS}, got {kind!r}")
+
+
+def init_layer(d_in: int, d_out: int, kind: str = "unitwise", dtype=jnp.float32) -> PriorParams:
+    """The scaled initialisation ``N(0, I / (d_in + 1))`` for one layer."""
+    _check_kind(kind)
+    d = d_in + 1
+    log_std = -0.5 * math.log(d)
+    mean = jnp.zeros((d_out, d), dtype)
+    if kind == "unitwise":
+        scale = jnp.broadcast_to(log_std * jnp.eye(d, dtype=dtype), (d_out, d, d))
+    elif kind == "diagonal":
+        scale = jnp.full((d_out, d), log_std, dtype)
+    else:
+        scale = log_std * jnp.eye(d, dtype=dtype)
+    return PriorParams(mean, jnp.asarray(scale, dtype))
+
+
+def init(widths: Sequence[int], kind: str = "unitwise", dtype=jnp.float32) -> list[PriorParams]:
+    """Priors for a network with layer widths ``[D_0, D_1, ..., D_L]``."""
+    return [init_layer(a, b, kind, dtype) for a, b in zip(widths[:-1], widths[1:])]
+
+
+def scale_tril(params: PriorParams, kind: str) -> Array:
+    """Covariance Cholesky factor, ``[O, D, D]`` (``[1, D, D]`` for ``shared``)."""
+    _check_kind(kind)
+    if kind == "diagonal":
+        return jax.vmap(jnp.diag)(jnp.exp(params.scale))
+    raw = params.scale if kind == "unitwise" else params.scale[None]
+    diag = jnp.exp(jnp.diagonal(raw, axis1=-2, axis2=-1))
+    strict = jnp.tril(raw, -1)
+    return strict + jax.vmap(jnp.diag)(diag)
+
+
+def to_gaussian(params: PriorParams, kind: str) -> Gaussian:
+    """The layer prior as a precision-form :class:`Gaussian` (``prec_tril`` may have a
+    leading unit dim of 1 for ``shared``)."""
+    if kind == "diagonal":
+        # Diagonal precision factor is exact and needs no solve.
+        return Gaussian(params.mean, jax.vmap(jnp.diag)(jnp.exp(-params.scale)))
+    return Gaussian.from_scale_tril(params.mean, scale_tril(params, kind))
+
+
+# ----- trainability masks --------------------------------------------------
+
+
+def _layer_mask(params: PriorParams, kind: str, selected: np.ndarray) -> PriorParams:
+    """Mask for one layer given which (unit, input) weights are trainable ``[O, D]``."""
+    mean_mask = selected
+    if kind == "diagonal":
+        scale_mask = selected
+    elif kind == "unitwise":
+        scale_mask = selected[:, :, None] & selected[:, None, :]
+    else:
+        rows = selected.any(axis=0)
+        scale_mask = rows[:, None] & rows[None, :]
+    return PriorParams(jnp.asarray(mean_mask), jnp.asarray(scale_mask))
+
+
+def trainable_mask(
+    priors: Sequence[PriorParams], kind: str, fraction: float, side: str = "front", seed: int = 0
+) -> list[PriorParams]:
+    """Boolean mask pytree marking the trainable prior entries (SPEC section 3).
+
+    Weights are ordered layer by layer, unit-major; the first (``side="front"``)
+    or last (``"back"``) ``floor(fraction * num_weights)`` are trainable. Whole
+    layers inside the range train fully; the boundary layer trains a seeded
+    random subset of its weights: their mean entries, the matching diagonal of
+    the scale, and off-diagonal entries whose row and column are both selected.
+    For ``shared`` a scale row is selected when any unit selects that input.
+    """
+    _check_kind(kind)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    sizes = [int(np.prod(p.mean.shape)) for p in priors]
+    budget = int(math.floor(fraction * sum(sizes)))
+    order = range(len(priors)) if side == "front" else reversed(range(len(priors)))
+    rng = np.random.default_rng(seed)
+    masks: list = [None] * len(priors)
+    for i in order:
+        shape = priors[i].mean.shape
+        take = min(budget, sizes[i])
+        selected = np.zeros(sizes[i], bool)
+        if take == sizes[i]:
+            selected[:] = True
+        elif take > 0:
+            selected[rng.choice(sizes[i], size=take, replace=False)] = True
+        budget -= take
+        masks[i] = _layer_mask(priors[i], kind, selected.reshape(shape))
+    return masks
