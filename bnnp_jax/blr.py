@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import cho_solve
 
 from bnnp_jax.gaussian import Gaussian
+from bnnp_jax.minibatch import batched_sum
 
 Array = jax.Array
 
@@ -53,10 +54,6 @@ def natural_stats(features: Array, targets: Array, precision: Array) -> NaturalS
     return NaturalStats(prec, shift)
 
 
-def zero_stats(num_units: int, dim: int, dtype) -> NaturalStats:
-    return NaturalStats(jnp.zeros((num_units, dim, dim), dtype), jnp.zeros((num_units, dim), dtype))
-
-
 def _prior_natural(prior: Gaussian) -> tuple[Array, Array]:
     """Prior precision ``C0 C0^T`` ``[O|1, D, D]`` and ``P0 mu`` ``[O, D]``."""
     p0 = prior.precision()
@@ -71,26 +68,6 @@ def posterior_from_stats(prior: Gaussian, stats: NaturalStats) -> Gaussian:
     h = h0 + stats.shift
     mean = cho_solve((chol, True), h[..., None])[..., 0]
     return Gaussian(mean, chol)
-
-
-def _batched_stats(features: Array, targets: Array, precision: Array, batch_size: int) -> NaturalStats:
-    """Accumulate statistics over minibatches with ``lax.scan``; the tail batch
-    is zero-padded with ``lambda = 0`` so it contributes nothing."""
-    n = features.shape[0]
-    num_batches = -(-n // batch_size)
-    pad = num_batches * batch_size - n
-
-    def chunk(a):
-        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
-        return a.reshape((num_batches, batch_size) + a.shape[1:])
-
-    def body(acc, batch):
-        s = natural_stats(*batch)
-        return jax.tree.map(jnp.add, acc, s), None
-
-    init = zero_stats(targets.shape[1], features.shape[1], features.dtype)
-    total, _ = jax.lax.scan(body, init, (chunk(features), chunk(targets), chunk(precision)))
-    return total
 
 
 def posterior(
@@ -109,10 +86,7 @@ def posterior(
     Returns:
       Gaussian with ``mean [O, D]`` and ``prec_tril [O, D, D]``.
     """
-    if batch_size is None:
-        stats = natural_stats(features, targets, precision)
-    else:
-        stats = _batched_stats(features, targets, precision, batch_size)
+    stats = batched_sum(natural_stats, (features, targets, precision), batch_size, remat=False)
     return posterior_from_stats(prior, stats)
 
 

@@ -1,0 +1,286 @@
+"""The Bayesian Neural Network Process (SPEC sections 2, 4 and 6).
+
+One task at a time; batch over tasks with ``jax.vmap`` (params unbatched).
+Per layer, the amortised linear layer turns the context set into a closed-form
+conditional posterior ``q(W_l | W_{<l}, D_c)``; ``S`` sample paths flow layer
+by layer, each path's features computed with that path's earlier samples.
+
+The parameters are a :class:`BNNPParams` pytree whose ``config`` is static
+aux-data, so the public functions need no separate config argument and jit
+specialises on it.
+
+Within-task minibatching (SPEC section 6) is the ``batch_size`` argument: the
+layer statistics are accumulated over batches of points with ``lax.scan``,
+and each batch's activations are *recomputed* from the inputs through the
+path's earlier samples, so memory does not grow with ``N``; the scan body is
+rematerialised (``jax.checkpoint``) so the backward pass does not store
+per-batch activations either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from bnnp_jax import amortised_layer, blr, priors
+from bnnp_jax.gaussian import Gaussian, kl_divergence
+from bnnp_jax.minibatch import batched_map, batched_sum
+from bnnp_jax.networks import ACTIVATIONS, activation_fn
+
+Array = jax.Array
+FINAL_LAYER_MODES = ("learned", "exact")
+
+
+@dataclasses.dataclass(frozen=True)
+class BNNPConfig:
+    """Static architecture of a BNNP.
+
+    Attributes:
+      x_dim, y_dim: input and output sizes.
+      hidden: BNN hidden widths, e.g. ``(64, 64)``.
+      activation: BNN nonlinearity (applied at the input of layers 2..L).
+      prior_kind: ``unitwise`` | ``diagonal`` | ``shared``.
+      inference_hidden: inference-network hidden widths (default: twice the BNN's).
+      inference_sees_activations: feed layer inputs ``act(a_{l-1})`` to ``g_l``.
+      lora_rank: 0 for independent inference networks, ``r > 0`` for a shared
+        trunk with rank-``r`` adapters per layer.
+      final_layer: ``learned`` (``g_L`` emits ``log s``) or ``exact`` (use ``sigma_y``).
+      sigma_y_init: initial observation noise.
+      sigma_y_bound: if set, ``sigma_y = bound * sigmoid(raw)``; else ``exp(raw)``.
+      dtype: ``float32`` or ``float64`` (the latter needs ``jax_enable_x64``).
+    """
+
+    x_dim: int = 1
+    y_dim: int = 1
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "relu"
+    prior_kind: str = "unitwise"
+    inference_hidden: tuple[int, ...] | None = None
+    inference_sees_activations: bool = False
+    lora_rank: int = 0
+    final_layer: str = "learned"
+    sigma_y_init: float = 0.1
+    sigma_y_bound: float | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.inference_hidden is not None:
+            object.__setattr__(self, "inference_hidden", tuple(int(h) for h in self.inference_hidden))
+        _validate_config(self)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return (self.x_dim, *self.hidden, self.y_dim)
+
+    @property
+    def net_hidden(self) -> tuple[int, ...]:
+        if self.inference_hidden is not None:
+            return self.inference_hidden
+        return tuple(2 * h for h in self.hidden) or (2 * max(self.x_dim, self.y_dim, 16),)
+
+    @property
+    def specs(self) -> list[amortised_layer.LayerSpec]:
+        return amortised_layer.layer_specs(self.widths, self.inference_sees_activations, self.final_layer == "exact")
+
+
+def _validate_config(c: BNNPConfig) -> None:
+    def bad(name, problem):
+        raise ValueError(f"BNNPConfig.{name}: {problem}")
+
+    for name in ("x_dim", "y_dim"):
+        if int(getattr(c, name)) < 1:
+            bad(name, f"must be a positive integer, got {getattr(c, name)!r}")
+    if any(h < 1 for h in c.hidden):
+        bad("hidden", f"widths must be positive, got {c.hidden}")
+    if c.activation not in ACTIVATIONS:
+        bad("activation", f"must be one of {sorted(ACTIVATIONS)}, got {c.activation!r}")
+    if c.prior_kind not in priors.PRIOR_KINDS:
+        bad("prior_kind", f"must be one of {priors.PRIOR_KINDS}, got {c.prior_kind!r}")
+    if c.final_layer not in FINAL_LAYER_MODES:
+        bad("final_layer", f"must be one of {FINAL_LAYER_MODES}, got {c.final_layer!r}")
+    if c.lora_rank < 0:
+        bad("lora_rank", f"must be >= 0, got {c.lora_rank}")
+    if c.lora_rank > 0 and c.inference_sees_activations:
+        bad("lora_rank", "the shared LoRA trunk needs one input size; it cannot be combined with inference_sees_activations")
+    if not c.sigma_y_init > 0:
+        bad("sigma_y_init", f"must be > 0, got {c.sigma_y_init}")
+    if c.sigma_y_bound is not None and not c.sigma_y_bound > c.sigma_y_init:
+        bad("sigma_y_bound", f"must exceed sigma_y_init={c.sigma_y_init}, got {c.sigma_y_bound}")
+    if c.dtype not in ("float32", "float64"):
+        bad("dtype", f"must be 'float32' or 'float64', got {c.dtype!r}")
+
+
+@flax.struct.dataclass
+class BNNPParams:
+    """Trainable parameters: ``prior`` (list of PriorParams), ``inference``
+    (inference networks), ``likelihood`` (``{"raw_sigma": [y_dim]}``); ``config`` is static."""
+
+    prior: list
+    inference: Any
+    likelihood: dict
+    config: BNNPConfig = flax.struct.field(pytree_node=False)
+
+
+class PosteriorSamples(NamedTuple):
+    """``weights``: list over layers of ``[S, D_{l-1}+1, D_l]``; ``kl``: scalar,
+    ``sum_l mean_s sum_d KL(q(w_d | W_{<l}^{(s)}) || p(w_d))``."""
+
+    weights: list
+    kl: Array
+
+
+class Prediction(NamedTuple):
+    """``samples [S, N_t, y_dim]`` function draws; ``mean``/``variance`` ``[N_t, y_dim]``
+    of the predictive (variance includes ``sigma_y^2``)."""
+
+    samples: Array
+    mean: Array
+    variance: Array
+
+
+def init(key: Array, config: BNNPConfig) -> BNNPParams:
+    """Prior at ``N(0, I/(D_in+1))``, fresh inference networks, ``sigma_y = sigma_y_init``."""
+    dtype = jnp.dtype(config.dtype)
+    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError("BNNPConfig.dtype='float64' needs jax.config.update('jax_enable_x64', True) first")
+    if config.sigma_y_bound is None:
+        raw = math.log(config.sigma_y_init)
+    else:
+        r = config.sigma_y_init / config.sigma_y_bound
+        raw = math.log(r / (1 - r))
+    inference = amortised_layer.init(key, config.specs, config.net_hidden, config.lora_rank, dtype)
+    return BNNPParams(
+        prior=priors.init(config.widths, config.prior_kind, dtype),
+        inference=inference,
+        likelihood={"raw_sigma": jnp.full((config.y_dim,), raw, dtype)},
+        config=config,
+    )
+
+
+def sigma_y(params: BNNPParams) -> Array:
+    """Observation noise standard deviation ``[y_dim]``."""
+    raw = params.likelihood["raw_sigma"]
+    bound = params.config.sigma_y_bound
+    return jnp.exp(raw) if bound is None else bound * jax.nn.sigmoid(raw)
+
+
+def _features(a: Array, l: int, activation: str) -> Array:
+    """``Phi_l = [act(a_{l-1}), 1]`` (identity for the first layer): ``[N, D] -> [N, D+1]``."""
+    h = a if l == 0 else activation_fn(activation)(a)
+    return jnp.concatenate([h, jnp.ones(h.shape[:-1] + (1,), h.dtype)], axis=-1)
+
+
+def _forward_one(weights: Sequence[Array], x: Array, activation: str, upto: int | None = None) -> Array:
+    """Pre-activations of layer ``upto`` (default: the output) for one sample path.
+    ``weights[l]`` is ``[D_{l-1}+1, D_l]``; ``x [N, x_dim]``."""
+    a = x
+    for l, w in enumerate(weights[:upto]):
+        a = _features(a, l, activation) @ w
+    return a
+
+
+def forward(weights: Sequence[Array], x: Array, activation: str = "relu") -> Array:
+    """Network outputs for every sample path: ``weights[l] [S, D_{l-1}+1, D_l]``,
+    ``x [N, x_dim]`` -> ``[S, N, y_dim]``."""
+    return jax.vmap(lambda ws: _forward_one(ws, x, activation))(list(weights))
+
+
+def _final_precision(params: BNNPParams) -> Array | None:
+    return 1.0 / sigma_y(params) ** 2 if params.config.final_layer == "exact" else None
+
+
+def _layer_stats(params: BNNPParams, l: int, earlier: list, x: Array, y: Array, ctx_w: Array, batch_size):
+    """Natural statistics of layer ``l`` on one sample path, accumulated over
+    batches of points; activations are recomputed through ``earlier`` samples."""
+    cfg = params.config
+    spec = cfg.specs[l]
+    final_prec = _final_precision(params)
+
+    def batch_stats(xb, yb, wb):
+        a = _forward_one(earlier, xb, cfg.activation)  # a_{l-1} [B, D_{l-1}]
+        seen = activation_fn(cfg.activation)(a) if (cfg.inference_sees_activations and l > 0) else None
+        yhat, lam = amortised_layer.pseudo_observations(
+            params.inference, l, spec, cfg.net_hidden, xb, yb, seen, final_prec
+        )
+        return blr.natural_stats(_features(a, l, cfg.activation), yhat, lam * wb[:, None])
+
+    return blr.NaturalStats(*batched_sum(batch_stats, (x, y, ctx_w), batch_size))
+
+
+def _sample_path(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, batch_size):
+    """One path of the hierarchical posterior: per layer, condition on this
+    path's earlier samples, sample ``W_l``, add ``sum_d KL``. Returns weights
+    ``[D_{l-1}+1, D_l]`` per layer and the path's KL."""
+    weights, kl = [], 0.0
+    for l, (k, prior) in enumerate(zip(jax.random.split(key, len(layer_priors)), layer_priors)):
+        q = blr.posterior_from_stats(prior, _layer_stats(params, l, weights, x, y, ctx_w, batch_size))
+        weights.append(q.sample(k).T)
+        kl = kl + jnp.sum(kl_divergence(q, prior))
+    return weights, kl
+
+
+def layer_priors(params: BNNPParams) -> list[Gaussian]:
+    """The prior of every layer as precision-form Gaussians."""
+    return [priors.to_gaussian(p, params.config.prior_kind) for p in params.prior]
+
+
+def _cast(params: BNNPParams, *arrays):
+    dtype = jnp.dtype(params.config.dtype)
+    return [jnp.asarray(a, dtype) for a in arrays]
+
+
+def masked_posterior(key, params: BNNPParams, x, y, ctx_w, num_samples: int, batch_size=None) -> PosteriorSamples:
+    """Posterior from the points of ``x [N, x_dim], y [N, y_dim]`` with context
+    weights ``ctx_w [N]`` (0 removes a point exactly: padding, targets)."""
+    x, y, ctx_w = _cast(params, x, y, ctx_w)
+    lp = layer_priors(params)
+    keys = jax.random.split(key, num_samples)
+    path = lambda k: _sample_path(k, params, lp, x, y, ctx_w, batch_size)
+    weights, kl = jax.vmap(path)(keys)
+    return PosteriorSamples(weights, jnp.mean(kl))
+
+
+def _posterior_samples(key, params, x_c, y_c, num_samples, batch_size=None):
+    """Per-layer weight samples ``[S, D_{l-1}+1, D_l]`` and the KL term given a
+    context set ``x_c [N_c, x_dim]``, ``y_c [N_c, y_dim]`` (SPEC section 4)."""
+    return masked_posterior(key, params, x_c, y_c, jnp.ones(x_c.shape[0]), num_samples, batch_size)
+
+
+def log_likelihood_sums(params: BNNPParams, weights: list, x, y, point_w, batch_size=None) -> Array:
+    """``sum_n point_w[n, k] log N(y_n | f_s(x_n), sigma_y^2)`` for each path:
+    ``point_w [N, K]`` -> ``[S, K]``. Batched over points when ``batch_size``."""
+    x, y, point_w = _cast(params, x, y, point_w)
+    sig = sigma_y(params)
+
+    def batch_ll(xb, yb, wb):
+        f = forward(weights, xb, params.config.activation)  # [S, B, y_dim]
+        ll = jnp.sum(-0.5 * ((yb - f) / sig) ** 2 - jnp.log(sig) - 0.5 * math.log(2 * math.pi), -1)
+        return jnp.einsum("sb,bk->sk", ll, wb)
+
+    return batched_sum(batch_ll, (x, y, point_w), batch_size)
+
+
+def _predict(key, params, x_c, y_c, x_t, num_samples, batch_size=None) -> Prediction:
+    """Posterior predictive at ``x_t [N_t, x_dim]``: function samples
+    ``[S, N_t, y_dim]``, predictive mean and variance (incl. ``sigma_y^2``)."""
+    post = _posterior_samples(key, params, x_c, y_c, num_samples, batch_size)
+    (x_t,) = _cast(params, x_t)
+    f = batched_map(lambda xb: forward(post.weights, xb, params.config.activation), x_t, batch_size)
+    return Prediction(f, jnp.mean(f, 0), jnp.var(f, 0) + sigma_y(params) ** 2)
+
+
+def _prior_samples(key, params, num_samples) -> list:
+    """Weight samples from the prior: list of ``[S, D_{l-1}+1, D_l]``."""
+    keys = jax.random.split(key, len(params.prior))
+    return [jnp.swapaxes(g.sample(k, (num_samples,)), -1, -2) for k, g in zip(keys, layer_priors(params))]
+
+
+posterior_samples = jax.jit(_posterior_samples, static_argnames=("num_samples", "batch_size"))
+predict = jax.jit(_predict, static_argnames=("num_samples", "batch_size"))
+prior_samples = jax.jit(_prior_samples, static_argnames=("num_samples",))
