@@ -1,0 +1,301 @@
+"""Annealed importance sampling for ``log p(D)`` and bidirectional Monte Carlo (SPEC section 10).
+
+Intermediate targets follow the geometric path from the prior to the posterior,
+``f_beta(theta) = p(theta) p(D | theta)^beta``, ``0 = beta_0 < ... < beta_T = 1``
+(Neal 2001). One AIS run moves ``K`` particles (vmapped) through a sequence of
+temperatures (``lax.scan``): at step ``t`` each particle's log weight gains
+``(beta_t - beta_{t-1}) log p(D | theta)`` and the particle then takes HMC steps
+that leave ``f_{beta_t}`` invariant, with a real Metropolis-Hastings test
+(SPEC section 12).
+
+- Forward AIS (``beta: 0 -> 1``, particles from the prior) gives an unbiased
+  estimate of ``p(D)``, so ``logmeanexp(log w)`` is a stochastic *lower* bound.
+- Reverse AIS (``beta: 1 -> 0``, particles from the exact posterior) gives an
+  unbiased estimate of ``1 / p(D)``, so ``-logmeanexp(log w)`` is a stochastic
+  *upper* bound (Grosse, Ghahramani & Adams 2015). It is only a bound when the
+  start is an exact posterior sample: closed form without hidden layers, or
+  the generating weights of data simulated from this very model.
+
+The HMC step sizes are tuned per temperature in a separate, short forward run
+and then frozen, so the kernels of the measured runs do not depend on their
+own particles (adapting inside the run would bias the weights), and the
+forward and reverse runs use the same kernel at each temperature. Momenta are
+preconditioned by the prior covariance's diagonal.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from bnnp_jax.inference import model as bnn
+
+Array = jax.Array
+
+
+class AISResult(NamedTuple):
+    """One AIS run.
+
+    Attributes:
+      log_weights: ``[K]`` per-particle log importance weights.
+      log_z: the bound on ``log p(D)`` (lower for forward, upper for reverse).
+      stderr: delta-method standard error of ``log_z`` over particles.
+      ess: effective sample size of the weights.
+      accept_rate: ``[T]`` mean Metropolis acceptance probability per temperature.
+      particles: ``[K, P]`` final states.
+      direction: ``"forward"`` or ``"reverse"``.
+    """
+
+    log_weights: Array
+    log_z: Array
+    stderr: Array
+    ess: Array
+    accept_rate: Array
+    particles: Array
+    direction: str
+
+
+def sigmoid_schedule(num_temps: int, delta: float = 4.0, dtype=None) -> Array:
+    """Sigmoidal temperatures ``[num_temps + 1]`` from exactly 0 to exactly 1 (Grosse et al. 2015).
+
+    Spends more steps near both ends, where the log-likelihood changes fastest.
+    """
+    if num_temps < 1:
+        raise ValueError(f"num_temps must be >= 1, got {num_temps}")
+    s = jax.nn.sigmoid(jnp.linspace(-delta, delta, num_temps + 1, dtype=dtype))
+    return (s - s[0]) / (s[-1] - s[0])
+
+
+def _inv_mass(model: bnn.BNNModel) -> Array:
+    """Diagonal of the prior covariance in the flat order ``[P]`` (the HMC inverse mass)."""
+    return jnp.concatenate([jnp.sum(t**2, axis=-1).reshape(-1) for t in model.prior_scale_trils])
+
+
+def _log_terms(model, x, y, mask):
+    """``theta [P] -> (log prior, log likelihood)``."""
+
+    def terms(theta):
+        w = bnn.unflatten(model, theta)
+        return bnn.log_prior(model, w), bnn.log_likelihood(model, w, x, y, mask)
+
+    return terms
+
+
+def hmc_step(key, theta, beta, step_size, num_leapfrog, terms, inv_mass):
+    """One HMC transition for ``f_beta`` from one particle ``theta [P]``.
+
+    Returns the new state, its log-likelihood, and the acceptance probability.
+    A non-finite proposal energy counts as a rejection, as in any HMC.
+    """
+
+    def neg_energy(th):
+        lp, ll = terms(th)
+        return lp + beta * ll, ll
+
+    grad_fn = jax.value_and_grad(neg_energy, has_aux=True)
+    mom_key, u_key = jax.random.split(key)
+    p0 = jax.random.normal(mom_key, theta.shape, theta.dtype) / jnp.sqrt(inv_mass)
+    (lj0, ll0), g0 = grad_fn(theta)
+
+    def leap(carry, _):
+        th, p, g = carry
+        p = p + 0.5 * step_size * g
+        th = th + step_size * inv_mass * p
+        (lj, ll), g = grad_fn(th)
+        p = p + 0.5 * step_size * g
+        return (th, p, g), (lj, ll)
+
+    (th1, p1, _), (ljs, lls) = jax.lax.scan(leap, (theta, p0, g0), None, length=num_leapfrog)
+    kinetic = lambda p: 0.5 * jnp.sum(inv_mass * p**2)
+    log_alpha = (ljs[-1] - kinetic(p1)) - (lj0 - kinetic(p0))
+    log_alpha = jnp.where(jnp.isfinite(log_alpha), jnp.minimum(log_alpha, 0.0), -jnp.inf)
+    accept = jnp.log(jax.random.uniform(u_key, dtype=theta.dtype)) < log_alpha
+    return jnp.where(accept, th1, theta), jnp.where(accept, lls[-1], ll0), jnp.exp(log_alpha)
+
+
+def _transition(key, thetas, beta, step_size, problem, num_leapfrog, num_mcmc_steps):
+    """``num_mcmc_steps`` HMC steps for all particles ``[K, P]``; returns states and mean acceptance."""
+    model, x, y, mask = problem
+    terms, inv_mass = _log_terms(model, x, y, mask), _inv_mass(model)
+    step = jax.vmap(hmc_step, in_axes=(0, 0, None, None, None, None, None))
+
+    def body(th, k):
+        th, _, acc = step(jax.random.split(k, th.shape[0]), th, beta, step_size, num_leapfrog, terms, inv_mass)
+        return th, jnp.mean(acc)
+
+    thetas, acc = jax.lax.scan(body, thetas, jax.random.split(key, num_mcmc_steps))
+    return thetas, jnp.mean(acc)
+
+
+@partial(jax.jit, static_argnums=(3, 4))
+def _anneal_chunk(carry, inputs, problem, num_leapfrog, num_mcmc_steps, adapt_rate, target_accept):
+    """Scan one chunk of temperatures.
+
+    ``carry = (thetas [K, P], log_w [K], log_eps)``; ``inputs = (keys, beta_prev,
+    beta_next, eps)`` each ``[C]``. With ``adapt_rate == 0`` the given ``eps`` are
+    used; otherwise ``exp(log_eps)`` is used and nudged towards ``target_accept``
+    (tuning runs). Returns the carry and, per temperature, the acceptance and step size.
+    """
+    model, x, y, mask = problem
+
+    def body(carry, inp):
+        th, lw, le = carry
+        k, bp, bn, e = inp
+        loglik = jax.vmap(lambda t: bnn.log_likelihood(model, bnn.unflatten(model, t), x, y, mask))(th)
+        lw = lw + (bn - bp) * loglik
+        e = jnp.where(adapt_rate > 0, jnp.exp(le), e)
+        th, acc = _transition(k, th, bn, e, problem, num_leapfrog, num_mcmc_steps)
+        return (th, lw, le + adapt_rate * (acc - target_accept)), (acc, e)
+
+    return jax.lax.scan(body, carry, inputs)
+
+
+def _anneal(key, problem, init, betas, eps, *, num_leapfrog, num_mcmc_steps, adapt_rate=0.0, target_accept=0.65,
+            init_step_size=0.5, desc="AIS", progress_bar=True, chunk_size=100):
+    """Anneal ``init [K, P]`` along ``betas [T + 1]`` in fixed-size jitted chunks.
+
+    The schedule is padded to a whole number of chunks by repeating its last
+    temperature (zero weight increment, extra invariant moves), so every chunk
+    reuses one compiled program. Returns the carry and per-temperature
+    acceptance and step sizes ``[T]``.
+    """
+    num_steps = betas.shape[0] - 1
+    pad = -num_steps % chunk_size
+    b = jnp.concatenate([betas, jnp.repeat(betas[-1:], pad)])
+    e = jnp.concatenate([eps, jnp.repeat(eps[-1:], pad)])
+    dtype = init.dtype
+    carry = (init, jnp.zeros(init.shape[0], dtype), jnp.log(jnp.asarray(init_step_size, dtype)))
+    accs, steps = [], []
+    for a in tqdm(range(0, num_steps + pad, chunk_size), desc=desc, disable=not progress_bar, leave=False):
+        key, sub = jax.random.split(key)
+        inputs = (jax.random.split(sub, chunk_size), b[a : a + chunk_size], b[a + 1 : a + chunk_size + 1],
+                  e[a + 1 : a + chunk_size + 1])
+        carry, (acc, used) = _anneal_chunk(carry, inputs, problem, num_leapfrog, num_mcmc_steps,
+                                           jnp.asarray(adapt_rate, dtype), jnp.asarray(target_accept, dtype))
+        accs.append(acc)
+        steps.append(used)
+    return carry, jnp.concatenate(accs)[:num_steps], jnp.concatenate(steps)[:num_steps]
+
+
+def _prior_particles(key, model, num_particles):
+    return jax.vmap(lambda k: bnn.flatten(bnn.prior_sample(k, model)))(jax.random.split(key, num_particles))
+
+
+def tune_step_sizes(
+    key, model, x, y, betas, *, num_particles=16, num_leapfrog=10, num_mcmc_steps=1, target_accept=0.65,
+    init_step_size=0.5, adapt_rate=0.5, smooth_window=None, safety=0.9, mask=None, progress_bar=True,
+) -> Array:
+    """Step size per temperature ``[T + 1]`` from a forward run that nudges ``log eps``
+    by ``adapt_rate * (acceptance - target)`` after every temperature (Wu et al. 2017).
+    Entry ``t`` is the step size for the transition at ``betas[t]`` (entry 0 repeats entry 1).
+
+    The adapted sequence is noisy and HMC on a near-Gaussian target has a sharp
+    stability edge (acceptance falls to zero just above it), so the result is a
+    moving average of ``log eps`` over ``smooth_window`` temperatures (default
+    ``T / 20``) times a ``safety`` factor below one."""
+    init_key, key = jax.random.split(key)
+    init = _prior_particles(init_key, model, num_particles)
+    _, _, eps = _anneal(key, (model, x, y, mask), init, betas, jnp.zeros_like(betas), num_leapfrog=num_leapfrog,
+                        num_mcmc_steps=num_mcmc_steps, adapt_rate=adapt_rate, target_accept=target_accept,
+                        init_step_size=init_step_size, desc="AIS tuning", progress_bar=progress_bar)
+    return _smooth_log(jnp.concatenate([eps[:1], eps]), smooth_window) * safety
+
+
+def _smooth_log(values: Array, window: int | None) -> Array:
+    """Moving average of ``log values`` (edge-padded, so the length is kept)."""
+    window = max(1, window or values.shape[0] // 20)
+    logs = jnp.pad(jnp.log(values), (window // 2, window - 1 - window // 2), mode="edge")
+    return jnp.exp(jnp.convolve(logs, jnp.ones(window, values.dtype) / window, mode="valid"))
+
+
+def run(key, model, x, y, init, betas, step_sizes, *, num_leapfrog=10, num_mcmc_steps=1, mask=None,
+        direction="forward", progress_bar=True) -> AISResult:
+    """Anneal particles ``init [K, P]`` (exact samples of ``f_{betas[0]}``) along ``betas [T + 1]``.
+
+    Step ``t = 1..T`` adds ``(betas[t] - betas[t-1]) log p(D | theta)`` to the log
+    weights, then applies HMC for ``f_{betas[t]}`` with ``step_sizes[t]``.
+    ``direction`` says which bound ``log_z`` is: forward (``betas`` 0 -> 1, lower)
+    or reverse (1 -> 0, upper).
+    """
+    if direction not in ("forward", "reverse"):
+        raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
+    ends = (0.0, 1.0) if direction == "forward" else (1.0, 0.0)
+    if not (float(betas[0]) == ends[0] and float(betas[-1]) == ends[1]):
+        raise ValueError(f"betas must run from {ends[0]} to {ends[1]} for {direction} AIS")
+    if step_sizes.shape != betas.shape:
+        raise ValueError(f"step_sizes must have the shape of betas {betas.shape}, got {step_sizes.shape}")
+    (particles, log_w, _), accs, _ = _anneal(key, (model, x, y, mask), init, betas, step_sizes,
+                                             num_leapfrog=num_leapfrog, num_mcmc_steps=num_mcmc_steps,
+                                             desc=f"AIS {direction}", progress_bar=progress_bar)
+    if not bool(jnp.all(jnp.isfinite(log_w))):
+        raise FloatingPointError(f"{direction} AIS produced non-finite log weights")
+    return _summarise(log_w, accs, particles, direction)
+
+
+def _summarise(log_w, accs, particles, direction) -> AISResult:
+    k = log_w.shape[0]
+    lme = jax.nn.logsumexp(log_w) - math.log(k)
+    w = jnp.exp(log_w - jnp.max(log_w))
+    stderr = jnp.std(w) / (jnp.sqrt(k) * jnp.mean(w))
+    ess = jnp.sum(w) ** 2 / jnp.sum(w**2)
+    log_z = lme if direction == "forward" else -lme
+    return AISResult(log_w, log_z, stderr, ess, accs, particles, direction)
+
+
+class BDMCResult(NamedTuple):
+    """Sandwich ``lower <= log p(D) <= upper`` (upper is a bound only from exact posterior samples)."""
+
+    forward: AISResult
+    reverse: AISResult | None
+    step_sizes: Array
+
+
+def schedule(num_temps: int, kind: str = "sigmoid", dtype=None) -> Array:
+    """Temperatures ``[num_temps + 1]``: ``"sigmoid"`` (delta 4, Grosse et al. 2015) or
+    ``"geometric"`` (0, then log-spaced from 1e-5 to 1: constant ``Delta beta / beta``,
+    which suits near-Gaussian posteriors whose log-likelihood variance falls like ``1 / beta^2``)."""
+    if kind == "sigmoid":
+        return sigmoid_schedule(num_temps, 4.0, dtype)
+    if kind == "geometric":
+        if num_temps < 1:
+            raise ValueError(f"num_temps must be >= 1, got {num_temps}")
+        return jnp.concatenate([jnp.zeros(1, dtype), jnp.logspace(-5.0, 0.0, num_temps, dtype=dtype)])
+    raise ValueError(f"schedule kind must be 'sigmoid' or 'geometric', got {kind!r}")
+
+
+def bdmc(key, model, x, y, *, num_temps=1000, num_particles=64, posterior_init=None, num_leapfrog=10,
+         num_mcmc_steps=1, schedule_kind="sigmoid", mask=None, progress_bar=True) -> BDMCResult:
+    """Bidirectional Monte Carlo: tune step sizes, run forward AIS from the prior and,
+    if ``posterior_init [K, P]`` is given, reverse AIS from those posterior samples.
+
+    Tuning uses as many particles as the measured runs, so all three share one
+    compiled program."""
+    dtype = model.prior_means[0].dtype
+    betas = schedule(num_temps, schedule_kind, dtype)
+    kt, kf, kr, ki = jax.random.split(key, 4)
+    common = dict(num_leapfrog=num_leapfrog, num_mcmc_steps=num_mcmc_steps, mask=mask, progress_bar=progress_bar)
+    eps = tune_step_sizes(kt, model, x, y, betas, num_particles=num_particles, **common)
+    init = _prior_particles(ki, model, num_particles)
+    fwd = run(kf, model, x, y, init, betas, eps, direction="forward", **common)
+    rev = None
+    if posterior_init is not None:
+        rev = run(kr, model, x, y, posterior_init, betas[::-1], eps[::-1], direction="reverse", **common)
+    return BDMCResult(fwd, rev, eps)
+
+
+def tile_init(theta: Array, num_particles: int) -> Array:
+    """Start every reverse-AIS particle from one exact posterior sample ``theta [P]`` -> ``[K, P]``
+    (each chain is still an unbiased estimator of ``1 / p(D)``)."""
+    return jnp.broadcast_to(theta, (num_particles,) + theta.shape)
+
+
+def as_numpy(result: AISResult) -> dict:
+    """Plain floats for reports."""
+    return {"log_z": float(result.log_z), "stderr": float(result.stderr), "ess": float(result.ess),
+            "mean_accept": float(np.mean(result.accept_rate)), "direction": result.direction}
