@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnnp_jax.data.synthetic import float_dtype, sample_from_pool
+from bnnp_jax.data.synthetic import float_dtype, jit_sampler, sample_from_pool
 
 Array = jax.Array
 
@@ -55,6 +55,7 @@ def fine_grid(height: int, width: int, factor: int = 2, dtype=None) -> Array:
     return pixel_grid(int(factor) * int(height), int(factor) * int(width), dtype)
 
 
+@jit_sampler(traced=("key", "images"))
 def sample_images(key, images, num_tasks, n_max, n_range):
     """Pixel-regression tasks: each picks an image uniformly and a random pixel subset.
 

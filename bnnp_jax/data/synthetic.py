@@ -21,6 +21,8 @@ uses on a plotting grid.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Callable, Sequence
 
@@ -40,6 +42,30 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 
 
 # ----------------------------------------------------------------------------- checks and helpers
+def _hashable(v):
+    return tuple(_hashable(u) for u in v) if isinstance(v, (list, tuple)) else v
+
+
+def jit_sampler(fn: Callable = None, *, traced: Sequence[str] = ("key",)):
+    """``jax.jit`` a sampler with every argument static except ``traced`` ones.
+
+    Lists become tuples so that configs from YAML hash. Calls from inside an
+    outer ``jit``/``scan`` inline as usual; eager calls compile once per setting.
+    """
+    if fn is None:
+        return functools.partial(jit_sampler, traced=traced)
+    sig = inspect.signature(fn)
+    jitted = jax.jit(fn, static_argnames=[k for k in sig.parameters if k not in traced])
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return jitted(**{k: v if k in traced else _hashable(v) for k, v in bound.arguments.items()})
+
+    return wrapper
+
+
 def float_dtype(dtype=None):
     """The requested float dtype, or JAX's default float (float64 under x64)."""
     return jax.dtypes.canonicalize_dtype(jnp.float64 if dtype is None else dtype)
@@ -87,19 +113,16 @@ def sample_uniform_family(key, num_tasks, n_max, n_range, draw, x_range, x_dim, 
     lo, hi = check_range("x_range", x_range)
     n_range = check_sizes(num_tasks, n_max, n_range)
     noise = check_nonnegative("noise", noise)
-    k_mask, k_tasks = jax.random.split(key)
+    # Few, batched random calls: each one costs noticeable XLA compile time on CPU.
+    k_mask, k_x, k_e, k_f = jax.random.split(key, 4)
     mask = size_mask(k_mask, num_tasks, n_max, n_range, dtype)
-
-    def one(k):
-        k_x, k_f, k_e = jax.random.split(k, 3)
-        x = jax.random.uniform(k_x, (n_max, x_dim), dtype, lo, hi)
-        f = draw(k_f, x)
-        return x, f + noise * jax.random.normal(k_e, f.shape, dtype)
-
-    x, y = jax.vmap(one)(jax.random.split(k_tasks, num_tasks))
+    x = jax.random.uniform(k_x, (num_tasks, n_max, x_dim), dtype, lo, hi)
+    f = jax.vmap(draw)(jax.random.split(k_f, num_tasks), x)
+    y = f + noise * jax.random.normal(k_e, f.shape, dtype)
     return finish(x, y, mask)
 
 
+@jit_sampler(traced=("key", "x", "y", "valid"))
 def subset_points(key, x, y, valid, n_max, n_range):
     """Task ``t`` = a random subset of the points of dataset ``t``.
 
@@ -118,15 +141,16 @@ def subset_points(key, x, y, valid, n_max, n_range):
     k_mask, k_perm = jax.random.split(key)
     mask = size_mask(k_mask, num_tasks, n_max, n_range, dtype)
 
-    def one(k, x_t, y_t, v_t, m):
-        # Valid points rank first in a random order, so a prefix is a uniform subset.
-        order = jnp.argsort(jax.random.uniform(k, (num_points,)) + 2.0 * (1.0 - v_t))[:n_max]
-        return x_t[order], y_t[order], m * v_t[order]
-
-    x, y, mask = jax.vmap(one)(jax.random.split(k_perm, num_tasks), x, y, valid, mask)
+    # Valid points rank first in a random order, so a prefix is a uniform subset.
+    scores = jax.random.uniform(k_perm, (num_tasks, num_points)) + 2.0 * (1.0 - valid)
+    order = jnp.argsort(scores, axis=1)[:, :n_max]
+    x = jnp.take_along_axis(x, order[..., None], axis=1)
+    y = jnp.take_along_axis(y, order[..., None], axis=1)
+    mask = mask * jnp.take_along_axis(valid, order, axis=1)
     return finish(x.astype(dtype), y, mask)
 
 
+@jit_sampler(traced=("key", "x_pool", "y_pool", "valid"))
 def sample_from_pool(key, x_pool, y_pool, valid, num_tasks, n_max, n_range):
     """Tasks as random point subsets of randomly chosen fixed datasets (images, ERA5 days).
 
@@ -170,6 +194,7 @@ def draw_sawtooth(key, x):
     return 1.33 * (jnp.mod(x, 0.75) - 0.375) + e[0] * x / 3.0 + 0.25 * e[1]
 
 
+@jit_sampler
 def sample_sawtooth(key, num_tasks, n_max, n_range, x_range=(-2.0, 2.0), noise=0.05, dtype=None):
     """Sawtooth tasks with a random slope and offset (SPEC section 11). x_dim = y_dim = 1."""
     return sample_uniform_family(key, num_tasks, n_max, n_range, draw_sawtooth, x_range, 1, noise, float_dtype(dtype))
@@ -182,6 +207,7 @@ def draw_heaviside(key, x, lengthscale=1.0):
     return jnp.where(g >= 0, 1.0, -1.0).astype(x.dtype)
 
 
+@jit_sampler
 def sample_heaviside(key, num_tasks, n_max, n_range, x_range=(-5.0, 5.0), noise=0.01, lengthscale=1.0, dtype=None):
     """Step functions: the sign of an SE-GP draw (l = 1), SPEC section 11. x_dim = y_dim = 1."""
     draw = lambda k, x: draw_heaviside(k, x, lengthscale)  # noqa: E731
@@ -194,6 +220,7 @@ def draw_gp_family(key, x, lengthscale=0.5, variance=1.0):
     return draw_gp(key, x, lengthscale, variance)
 
 
+@jit_sampler
 def sample_gp(key, num_tasks, n_max, n_range, x_range=(-2.0, 2.0), noise=0.05, lengthscale=0.5, variance=1.0,
               x_dim=1, dtype=None):
     """SE-GP draws plus Gaussian noise (SPEC section 11). y_dim = 1.
@@ -228,16 +255,18 @@ def draw_bnn_prior(key, x, hidden=(64, 64), activation="relu", y_dim=1):
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     widths = (x.shape[-1],) + check_widths(hidden) + (int(y_dim),)
-    keys = jax.random.split(key, len(widths) - 1)
-    a = x
-    for layer, (k, d_in, d_out) in enumerate(zip(keys, widths[:-1], widths[1:])):
+    sizes = [(d_in + 1) * d_out for d_in, d_out in zip(widths[:-1], widths[1:])]
+    z = jax.random.normal(key, (sum(sizes),), x.dtype)  # all weights in one call
+    a, start = x, 0
+    for layer, (size, d_in, d_out) in enumerate(zip(sizes, widths[:-1], widths[1:])):
         h = a if layer == 0 else ACTIVATIONS[activation](a)
         phi = jnp.concatenate([h, jnp.ones_like(h[:, :1])], axis=-1)
-        w = jax.random.normal(k, (d_in + 1, d_out), x.dtype) / math.sqrt(d_in + 1)
-        a = phi @ w
+        w = z[start : start + size].reshape(d_in + 1, d_out) / math.sqrt(d_in + 1)
+        a, start = phi @ w, start + size
     return a
 
 
+@jit_sampler
 def sample_bnn_prior(key, num_tasks, n_max, n_range, x_range=(-2.0, 2.0), noise=0.05, hidden=(64, 64),
                      activation="relu", x_dim=1, y_dim=1, dtype=None):
     """Functions drawn from the standard BNN prior, plus noise (SPEC section 11).
@@ -257,6 +286,7 @@ def draw_cubic(key, x, scale=False):
     return x**3 / 30.0 if scale else x**3
 
 
+@jit_sampler
 def sample_cubic(key, num_tasks, n_max=20, n_range=(20, 21), x_range=(-4.0, 4.0), noise=3.0, scale=False, dtype=None):
     """The MetaPrior cubic toy (seed 003): ``y = x^3 + N(0, 3^2)``, x ~ U[-4, 4], 20 points.
 
@@ -282,17 +312,17 @@ def draw_ecg(key, x, window=(-3.0, 3.0)):
     and a baseline ``b ~ N(0, 0.05^2)``.
     """
     lo, hi = check_range("window", window)
-    k_c, k_r, k_w, k_a, k_o, k_b = jax.random.split(key, 6)
     dt = x.dtype
-    c = jax.random.uniform(k_c, (), dt, lo + 1.0, hi - 1.0)
-    r = jax.random.uniform(k_r, (), dt, 0.85, 1.15)
-    width = jnp.asarray(_ECG_WIDTH, dt) * jnp.exp(0.1 * jax.random.normal(k_w, (5,), dt))
-    amp_jitter = jnp.asarray((0.2, 0.2, 0.1, 0.2, 0.2), dt) * jax.random.normal(k_a, (5,), dt)
-    amp = jnp.asarray(_ECG_AMP, dt) * (1.0 + amp_jitter)
-    offset = jnp.asarray(_ECG_OFFSET, dt) + jnp.asarray((0.01, 0, 0, 0, 0.01), dt) * jax.random.normal(k_o, (5,), dt)
+    z = jax.random.normal(key, (18,), dt)  # one call; uniforms as Phi(z)
+    u = jax.scipy.special.ndtr(z[:2])
+    c = lo + 1.0 + (hi - lo - 2.0) * u[0]
+    r = 0.85 + 0.3 * u[1]
+    width = jnp.asarray(_ECG_WIDTH, dt) * jnp.exp(0.1 * z[2:7])
+    amp = jnp.asarray(_ECG_AMP, dt) * (1.0 + jnp.asarray((0.2, 0.2, 0.1, 0.2, 0.2), dt) * z[7:12])
+    offset = jnp.asarray(_ECG_OFFSET, dt) + jnp.asarray((0.01, 0, 0, 0, 0.01), dt) * z[12:17]
     centre = c + r * offset
     bumps = amp * jnp.exp(-0.5 * ((x - centre) / (r * width)) ** 2)  # [N, 5]
-    return 0.05 * jax.random.normal(k_b, (), dt) + jnp.sum(bumps, axis=-1, keepdims=True)
+    return 0.05 * z[17] + jnp.sum(bumps, axis=-1, keepdims=True)
 
 
 def ecg_grid(num_points=600, window=(-3.0, 3.0), dtype=None) -> Array:
@@ -301,6 +331,7 @@ def ecg_grid(num_points=600, window=(-3.0, 3.0), dtype=None) -> Array:
     return (lo + (hi - lo) * jnp.arange(num_points) / num_points).astype(float_dtype(dtype))[:, None]
 
 
+@jit_sampler
 def sample_ecg(key, num_tasks, n_max=600, n_range=(200, 601), window=(-3.0, 3.0), num_points=600, noise=0.02,
                dtype=None):
     """ECG-like beats (SPEC section 11): one beat in a 6 s window, a random point subset per task."""
