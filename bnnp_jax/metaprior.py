@@ -26,7 +26,9 @@ Networks follow SPEC section 2: ``W_l [D_{l-1}+1, D_l]``, bias row last,
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -117,6 +119,7 @@ class MetaPriorParams(NamedTuple):
     raw_sigma: Array
 
 
+@partial(jax.jit, static_argnames=("config", "dtype"))
 def init(key: Array, config: MetaPriorConfig, dtype=jnp.float32) -> MetaPriorParams:
     """Code means from the prior ``N(0, I)`` (distinct codes break the unit symmetry),
     code stds ``init_code_std``, hypernetwork from flax's initialisers with the
@@ -128,7 +131,8 @@ def init(key: Array, config: MetaPriorConfig, dtype=jnp.float32) -> MetaPriorPar
                   for k, w in zip(keys, config.widths))
     glob = CodeQ(jax.random.normal(k_glob, (config.global_dim,), dtype), jnp.full((config.global_dim,), log_sd, dtype))
     z = mean_codes(Codes(units, glob))
-    hyper = config.hypernet().init(k_hyper, *_hyper_inputs(config, z, 1, jax.random.PRNGKey(0)))
+    noise = jnp.zeros((1, 1, config.noise_dim), dtype) if config.head == "implicit" else None
+    hyper = config.hypernet().init(k_hyper, *_hyper_inputs(config, z, 1, noise))
     hyper = jax.tree.map(lambda a: a.astype(dtype), hyper)
     if config.head == "gaussian":
         bias = hyper["params"]["head"]["bias"].at[1].set(config.init_weight_log_std)
@@ -144,25 +148,42 @@ def code_kl(codes: Codes) -> Array:
     return sum(kl(q) for q in codes.units) + kl(codes.glob)
 
 
-def sample_codes(key: Array, codes: Codes) -> ZSample:
-    """Reparameterised draw ``z = mu + sigma * eps`` of every code."""
-    keys = jax.random.split(key, len(codes.units) + 1)
-    draw = lambda k, q: q.mean + jnp.exp(q.log_std) * jax.random.normal(k, q.mean.shape, q.mean.dtype)
-    return ZSample(tuple(draw(k, q) for k, q in zip(keys[:-1], codes.units)), draw(keys[-1], codes.glob))
+def split_normal(key: Array, shapes: list[tuple], sample_shape: tuple = (), dtype=jnp.float32) -> list[Array]:
+    """Standard normals of ``sample_shape + shape`` for each shape, from one PRNG call
+    (vmapped threefry calls dominate XLA compile time on CPU, so we make one)."""
+    sizes = [math.prod(sh) for sh in shapes]
+    flat = jax.random.normal(key, tuple(sample_shape) + (sum(sizes),), dtype)
+    parts = jnp.split(flat, list(itertools.accumulate(sizes))[:-1], axis=-1)
+    return [a.reshape(tuple(sample_shape) + tuple(sh)) for a, sh in zip(parts, shapes)]
+
+
+def sample_codes(key: Array, codes: Codes, sample_shape: tuple = ()) -> ZSample:
+    """Reparameterised draws ``z = mu + sigma * eps`` of every code, with leading ``sample_shape``."""
+    qs = list(codes.units) + [codes.glob]
+    eps = split_normal(key, [q.mean.shape for q in qs], sample_shape, codes.glob.mean.dtype)
+    z = [q.mean + jnp.exp(q.log_std) * e for q, e in zip(qs, eps)]
+    return ZSample(tuple(z[:-1]), z[-1])
 
 
 def mean_codes(codes: Codes) -> ZSample:
     return ZSample(tuple(q.mean for q in codes.units), codes.glob.mean)
 
 
-def _hyper_inputs(config: MetaPriorConfig, z: ZSample, layer: int, key: Array) -> tuple:
+def _hyper_inputs(config: MetaPriorConfig, z: ZSample, layer: int, noise: Array | None = None) -> tuple:
     """Arguments of ``g`` for layer ``layer`` (1-based): receivers ``z_l``, senders ``z_{l-1}``."""
-    z_glob = z.glob if config.global_dim > 0 else None
-    noise = None
+    return z.units[layer], z.units[layer - 1], (z.glob if config.global_dim > 0 else None), noise
+
+
+def noise_shapes(config: MetaPriorConfig, num_points: int | None = None) -> list[tuple]:
+    """Shapes of the standard normals one draw needs: per layer ``[D_{l-1}+1, D_l]`` weight
+    noise (Gaussian head), ``[D_l, D_{l-1}+1, E]`` noise inputs (implicit head), or with
+    ``num_points`` the Gaussian head's local-reparameterisation noise ``[N, D_l]``."""
+    pairs = list(zip(config.widths[:-1], config.widths[1:]))
     if config.head == "implicit":
-        shape = (config.widths[layer], config.widths[layer - 1] + 1, config.noise_dim)
-        noise = jax.random.normal(key, shape, z.units[layer].dtype)
-    return z.units[layer], z.units[layer - 1], z_glob, noise
+        return [(o, i + 1, config.noise_dim) for i, o in pairs]
+    if num_points is not None:
+        return [(num_points, o) for _, o in pairs]
+    return [(i + 1, o) for i, o in pairs]
 
 
 def weight_moments(hyper: dict, config: MetaPriorConfig, z: ZSample) -> list[tuple[Array, Array]]:
@@ -171,26 +192,32 @@ def weight_moments(hyper: dict, config: MetaPriorConfig, z: ZSample) -> list[tup
         raise ValueError("weight_moments needs head='gaussian'")
     net, out = config.hypernet(), []
     for l in range(1, config.num_layers + 1):
-        g = net.apply(hyper, *_hyper_inputs(config, z, l, None))  # [O, I+1, 2]
+        g = net.apply(hyper, *_hyper_inputs(config, z, l))  # [O, I+1, 2]
         scale = 1.0 / math.sqrt(config.widths[l - 1] + 1)
         out.append((scale * g[..., 0].T, scale * jnp.exp(g[..., 1]).T))
     return out
 
 
+def weights_from_noise(hyper: dict, config: MetaPriorConfig, z: ZSample, noise: list[Array] | None) -> list[Array]:
+    """``W ~ p(W | Z)`` from standard normals shaped by :func:`noise_shapes`: list of
+    ``[D_{l-1}+1, D_l]``. ``noise=None`` gives the Gaussian head's mean."""
+    if config.head == "gaussian":
+        moments = weight_moments(hyper, config, z)
+        if noise is None:
+            return [m for m, _ in moments]
+        return [m + s * e for (m, s), e in zip(moments, noise)]
+    if noise is None:
+        raise ValueError("the implicit head needs noise")
+    net = config.hypernet()
+    return [net.apply(hyper, *_hyper_inputs(config, z, l, e))[..., 0].T / math.sqrt(config.widths[l - 1] + 1)
+            for l, e in zip(range(1, config.num_layers + 1), noise)]
+
+
 def sample_weights(key: Array, hyper: dict, config: MetaPriorConfig, z: ZSample, noise: bool = True) -> list[Array]:
     """One draw of ``W ~ p(W | Z)``: list of ``[D_{l-1}+1, D_l]``. ``noise=False`` gives the
     Gaussian head's mean (the implicit head always needs its noise)."""
-    keys = jax.random.split(key, config.num_layers)
-    if config.head == "gaussian":
-        moments = weight_moments(hyper, config, z)
-        if not noise:
-            return [m for m, _ in moments]
-        return [m + s * jax.random.normal(k, m.shape, m.dtype) for k, (m, s) in zip(keys, moments)]
-    net, out = config.hypernet(), []
-    for l, k in zip(range(1, config.num_layers + 1), keys):
-        g = net.apply(hyper, *_hyper_inputs(config, z, l, k))
-        out.append(g[..., 0].T / math.sqrt(config.widths[l - 1] + 1))
-    return out
+    eps = split_normal(key, noise_shapes(config), (), z.glob.dtype) if noise or config.head == "implicit" else None
+    return weights_from_noise(hyper, config, z, eps)
 
 
 def forward(weights: list[Array], x: Array, activation: str) -> Array:
@@ -202,19 +229,22 @@ def forward(weights: list[Array], x: Array, activation: str) -> Array:
     return h
 
 
-def lrt_forward(key: Array, hyper: dict, config: MetaPriorConfig, z: ZSample, x: Array) -> Array:
+def _lrt_from_noise(hyper: dict, config: MetaPriorConfig, z: ZSample, x: Array, noise: list[Array]) -> Array:
     """Output ``[N, D_L]`` for one code draw; the Gaussian head samples each pre-activation
     from ``N(Phi mu, Phi^2 s^2)`` (local reparameterisation, independent per point)."""
     if config.head != "gaussian":
-        return forward(sample_weights(key, hyper, config, z), x, config.activation)
+        return forward(weights_from_noise(hyper, config, z, noise), x, config.activation)
     act, h = activation_fn(config.activation), x
-    keys = jax.random.split(key, config.num_layers)
-    for l, (k, (m, s)) in enumerate(zip(keys, weight_moments(hyper, config, z))):
+    for l, (e, (m, s)) in enumerate(zip(noise, weight_moments(hyper, config, z))):
         inp = h if l == 0 else act(h)
-        mean = inp @ m[:-1] + m[-1]
         var = (inp**2) @ (s[:-1] ** 2) + s[-1] ** 2
-        h = mean + jnp.sqrt(var) * jax.random.normal(k, mean.shape, mean.dtype)
+        h = inp @ m[:-1] + m[-1] + jnp.sqrt(var) * e
     return h
+
+
+def lrt_forward(key: Array, hyper: dict, config: MetaPriorConfig, z: ZSample, x: Array) -> Array:
+    """:func:`_lrt_from_noise` with fresh noise: ``x [N, D_0] -> [N, D_L]``."""
+    return _lrt_from_noise(hyper, config, z, x, split_normal(key, noise_shapes(config, x.shape[0]), (), x.dtype))
 
 
 def sigma_y(params: MetaPriorParams, config: MetaPriorConfig) -> Array:
@@ -243,28 +273,37 @@ def elbo(key: Array, params: MetaPriorParams, config: MetaPriorConfig, x: Array,
     The Monte-Carlo average uses ``num_samples`` draws of ``Z`` (and of ``W``).
     """
     weight = jnp.ones(x.shape[0], x.dtype) if weight is None else weight
+    k_z, k_w = jax.random.split(key)
+    z = sample_codes(k_z, params.codes, (num_samples,))
+    noise = split_normal(k_w, noise_shapes(config, x.shape[0]), (num_samples,), x.dtype)
 
-    def one(k: Array) -> Array:
-        kz, kw = jax.random.split(k)
-        out = lrt_forward(kw, params.hyper, config, sample_codes(kz, params.codes), x)
+    def one(zz: ZSample, e: list[Array]) -> Array:
+        out = _lrt_from_noise(params.hyper, config, zz, x, e)
         return jnp.sum(weight * log_likelihood(out, y, params, config))
 
-    ell = scale * jnp.mean(jax.vmap(one)(jax.random.split(key, num_samples)))
+    ell = scale * jnp.mean(jax.vmap(one)(z, noise))
     return ell - code_kl(params.codes), ell
 
 
+@partial(jax.jit, static_argnames=("config", "num_samples", "weight_noise"))
 def predict(key: Array, params: MetaPriorParams, config: MetaPriorConfig, x: Array, num_samples: int,
             z: ZSample | None = None, weight_noise: bool = True) -> Array:
     """Network outputs for ``num_samples`` joint draws of ``(Z, W)``: ``[S, N, D_L]``.
-    Pass ``z`` to clamp the codes (e.g. to their means)."""
-    def one(k: Array) -> Array:
-        kz, kw = jax.random.split(k)
-        zz = sample_codes(kz, params.codes) if z is None else z
-        return forward(sample_weights(kw, params.hyper, config, zz, weight_noise), x, config.activation)
+    Pass ``z`` (one unbatched draw) to clamp the codes, e.g. to :func:`mean_codes`;
+    ``weight_noise=False`` uses the Gaussian head's mean weights."""
+    k_z, k_w = jax.random.split(key)
+    zs = sample_codes(k_z, params.codes, (num_samples,)) if z is None else \
+        jax.tree.map(lambda a: jnp.broadcast_to(a, (num_samples,) + a.shape), z)
+    use_noise = weight_noise or config.head == "implicit"
+    noise = split_normal(k_w, noise_shapes(config), (num_samples,), x.dtype) if use_noise else None
 
-    return jax.vmap(one)(jax.random.split(key, num_samples))
+    def one(zz: ZSample, e: list[Array] | None) -> Array:
+        return forward(weights_from_noise(params.hyper, config, zz, e), x, config.activation)
+
+    return jax.vmap(one)(zs, noise)
 
 
+@partial(jax.jit, static_argnames=("config", "num_samples"))
 def predictive_probs(key: Array, params: MetaPriorParams, config: MetaPriorConfig, x: Array,
                      num_samples: int) -> Array:
     """Classification: Monte-Carlo mean of the softmax, ``[N, D_L]``."""

@@ -34,22 +34,26 @@ CODE_SUBSETS = ("all", "input", "output", "hidden", "none")
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """``batch_size = 0`` means full batch; ``em_period = 0`` means joint updates."""
+    """``batch_size = 0`` means full batch; ``em_period = 0`` means joint updates;
+    ``kl_warmup > 0`` ramps the code-KL weight linearly from 0 to 1 over that many
+    steps (Adam normalises gradients, so an unweighted KL widens ``Q(Z)`` before ``g``
+    has learned to use the codes); the recorded trace is always the true ELBO."""
 
     steps: int = 2000
     lr: float = 1e-2
     batch_size: int = 0
     num_samples: int = 4
     em_period: int = 0
+    kl_warmup: int = 0
     chunk: int = 100
 
     def __post_init__(self):
         for name in ("steps", "chunk", "num_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.batch_size < 0 or self.em_period < 0:
-            raise ValueError(f"need lr > 0, batch_size >= 0, em_period >= 0; got "
-                             f"{self.lr}, {self.batch_size}, {self.em_period}")
+        if self.lr <= 0 or min(self.batch_size, self.em_period, self.kl_warmup) < 0:
+            raise ValueError(f"need lr > 0 and batch_size, em_period, kl_warmup >= 0; got "
+                             f"{self.lr}, {self.batch_size}, {self.em_period}, {self.kl_warmup}")
 
 
 def code_mask(codes: mp.Codes, which: str = "all") -> mp.Codes:
@@ -98,27 +102,30 @@ def _optimizer(fcfg: FitConfig) -> optax.GradientTransformation:
 
 @partial(jax.jit, static_argnames=("config", "fcfg", "train_model"))
 def _run_chunk(carry, keys, ts, x, y, weight, mask, *, config, fcfg, train_model):
-    """``carry = (params, code_opt_state, model_opt_state)``; returns (carry, -loss per step)."""
+    """``carry = (params, code_opt_state, model_opt_state)``; returns (carry, ELBO / N per step)."""
     opt = _optimizer(fcfg)
     n_total = jnp.sum(weight)
 
-    def loss(params, key):
+    def loss(params, key, t):
         k_b, k_e = jax.random.split(key)
         if fcfg.batch_size and fcfg.batch_size < x.shape[0]:
             idx = jax.random.randint(k_b, (fcfg.batch_size,), 0, x.shape[0])
-            value, _ = mp.elbo(k_e, params, config, x[idx], y[idx], weight[idx],
-                               n_total / jnp.maximum(jnp.sum(weight[idx]), 1.0), fcfg.num_samples)
+            value, ell = mp.elbo(k_e, params, config, x[idx], y[idx], weight[idx],
+                                 n_total / jnp.maximum(jnp.sum(weight[idx]), 1.0), fcfg.num_samples)
         else:
-            value, _ = mp.elbo(k_e, params, config, x, y, weight, 1.0, fcfg.num_samples)
-        return -value / n_total  # per-point scale keeps the learning rate data-size free
+            value, ell = mp.elbo(k_e, params, config, x, y, weight, 1.0, fcfg.num_samples)
+        beta = jnp.minimum(1.0, (t + 1.0) / fcfg.kl_warmup) if fcfg.kl_warmup else 1.0
+        # per-point scale keeps the learning rate data-size free
+        return -(ell - beta * (ell - value)) / n_total, value / n_total
 
     def step(carry, inp):
         params, s_codes, s_model = carry
         key, t = inp
         if train_model:
-            value, grads = jax.value_and_grad(loss)(params, key)
+            (_, value), grads = jax.value_and_grad(loss, has_aux=True)(params, key, t)
         else:  # illation: no backward pass into g
-            value, g_codes = jax.value_and_grad(lambda c: loss(params._replace(codes=c), key))(params.codes)
+            (_, value), g_codes = jax.value_and_grad(
+                lambda c: loss(params._replace(codes=c), key, t), has_aux=True)(params.codes)
             grads = mp.MetaPriorParams(g_codes, None, None)
         em = fcfg.em_period > 0 and train_model
         codes_on = (t // fcfg.em_period) % 2 == 0 if em else jnp.asarray(True)  # E-phase first
@@ -132,7 +139,7 @@ def _run_chunk(carry, keys, ts, x, y, weight, mask, *, config, fcfg, train_model
             up_m, new_sm = opt.update((grads.hyper, grads.raw_sigma), s_model, model)
             model = _select(model_on, optax.apply_updates(model, up_m), model)
             s_model = _select(model_on, new_sm, s_model)
-        return (mp.MetaPriorParams(codes, *model), s_codes, s_model), -value
+        return (mp.MetaPriorParams(codes, *model), s_codes, s_model), value
 
     return jax.lax.scan(step, carry, (keys, ts))
 
@@ -148,7 +155,9 @@ def fit(key: Array, params: mp.MetaPriorParams, config: mp.MetaPriorConfig, fcfg
     mask = code_mask(params.codes, which_codes)
     opt = _optimizer(fcfg)
     carry = (params, opt.init(params.codes), opt.init((params.hyper, params.raw_sigma)))
-    run = partial(_run_chunk, x=x, y=y, weight=weight, mask=mask, config=config, fcfg=fcfg,
+    # steps and chunk only drive the host loop: normalise them so runs of any length share one compile
+    static = dataclasses.replace(fcfg, steps=1, chunk=1)
+    run = partial(_run_chunk, x=x, y=y, weight=weight, mask=mask, config=config, fcfg=static,
                   train_model=train_model)
     (params, _, _), trace = chunked_scan(run, carry, key, fcfg.steps, fcfg.chunk, progress, desc)
     return params, trace

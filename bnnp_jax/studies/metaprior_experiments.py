@@ -1,0 +1,167 @@
+"""MetaPrior experiments (SPEC section 13): ``bnnp metaprior EXPERIMENT [--quick] [--out DIR]``.
+
+Experiments: ``cubic`` (toy regression, function draws from one hidden code),
+``moons`` (half-moons classification), ``digits`` (one hidden layer of 100
+units, K = 10, map of the learned codes), ``fewshot`` (permuted inputs /
+classes, illation of input, output or all codes vs a fine-tuned mean-field
+BNN). Each writes ``DIR/results.json`` and its plots.
+
+Settings come from ``configs/metaprior_<experiment>.yaml`` (or ``--config``)
+loaded into the frozen :class:`ExperimentConfig`; a ``quick:`` mapping inside
+the file overrides keys for ``--quick``. Unknown keys raise a ValueError naming
+the valid ones. Run ``python -m bnnp_jax.studies.metaprior_experiments moons --quick --out DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bnnp_jax.metaprior import MetaPriorConfig
+from bnnp_jax.metaprior_fit import FitConfig
+from bnnp_jax.studies.mfvi_bnn import MFConfig
+
+EXPERIMENTS = ("cubic", "moons", "digits", "fewshot")
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# MetaPriorConfig / MFConfig fields the experiment sets itself from the data.
+_DERIVED = {"widths", "likelihood"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Settings of one MetaPrior experiment (all four share this schema).
+
+    ``model`` / ``baseline`` hold keyword arguments of :class:`MetaPriorConfig` /
+    :class:`MFConfig` (not ``widths`` or ``likelihood``); ``fit``,
+    ``baseline_fit``, ``illate_fit`` and ``finetune_fit`` hold :class:`FitConfig`
+    arguments.
+    """
+
+    seed: int = 0
+    n_train: int = 500
+    n_test: int = 1000
+    noise: float = 0.2
+    hidden: tuple[int, ...] = (50,)
+    model: dict = dataclasses.field(default_factory=dict)
+    fit: dict = dataclasses.field(default_factory=dict)
+    baseline: dict = dataclasses.field(default_factory=dict)
+    baseline_fit: dict = dataclasses.field(default_factory=dict)
+    eval_samples: int = 200
+    num_draws: int = 20
+    mf_draw_weights: int = 40
+    shots: tuple[int, ...] = (10, 20, 50, 100, 200, 500)
+    permutations: tuple[str, ...] = ("input", "classes", "both")
+    illate_subsets: tuple[str, ...] = ("input", "output", "all")
+    illate_fit: dict = dataclasses.field(default_factory=dict)
+    finetune_fit: dict = dataclasses.field(default_factory=dict)
+    finetune_prior: str = "posterior"
+
+    def __post_init__(self):
+        for name in ("hidden", "shots", "permutations", "illate_subsets"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        _check_keys("model", self.model, MetaPriorConfig)
+        _check_keys("baseline", self.baseline, MFConfig)
+        for name in ("fit", "baseline_fit", "illate_fit", "finetune_fit"):
+            _check_keys(name, getattr(self, name), FitConfig)
+        if self.finetune_prior not in ("posterior", "original"):
+            raise ValueError(f"finetune_prior must be 'posterior' or 'original', got {self.finetune_prior!r}")
+        if min(self.n_train, self.n_test, self.eval_samples) < 1:
+            raise ValueError("n_train, n_test and eval_samples must be positive")
+
+    def model_config(self, widths: tuple[int, ...], likelihood: str) -> MetaPriorConfig:
+        return MetaPriorConfig(widths=widths, likelihood=likelihood, **self.model)
+
+    def baseline_config(self, widths: tuple[int, ...], likelihood: str) -> MFConfig:
+        return MFConfig(widths=widths, likelihood=likelihood, **self.baseline)
+
+
+def _check_keys(name: str, given: dict, cls) -> None:
+    valid = sorted(f.name for f in dataclasses.fields(cls) if f.name not in _DERIVED)
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown keys {unknown} in {name!r}; valid keys: {valid}")
+
+
+def config_from_dict(raw: dict, quick: bool = False) -> ExperimentConfig:
+    """Build the config, applying the ``quick`` overrides when asked; unknown keys raise."""
+    raw = dict(raw or {})
+    overrides = raw.pop("quick", {}) or {}
+    valid = sorted(f.name for f in dataclasses.fields(ExperimentConfig))
+    for where, d in (("config", raw), ("quick", overrides)):
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown keys {unknown} in {where}; valid keys: {valid}")
+    if quick:
+        for k, v in overrides.items():  # nested mappings merge, scalars replace
+            raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) else v
+    return ExperimentConfig(**raw)
+
+
+def load_config(experiment: str, path: str | Path | None = None, quick: bool = False) -> ExperimentConfig:
+    """Read ``configs/metaprior_<experiment>.yaml`` (or ``path``)."""
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {experiment!r}")
+    path = Path(path) if path else CONFIG_DIR / f"metaprior_{experiment}.yaml"
+    if not path.exists():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    return config_from_dict(yaml.safe_load(path.read_text()), quick)
+
+
+def write_results(out: Path, results: dict[str, Any]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``bnnp metaprior``."""
+    parser.add_argument("experiment", choices=EXPERIMENTS, help="which MetaPrior experiment to run")
+    parser.add_argument("--quick", action="store_true", help="short run (the config's quick: overrides)")
+    parser.add_argument("--out", default=None, help="output folder (default runs/metaprior/EXPERIMENT)")
+    parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    parser.add_argument("--mnist", default=None, metavar="FILE",
+                        help="MNIST .npz (x_train, y_train, x_test, y_test) for digits/fewshot; "
+                             "default: sklearn's bundled 8x8 digits")
+    parser.add_argument("--config", default=None, help="YAML config (default configs/metaprior_EXPERIMENT.yaml)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one experiment from parsed arguments; returns an exit code."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import importlib
+
+    cfg = load_config(args.experiment, args.config, args.quick)
+    if args.seed is not None:
+        cfg = dataclasses.replace(cfg, seed=args.seed)
+    out = Path(args.out or f"runs/metaprior/{args.experiment}")
+    if args.mnist and args.experiment not in ("digits", "fewshot"):
+        raise ValueError(f"--mnist only applies to digits and fewshot, not {args.experiment!r}")
+    module = "metaprior_toys" if args.experiment in ("cubic", "moons") else "metaprior_digits"
+    runner = getattr(importlib.import_module(f"bnnp_jax.studies.{module}"), f"run_{args.experiment}")
+    start = time.perf_counter()
+    kwargs = {"mnist": args.mnist} if args.experiment in ("digits", "fewshot") else {}
+    results = runner(cfg, out, **kwargs)
+    results.update(experiment=args.experiment, quick=bool(args.quick), seed=cfg.seed,
+                   config=dataclasses.asdict(cfg), wall_seconds=round(time.perf_counter() - start, 1))
+    path = write_results(out, results)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bnnp metaprior", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
