@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from functools import partial
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,27 +34,9 @@ from jax.scipy.linalg import solve_triangular
 
 from bnnp_jax import blr, priors
 from bnnp_jax.gaussian import Gaussian
+from bnnp_jax.networks import activation_fn
 
 Array = jax.Array
-
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "gelu": jax.nn.gelu,
-    "silu": jax.nn.silu,
-    "elu": jax.nn.elu,
-    "sigmoid": jax.nn.sigmoid,
-    "leaky_relu": jax.nn.leaky_relu,
-    "identity": lambda a: a,
-}
-
-
-def activation_fn(name: str) -> Callable[[Array], Array]:
-    """Look up an activation by name; unknown names raise a ValueError listing the valid ones."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
-    return ACTIVATIONS[name]
-
 
 @partial(
     jax.tree_util.register_dataclass,
@@ -68,7 +50,7 @@ class BNNModel:
 
     Attributes:
       widths: ``(D_0, ..., D_L)``, ``D_0 = x_dim``, ``D_L = y_dim``.
-      activation: name in :data:`ACTIVATIONS`, applied at the input of every layer after the first.
+      activation: name in :data:`bnnp_jax.networks.ACTIVATIONS`, applied at the input of every layer after the first.
       sigma_y: ``[y_dim]`` observation noise standard deviations.
       prior_means: per layer ``[D_l, D_{l-1}+1]`` (unit-major).
       prior_scale_trils: per layer ``[D_l, D_{l-1}+1, D_{l-1}+1]`` covariance Cholesky factors.
@@ -180,6 +162,7 @@ def forward(weights: Sequence[Array], x: Array, activation: str) -> Array:
     return h
 
 
+@jax.jit
 def forward_flat(model: BNNModel, flat: Array, x: Array) -> Array:
     """Function samples for flat weights ``[S, P]`` at ``x [N, D_0]`` -> ``[S, N, D_L]``."""
     return jax.vmap(lambda w: forward(unflatten(model, w), x, model.activation))(flat)
@@ -197,7 +180,11 @@ def log_prior(model: BNNModel, weights: Sequence[Array]) -> Array:
 
 def log_likelihood(model: BNNModel, weights: Sequence[Array], x: Array, y: Array, mask: Array | None = None) -> Array:
     """``sum_n mask_n log N(y_n | f(x_n), diag(sigma_y^2))`` for ``x [N, D_0]``, ``y [N, D_L]`` -> scalar."""
-    f = forward(weights, x, model.activation)
+    return log_likelihood_from_output(model, forward(weights, x, model.activation), y, mask)
+
+
+def log_likelihood_from_output(model: BNNModel, f: Array, y: Array, mask: Array | None = None) -> Array:
+    """The same for a given network output ``f [N, D_L]`` -> scalar."""
     z = (y - f) / model.sigma_y
     per_point = jnp.sum(-0.5 * z**2 - jnp.log(model.sigma_y) - 0.5 * math.log(2 * math.pi), axis=-1)
     if mask is not None:

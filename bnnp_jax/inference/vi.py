@@ -148,7 +148,7 @@ def fit(
         optax_to_numpyro(adam_linear_decay(*lr, num_steps)),
         Trace_ELBO(num_particles=num_particles, vectorize_particles=True),
     )
-    state = svi.init(svi_key, model, x, y, mask)
+    state = jax.jit(svi.init)(svi_key, model, x, y, mask)  # numpyro's eager guide set-up is slow; traced once here
 
     def step(state, _):
         return svi.update(state, model, x, y, mask)
@@ -160,19 +160,22 @@ def fit(
 # ----- the fitted q in closed form ---------------------------------------------
 
 
-def unit_gaussians(result: VIResult) -> list[Gaussian]:
-    """``q`` per layer as per-unit Gaussians (``mfvi`` and ``ucvi``; FCVI couples units)."""
-    p = result.params
+def _unit_gaussians(method: str, params: dict, num_layers: int) -> list[Gaussian]:
     out = []
-    for l in range(result.model.num_layers):
-        if result.method == "mfvi":
-            scale = p[f"{_site(l)}_auto_scale"]
-            out.append(Gaussian(p[f"{_site(l)}_auto_loc"], jax.vmap(jnp.diag)(1.0 / scale)))
-        elif result.method == "ucvi":
-            out.append(Gaussian.from_scale_tril(p[f"{_site(l)}_ucvi_loc"], p[f"{_site(l)}_ucvi_scale_tril"]))
+    for l in range(num_layers):
+        if method == "mfvi":
+            scale = params[f"{_site(l)}_auto_scale"]
+            out.append(Gaussian(params[f"{_site(l)}_auto_loc"], jax.vmap(jnp.diag)(1.0 / scale)))
+        elif method == "ucvi":
+            out.append(Gaussian.from_scale_tril(params[f"{_site(l)}_ucvi_loc"], params[f"{_site(l)}_ucvi_scale_tril"]))
         else:
             raise ValueError("FCVI has one joint Gaussian over all weights; use flat_gaussian")
     return out
+
+
+def unit_gaussians(result: VIResult) -> list[Gaussian]:
+    """``q`` per layer as per-unit Gaussians (``mfvi`` and ``ucvi``; FCVI couples units)."""
+    return _unit_gaussians(result.method, result.params, result.model.num_layers)
 
 
 def flat_gaussian(result: VIResult) -> tuple[Array, Array]:
@@ -204,34 +207,49 @@ def kl_flat_to_units(mean: Array, scale_tril: Array, targets: list[Gaussian]) ->
     return 0.5 * (trace + maha - mean.shape[0]) - log_det_c - log_det_l
 
 
+def _kl_to_prior(method: str, params: dict, model: bnn.BNNModel) -> Array:
+    prior = model.prior_gaussians()
+    if method == "fcvi":
+        return kl_flat_to_units(params["auto_loc"], params["auto_scale_tril"], prior)
+    qs = _unit_gaussians(method, params, model.num_layers)
+    return sum(jnp.sum(kl_divergence(q, p)) for q, p in zip(qs, prior))
+
+
 def kl_to_prior(result: VIResult) -> Array:
     """Exact ``KL(q || p(W))`` -> scalar."""
-    prior = result.model.prior_gaussians()
-    if result.method == "fcvi":
-        return kl_flat_to_units(*flat_gaussian(result), prior)
-    return sum(jnp.sum(kl_divergence(q, p)) for q, p in zip(unit_gaussians(result), prior))
+    return _kl_to_prior(result.method, result.params, result.model)
+
+
+@partial(jax.jit, static_argnames=("method", "num_samples"))
+def _sample(key: Array, method: str, params: dict, model: bnn.BNNModel, num_samples: int) -> Array:
+    if method == "fcvi":
+        mean, tril = params["auto_loc"], params["auto_scale_tril"]
+        eps = jax.random.normal(key, (num_samples,) + mean.shape, mean.dtype)
+        return mean + eps @ tril.T
+    qs = _unit_gaussians(method, params, model.num_layers)
+    keys = jax.random.split(key, len(qs))
+    return jnp.concatenate([q.sample(k, (num_samples,)).reshape(num_samples, -1) for k, q in zip(keys, qs)], axis=1)
 
 
 def sample(key: Array, result: VIResult, num_samples: int) -> Array:
     """Flat weight samples from ``q``: ``[S, P]``."""
-    if result.method == "fcvi":
-        mean, tril = flat_gaussian(result)
-        eps = jax.random.normal(key, (num_samples,) + mean.shape, mean.dtype)
-        return mean + eps @ tril.T
-    qs = unit_gaussians(result)
-    keys = jax.random.split(key, len(qs))
-    return jnp.concatenate([q.sample(k, (num_samples,)).reshape(num_samples, -1) for k, q in zip(keys, qs)], axis=1)
+    return _sample(key, result.method, result.params, result.model, num_samples)
+
+
+@partial(jax.jit, static_argnames=("method", "num_samples", "batch_size"))
+def _elbo_terms(key, method, params, model, x, y, mask, num_samples, batch_size):
+    flat = _sample(key, method, params, model, num_samples)
+    loglik = evidence.batched_log_likelihood(model, flat, x, y, mask, batch_size)
+    return loglik, _kl_to_prior(method, params, model)
 
 
 def elbo(key: Array, result: VIResult, x: Array, y: Array, num_samples: int = 10_000, *, mask=None, batch_size=1000):
     """ELBO on ``(x, y)``: Monte-Carlo expected log-likelihood over ``num_samples``
     draws minus the exact KL to the prior -> :class:`evidence.ELBOEstimate`."""
-    flat = sample(key, result, num_samples)
-    loglik = evidence.batched_log_likelihood(result.model, flat, x, y, mask, batch_size)
-    return evidence.elbo_estimate(loglik, kl_to_prior(result))
+    loglik, kl = _elbo_terms(key, result.method, result.params, result.model, x, y, mask, num_samples, batch_size)
+    return evidence.elbo_estimate(loglik, kl)
 
 
 def predict(key: Array, result: VIResult, x_test: Array, num_samples: int) -> Array:
     """Posterior function samples ``[num_samples, N_t, D_L]``."""
     return bnn.forward_flat(result.model, sample(key, result, num_samples), x_test)
-

@@ -1,0 +1,186 @@
+"""Global inducing-point variational inference, GIVI (Ober & Aitchison 2021; SPEC section 8).
+
+Learned inducing inputs ``Z [M, x_dim]`` are pushed through the *sampled*
+network alongside the data. At layer ``l`` the inducing activations give the
+features ``Phi_u = [act(U_{l-1}), 1] [M, D]`` (``U_0 = Z``), and learned
+pseudo-outputs ``V_l [M, D_l]`` with a pseudo-precision ``Lambda_l = R R^T``
+(``[M, M]``, shared by the layer's units; ``R`` lower-triangular) define
+
+    q(W_l | U_{l-1}) ∝ p(W_l) N(V_l | Phi_u W_l, Lambda_l^{-1}),
+
+the Bayesian linear regression of SPEC section 4 (Ober & Aitchison eq. 12).
+Because ``Phi_u^T Lambda Phi_u = (R^T Phi_u)^T (R^T Phi_u)``, it is exactly
+:func:`bnnp_jax.blr.posterior` on the whitened design ``R^T Phi_u`` and targets
+``R^T V_l`` with unit precisions, so no ``M x M`` inverse is formed.
+``U_l = Phi_u W_l`` then feeds the next layer.
+
+ELBO (SPEC section 5): ``mean_s log p(y | W^(s)) - mean_s sum_l KL(q(W_l | U^(s)_{l-1}) || p(W_l))``,
+the KL in closed form. ``Z`` is a trained parameter like the others
+(SPEC section 12: the reference implementation never updated it).
+
+:func:`layerwise_path` is the shared sampler: the per-task BNNP of
+:mod:`bnnp_methods` runs the same layer-by-layer conditional posterior with
+the context points as pseudo-inputs.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bnnp_jax import blr
+from bnnp_jax.gaussian import Gaussian, kl_divergence
+from bnnp_jax.inference import evidence
+from bnnp_jax.inference import model as bnn
+from bnnp_jax.inference.vi import adam_linear_decay, run_steps
+from bnnp_jax.networks import activation_fn
+
+Array = jax.Array
+LayerFn = Callable[[int, Array, Gaussian], Gaussian]
+
+
+def layerwise_path(key, model: bnn.BNNModel, pseudo_x: Array, x: Array, layer_posterior: LayerFn):
+    """One sample path of a layer-wise conditional Gaussian posterior.
+
+    Args:
+      pseudo_x: ``[M, D_0]`` inputs that condition the layers (inducing inputs, or context points).
+      x: ``[N, D_0]`` inputs at which to return the network output.
+      layer_posterior: ``(l, Phi_u [M, D], prior) -> q(W_l | earlier)`` in unit layout.
+
+    Returns:
+      ``f [N, D_L]`` and this path's ``sum_l sum_d KL(q || p)``.
+    """
+    act = activation_fn(model.activation)
+    m = pseudo_x.shape[0]
+    h, kl = jnp.concatenate([pseudo_x, x]), 0.0  # one matmul per layer for both point sets
+    priors_ = model.prior_gaussians()
+    for l, (k, prior) in enumerate(zip(jax.random.split(key, model.num_layers), priors_)):
+        a = h if l == 0 else act(h)
+        phi = jnp.concatenate([a, jnp.ones_like(a[:, :1])], axis=1)
+        q = layer_posterior(l, phi[:m], prior)
+        h = phi @ q.sample(k).T
+        kl = kl + jnp.sum(kl_divergence(q, prior))
+    return h[m:], kl
+
+
+class GIVIParams(NamedTuple):
+    """Variational parameters.
+
+    Attributes:
+      z: ``[M, D_0]`` inducing inputs.
+      pseudo_y: per layer ``[M, D_l]`` pseudo-outputs ``V_l``.
+      prec_raw: per layer ``[M, M]`` (full) or ``[M]`` (diagonal) raw factor of
+        ``Lambda_l``: strict lower triangle as is, diagonal as a log.
+    """
+
+    z: Array
+    pseudo_y: list
+    prec_raw: list
+
+
+class GIVIResult(NamedTuple):
+    params: GIVIParams
+    init_params: GIVIParams
+    model: bnn.BNNModel
+    losses: Array
+
+
+def prec_tril(raw: Array) -> Array:
+    """``R`` with ``Lambda = R R^T``: ``[M, M]`` from a full ``[M, M]`` or diagonal ``[M]`` raw factor."""
+    if raw.ndim == 1:
+        return jnp.diag(jnp.exp(raw))
+    return jnp.tril(raw, -1) + jnp.diag(jnp.exp(jnp.diagonal(raw)))
+
+
+def layer_posterior(phi_u: Array, pseudo_y: Array, raw: Array, prior: Gaussian) -> Gaussian:
+    """``q(W_l | U_{l-1})`` by BLR on the whitened design (module docstring)."""
+    r = prec_tril(raw)
+    feats, targets = r.T @ phi_u, r.T @ pseudo_y
+    return blr.posterior(feats, targets, jnp.ones_like(targets), prior)
+
+
+def init(key, model: bnn.BNNModel, x: Array, y: Array, num_inducing: int = 10, *, log_prec: float = -4.0,
+         full_precision: bool = True) -> GIVIParams:
+    """Inducing inputs at a random subset of the data (jittered when ``M > N``); hidden
+    pseudo-outputs ``N(0, 1)``; final pseudo-outputs at the matching ``y``; ``Lambda = e^{log_prec} I``
+    (a near-prior start, as in Ober & Aitchison's code)."""
+    if num_inducing < 1:
+        raise ValueError(f"num_inducing must be >= 1, got {num_inducing}")
+    kz, kj, kv = jax.random.split(key, 3)
+    idx = jax.random.choice(kz, x.shape[0], (num_inducing,), replace=num_inducing > x.shape[0])
+    z = x[idx] + (num_inducing > x.shape[0]) * 0.1 * jax.random.normal(kj, (num_inducing, x.shape[1]), x.dtype)
+    keys = jax.random.split(kv, model.num_layers)
+    pseudo_y = [jax.random.normal(k, (num_inducing, d), x.dtype) for k, d in zip(keys[:-1], model.widths[1:-1])]
+    pseudo_y.append(y[idx].astype(x.dtype))
+    half = 0.5 * log_prec  # log of R's diagonal
+    raw = [jnp.full((num_inducing,), half, x.dtype) if not full_precision
+           else half * jnp.eye(num_inducing, dtype=x.dtype) for _ in range(model.num_layers)]
+    return GIVIParams(z, pseudo_y, raw)
+
+
+def sample_path(key, model: bnn.BNNModel, params: GIVIParams, x: Array):
+    """``f [N, D_L]`` at ``x`` and the path's KL, for one joint draw of all layers."""
+    fn = lambda l, phi_u, prior: layer_posterior(phi_u, params.pseudo_y[l], params.prec_raw[l], prior)
+    return layerwise_path(key, model, params.z, x, fn)
+
+
+def elbo_terms(key, model: bnn.BNNModel, params: GIVIParams, x, y, num_samples: int, mask=None):
+    """Per-path log-likelihood ``[S]`` and KL ``[S]``."""
+    def one(k):
+        f, kl = sample_path(k, model, params, x)
+        return bnn.log_likelihood_from_output(model, f, y, mask), kl
+
+    return jax.vmap(one)(jax.random.split(key, num_samples))
+
+
+def loss(params: GIVIParams, key, model, x, y, num_samples: int = 8, mask=None) -> Array:
+    """Negative ELBO estimate with ``num_samples`` paths."""
+    ll, kl = elbo_terms(key, model, params, x, y, num_samples, mask)
+    return -jnp.mean(ll - kl)
+
+
+def fit(key, model: bnn.BNNModel, x, y, *, num_inducing=10, num_steps=20_000, lr=(5e-3, 5e-5), num_samples=8,
+        full_precision=True, init_params: GIVIParams | None = None, mask=None, progress_bar=True) -> GIVIResult:
+    """Maximise the ELBO over ``Z``, ``V_l`` and ``Lambda_l`` with Adam (linear decay), from
+    ``init_params`` if given (else :func:`init`)."""
+    init_key, run_key = jax.random.split(key)
+    params0 = init_params or init(init_key, model, x, y, num_inducing, full_precision=full_precision)
+    opt = adam_linear_decay(*lr, num_steps)
+
+    def step(state, k):
+        params, opt_state = state
+        value, grads = jax.value_and_grad(loss)(params, k, model, x, y, num_samples, mask)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    (params, _), losses = run_steps(run_key, step, (params0, opt.init(params0)), num_steps, desc="givi",
+                                    progress_bar=progress_bar)
+    return GIVIResult(params, params0, model, losses)
+
+
+@partial(jax.jit, static_argnames=("num_samples", "batch_size"))
+def _elbo_terms_batched(key, model, params, x, y, mask, num_samples, batch_size):
+    one = lambda k: elbo_terms(k, model, params, x, y, 1, mask)
+    ll, kl = jax.lax.map(one, jax.random.split(key, num_samples), batch_size=min(batch_size, num_samples))
+    return ll[:, 0], kl[:, 0]
+
+
+def elbo(key, result: GIVIResult, x, y, num_samples: int = 10_000, *, mask=None, batch_size: int = 1000):
+    """ELBO estimate over ``num_samples`` paths (KL per path in closed form) -> :class:`evidence.ELBOEstimate`."""
+    ll, kl = _elbo_terms_batched(key, result.model, result.params, x, y, mask, num_samples, batch_size)
+    return evidence.elbo_estimate(ll, kl)
+
+
+@partial(jax.jit, static_argnames="num_samples")
+def _predict(key, model, params, x_test, num_samples):
+    one = lambda k: sample_path(k, model, params, x_test)[0]
+    return jax.vmap(one)(jax.random.split(key, num_samples))
+
+
+def predict(key, result: GIVIResult, x_test, num_samples: int) -> Array:
+    """Posterior function samples ``[num_samples, N_t, D_L]``."""
+    return _predict(key, result.model, result.params, x_test, num_samples)
