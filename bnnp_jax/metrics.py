@@ -32,7 +32,8 @@ Array = jax.Array
 
 def _check(f: Array, sigma_y: Array, y: Array, mask: Array) -> None:
     if f.ndim != 3 or y.ndim != 2 or f.shape[1:] != y.shape:
-        raise ValueError(f"f must be [S, N, y_dim] and y [N, y_dim] with matching N, y_dim; got f {f.shape}, y {y.shape}")
+        raise ValueError(f"f must be [S, N, y_dim] and y [N, y_dim] with matching N and y_dim; "
+                         f"got f {f.shape}, y {y.shape}")
     if mask.shape != y.shape[:1]:
         raise ValueError(f"mask must have shape [N] = {y.shape[:1]}, got {mask.shape}")
     if jnp.shape(sigma_y) not in ((), (y.shape[1],)):

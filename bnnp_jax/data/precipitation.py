@@ -141,8 +141,9 @@ def _open(path: str, engine: str):
 
     try:
         return netcdf_file(path, "r", mmap=False)
-    except TypeError as err:  # scipy's message for HDF5-based files
-        raise ValueError(f"{path} is not NetCDF3; install the 'era5' extra (netCDF4) to read NetCDF4") from err
+    except (TypeError, ValueError) as err:  # scipy rejects HDF5-based (NetCDF4) files
+        raise ValueError(f"{path} is not a NetCDF3 file ({err}); install the 'era5' extra "
+                         "(netCDF4) to read NetCDF4 files") from err
 
 
 def _read(ds, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -203,17 +204,19 @@ def load_era5(path: str, precip_var: str = "tp", temp_var: str = "t2m", precip_s
             if not found:
                 raise ValueError(f"no {k} dimension in {path}: expected one of {options}, found {list(ds.dimensions)}")
             names[k] = found[0]
-        lon = _read(ds, names["lon"])[0] if names["lon"] in ds.variables else np.arange(len(ds.dimensions[names["lon"]]))
-        lat = _read(ds, names["lat"])[0] if names["lat"] in ds.variables else np.arange(len(ds.dimensions[names["lat"]]))
-        times = _read(ds, names["time"])[0] if names["time"] in ds.variables else None
         tp = _to_time_lat_lon(*_read(ds, precip_var), names, precip_var)
         t2m = _to_time_lat_lon(*_read(ds, temp_var), names, temp_var)
+        # A dimension without a coordinate variable gets index coordinates.
+        times, lat, lon = (_read(ds, names[k])[0] if names[k] in ds.variables else np.arange(size, dtype=float)
+                           for k, size in zip(("time", "lat", "lon"), tp.shape))
     finally:
         ds.close()
     return _build_tasks(tp, t2m, lon, lat, times, precip_scale, float_dtype(dtype))
 
 
 def _build_tasks(tp, t2m, lon, lat, times, precip_scale, dtype) -> Era5Data:
+    if tp.shape != t2m.shape:
+        raise ValueError(f"precipitation {tp.shape} and temperature {t2m.shape} grids differ")
     num_t, n_lat, n_lon = tp.shape
     valid = np.isfinite(tp) & np.isfinite(t2m)
     if not valid.any():
@@ -226,6 +229,5 @@ def _build_tasks(tp, t2m, lon, lat, times, precip_scale, dtype) -> Era5Data:
     y = np.where(valid, np.maximum(tp * precip_scale, 0.0), 0.0).reshape(num_t, -1, 1)
     stats = {"lon_range": (float(lon.min()), float(lon.max())), "lat_range": (float(lat.min()), float(lat.max())),
              "t2m_mean": mean, "t2m_std": std}
-    times = np.arange(num_t) if times is None else times
     x = np.where(valid.reshape(num_t, -1, 1), np.concatenate([s, t_std], axis=-1), 0.0)
     return Era5Data(x.astype(dtype), y.astype(dtype), valid.reshape(num_t, -1).astype(dtype), times, stats)
