@@ -48,20 +48,21 @@ def layerwise_path(key, model: bnn.BNNModel, pseudo_x: Array, x: Array, layer_po
 
     Args:
       pseudo_x: ``[M, D_0]`` inputs that condition the layers (inducing inputs, or context points).
-      x: ``[N, D_0]`` inputs at which to return the network output.
+      x: ``[N, D_0]`` inputs at which to return the network output, or ``None`` for ``pseudo_x``.
       layer_posterior: ``(l, Phi_u [M, D], prior) -> q(W_l | earlier)`` in unit layout.
 
     Returns:
       ``f [N, D_L]`` and this path's ``sum_l sum_d KL(q || p)``.
     """
     act = activation_fn(model.activation)
-    m = pseudo_x.shape[0]
-    h, kl = jnp.concatenate([pseudo_x, x]), 0.0  # one matmul per layer for both point sets
+    m = 0 if x is None else pseudo_x.shape[0]
+    h = pseudo_x if x is None else jnp.concatenate([pseudo_x, x])  # one matmul per layer for both point sets
+    kl = 0.0
     priors_ = model.prior_gaussians()
     for l, (k, prior) in enumerate(zip(jax.random.split(key, model.num_layers), priors_)):
         a = h if l == 0 else act(h)
         phi = jnp.concatenate([a, jnp.ones_like(a[:, :1])], axis=1)
-        q = layer_posterior(l, phi[:m], prior)
+        q = layer_posterior(l, phi[: m or None], prior)
         h = phi @ q.sample(k).T
         kl = kl + jnp.sum(kl_divergence(q, prior))
     return h[m:], kl
