@@ -1,0 +1,309 @@
+"""``bnnp compare CONFIG --out DIR``: the KL-to-the-true-posterior table (SPEC sections 10, 11).
+
+One dataset is drawn from the BNN prior (default 1 -> 20 -> 20 -> 1, ReLU,
+``N(0, I / (D_in + 1))``, ``x ~ U[-4, 4]``, ``N`` uniform in ``[21, 42)``, noise
+0.1). For every model ``sigma_y`` on the grid, each method is trained on it,
+its ELBO is estimated with ``elbo_samples`` draws, and ``log p(D)`` is bracketed
+by bidirectional Monte Carlo, giving ``KL(q || p(W | D))`` in
+``[lower - ELBO, upper - ELBO]``:
+
+- ``certified`` mode: the data at each ``sigma_y`` are re-simulated from the same
+  generating weights and inputs with noise ``sigma_y`` (same standard-normal
+  draws), so the generating weights are an exact posterior sample and the
+  reverse-AIS upper bound is valid.
+- ``paper`` mode: the paper's single dataset (noise ``data_noise``) for every
+  ``sigma_y``; reverse AIS starts from a NUTS run, so the upper value is an
+  approximate upper estimate (``upper_is_bound: false`` in the records).
+- Without hidden layers the evidence is exact and reported too.
+
+Outputs in ``DIR``: ``results.json`` (config and one record per method and
+``sigma_y``; rewritten after every ``sigma_y`` so a long run can be inspected
+while it goes), ``kl_table.md`` and ``kl_vs_sigma.png`` (log-log, the KL
+interval as error bars; non-positive values, possible at large ``sigma_y``
+from Monte-Carlo error, are drawn at the axis floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bnnp_jax.config import load_yaml, to_dict
+
+METHODS = ("bnnp_per_task", "bnnp_amortised", "givi", "ucvi", "fcvi", "mfvi")
+MODES = ("paper", "certified")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    num_steps: int = 20_000
+    lr_start: float = 5e-3
+    lr_end: float = 5e-5
+    num_particles: int = 8
+    givi_inducing: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class AISSettings:
+    num_temps: int = 10_000
+    num_particles: int = 64
+    num_leapfrog: int = 10
+    schedule: str = "sigmoid"
+
+
+@dataclasses.dataclass(frozen=True)
+class NUTSSettings:
+    num_warmup: int = 1000
+    num_samples: int = 1000
+    num_chains: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class KLTableConfig:
+    """Settings of the KL table (defaults: SPEC section 11).
+
+    ``sigma_y_values`` overrides the log-spaced grid ``sigma_y_min .. sigma_y_max``
+    (``num_sigma_y`` points). ``bnnp_checkpoint`` is needed for ``bnnp_amortised``.
+    """
+
+    seed: int = 69
+    widths: tuple[int, ...] = (1, 20, 20, 1)
+    activation: str = "relu"
+    x_range: tuple[float, ...] = (-4.0, 4.0)
+    n_range: tuple[int, ...] = (21, 42)
+    data_noise: float = 0.1
+    sigma_y_min: float = 0.01
+    sigma_y_max: float = 10.0
+    num_sigma_y: int = 40
+    sigma_y_values: tuple[float, ...] = ()
+    methods: tuple[str, ...] = ("bnnp_per_task", "givi", "ucvi", "fcvi", "mfvi")
+    mode: str = "certified"
+    elbo_samples: int = 10_000
+    float64: bool = True
+    train: TrainSettings = TrainSettings()
+    ais: AISSettings = AISSettings()
+    nuts: NUTSSettings = NUTSSettings()
+    bnnp_checkpoint: str | None = None
+
+    def __post_init__(self):
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"methods: unknown {bad}; valid methods are {list(METHODS)}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if "bnnp_amortised" in self.methods and not self.bnnp_checkpoint:
+            raise ValueError("methods: bnnp_amortised needs bnnp_checkpoint (a meta-trained BNNP)")
+        if len(self.x_range) != 2 or len(self.n_range) != 2 or not self.n_range[0] < self.n_range[1]:
+            raise ValueError(f"x_range and n_range need two entries, n_range increasing; got {self.x_range}, {self.n_range}")
+
+    def sigma_grid(self) -> np.ndarray:
+        if self.sigma_y_values:
+            return np.asarray(self.sigma_y_values, float)
+        return np.geomspace(self.sigma_y_min, self.sigma_y_max, self.num_sigma_y)
+
+
+# ----- data -------------------------------------------------------------------
+
+
+def simulate(cfg: KLTableConfig):
+    """Generating weights (flat ``[P]``), inputs ``x [N, D_0]``, noiseless outputs ``f`` and the
+    standard-normal noise draws ``eps [N, D_L]`` (``y = f + noise * eps``)."""
+    from bnnp_jax.inference import model as bnn
+
+    prior_model = bnn.fixed_prior_model(cfg.widths, cfg.activation, 1.0)
+    kn, kx, kw, ke = jax.random.split(jax.random.PRNGKey(cfg.seed), 4)
+    n = int(jax.random.randint(kn, (), cfg.n_range[0], cfg.n_range[1]))
+    x = jax.random.uniform(kx, (n, cfg.widths[0]), minval=cfg.x_range[0], maxval=cfg.x_range[1])
+    w = bnn.prior_sample(kw, prior_model)
+    return bnn.flatten(w), x, bnn.forward(w, x, cfg.activation), jax.random.normal(ke, (n, cfg.widths[-1]))
+
+
+# ----- methods ------------------------------------------------------------------
+
+
+def _fit_and_elbo(method: str, key, model, x, y, cfg: KLTableConfig):
+    """Train ``method`` on ``(x, y)`` and estimate its ELBO -> ELBOEstimate."""
+    from bnnp_jax.inference import bnnp_methods, givi, vi
+
+    t = cfg.train
+    lr = (t.lr_start, t.lr_end)
+    kf, ke = jax.random.split(key)
+    s = cfg.elbo_samples
+    if method in vi.METHODS:
+        res = vi.fit(kf, model, x, y, method, num_steps=t.num_steps, lr=lr, num_particles=t.num_particles)
+        return vi.elbo(ke, res, x, y, s)
+    if method == "givi":
+        res = givi.fit(kf, model, x, y, num_inducing=t.givi_inducing, num_steps=t.num_steps, lr=lr,
+                       num_samples=t.num_particles)
+        return givi.elbo(ke, res, x, y, s)
+    if method == "bnnp_per_task":
+        res = bnnp_methods.per_task_fit(kf, model, x, y, num_steps=t.num_steps, lr=lr, num_samples=t.num_particles)
+        return bnnp_methods.per_task_elbo(ke, res, s)
+    return _amortised_elbo(ke, model, x, y, cfg)
+
+
+def _amortised_elbo(key, model, x, y, cfg: KLTableConfig):
+    """Zero-shot ELBO of a meta-trained BNNP. ``KL = log p(D) - ELBO`` needs the ELBO under
+    the table's model, so the BNNP's prior must be the table's fixed prior (meta-train with
+    the prior frozen) and its ``sigma_y`` is set to the model's."""
+    from bnnp_jax import checkpoint  # the lead's checkpoint module
+    from bnnp_jax.inference import bnnp_methods
+    from bnnp_jax.inference import model as bnn
+
+    params = checkpoint.load(cfg.bnnp_checkpoint)
+    if params.config.sigma_y_bound is not None:
+        raise ValueError("bnnp_amortised: a BNNP with a bounded sigma_y cannot be set to the table's values")
+    own = bnn.from_bnnp(params)
+    same = own.widths == model.widths and own.activation == model.activation and all(
+        np.allclose(a, b) for a, b in zip(own.prior_means + own.prior_scale_trils,
+                                          model.prior_means + model.prior_scale_trils))
+    if not same:
+        raise ValueError("bnnp_amortised: the checkpoint's architecture or prior differs from the table's model")
+    raw = jnp.log(model.sigma_y).astype(params.likelihood["raw_sigma"].dtype)
+    params = params.replace(likelihood={"raw_sigma": raw})
+    return bnnp_methods.amortised_elbo(key, bnnp_methods.amortised_fit(key, params, x, y), cfg.elbo_samples)
+
+
+def _evidence(key, model, x, y, w_true, cfg: KLTableConfig):
+    from bnnp_jax.inference import ais, evidence, nuts
+
+    a = cfg.ais
+    settings = dict(num_temps=a.num_temps, num_particles=a.num_particles, num_leapfrog=a.num_leapfrog,
+                    schedule_kind=a.schedule)
+    kn, ke, kp = jax.random.split(key, 3)
+    if model.num_layers == 1:
+        return evidence.estimate(ke, model, x, y, cfg.mode, **settings), None
+    if cfg.mode == "certified":
+        starts = ais.tile_init(w_true, a.num_particles)
+        return evidence.estimate(ke, model, x, y, "certified", posterior_init=starts, **settings), None
+    n = cfg.nuts
+    run = nuts.fit(kn, model, x, y, num_warmup=n.num_warmup, num_samples=n.num_samples, num_chains=n.num_chains)
+    pool = nuts.flat_samples(run)
+    starts = pool[jax.random.choice(kp, pool.shape[0], (a.num_particles,), replace=False)]
+    diag = {"nuts_max_r_hat": float(np.nanmax(run.diagnostics.r_hat)), "nuts_min_ess": float(np.min(run.diagnostics.ess)),
+            "nuts_accept_rate": run.diagnostics.accept_rate}
+    return evidence.estimate(ke, model, x, y, "paper", posterior_init=starts, **settings), diag
+
+
+def run_sigma(key, sigma: float, data, cfg: KLTableConfig) -> list[dict]:
+    """All methods and the evidence bounds at one ``sigma_y`` -> records."""
+    from bnnp_jax.inference import evidence
+    from bnnp_jax.inference import model as bnn
+
+    w_true, x, f, eps = data
+    noise = sigma if cfg.mode == "certified" else cfg.data_noise
+    y = f + noise * eps
+    model = bnn.fixed_prior_model(cfg.widths, cfg.activation, sigma)
+    k_ev, k_m = jax.random.split(key)
+    t0 = time.perf_counter()
+    ev, nuts_diag = _evidence(k_ev, model, x, y, w_true, cfg)
+    base = {"sigma_y": float(sigma), "log_evidence_lower": ev.lower, "log_evidence_upper": ev.upper,
+            "log_evidence_lower_stderr": ev.lower_stderr, "log_evidence_upper_stderr": ev.upper_stderr,
+            "upper_is_bound": ev.upper_is_bound, "evidence_mode": ev.mode,
+            "evidence_seconds": time.perf_counter() - t0, "num_points": int(x.shape[0])}
+    if not math.isnan(ev.exact):
+        base["log_evidence_exact"] = ev.exact
+    base.update(nuts_diag or {})
+    records = []
+    for method, k in zip(cfg.methods, jax.random.split(k_m, len(cfg.methods))):
+        t0 = time.perf_counter()
+        est = _fit_and_elbo(method, k, model, x, y, cfg)
+        kl = evidence.kl_interval(est.value, ev)
+        rec = dict(base, method=method, elbo=float(est.value), elbo_stderr=float(est.stderr),
+                   kl_lower=kl.lower, kl_upper=kl.upper, seconds=time.perf_counter() - t0)
+        if not math.isnan(kl.exact):
+            rec["kl_exact"] = kl.exact
+        records.append(rec)
+        print(f"sigma_y={sigma:.4g} {method}: ELBO {rec['elbo']:.3f}, KL in [{kl.lower:.3f}, {kl.upper:.3f}] "
+              f"({rec['seconds']:.0f} s)", flush=True)
+    return records
+
+
+# ----- outputs --------------------------------------------------------------------
+
+
+def markdown_table(records: list[dict], methods) -> str:
+    """Rows ``sigma_y``, columns methods, cells ``KL lower .. upper`` (or the exact KL)."""
+    sigmas = sorted({r["sigma_y"] for r in records})
+    by = {(r["sigma_y"], r["method"]): r for r in records}
+    lines = ["| sigma_y | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for s in sigmas:
+        cells = []
+        for m in methods:
+            r = by.get((s, m))
+            if r is None:
+                cells.append("")
+            elif "kl_exact" in r:
+                cells.append(f"{r['kl_exact']:.3g}")
+            else:
+                cells.append(f"{r['kl_lower']:.3g} .. {r['kl_upper']:.3g}" + ("" if r["upper_is_bound"] else "*"))
+        lines.append(f"| {s:.3g} | " + " | ".join(cells) + " |")
+    note = ("\nCells: KL(q || p(W|D)) in [log p(D)_lower - ELBO, log p(D)_upper - ELBO]; "
+            "* marks an approximate upper end (reverse AIS from NUTS, paper mode).\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def plot(records: list[dict], methods, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    floor = 1e-3
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in methods:
+        rs = sorted((r for r in records if r["method"] == m), key=lambda r: r["sigma_y"])
+        if not rs:
+            continue
+        s = np.array([r["sigma_y"] for r in rs])
+        lo = np.maximum([r.get("kl_exact", r["kl_lower"]) for r in rs], floor)
+        hi = np.maximum([r.get("kl_exact", r["kl_upper"]) for r in rs], floor)
+        hi = np.where(np.isnan(hi), lo, hi)
+        mid = np.sqrt(lo * hi)
+        ax.errorbar(s, mid, yerr=[mid - lo, hi - mid], marker="o", ms=3, capsize=2, label=m)
+    ax.set(xscale="log", yscale="log", xlabel="model sigma_y", ylabel="KL(q || p(W|D)) [nats]")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _write(out: Path, cfg: KLTableConfig, records: list[dict]) -> None:
+    (out / "results.json").write_text(json.dumps({"config": to_dict(cfg), "records": records}, indent=1))
+    (out / "kl_table.md").write_text(markdown_table(records, cfg.methods))
+    plot(records, cfg.methods, out / "kl_vs_sigma.png")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML file (see configs/kl_table*.yaml)")
+    parser.add_argument("--out", required=True, help="output directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_yaml(KLTableConfig, args.config)
+    if cfg.float64:
+        jax.config.update("jax_enable_x64", True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = simulate(cfg)
+    records: list[dict] = []
+    keys = jax.random.split(jax.random.PRNGKey(cfg.seed + 1), len(cfg.sigma_grid()))
+    for k, sigma in zip(keys, cfg.sigma_grid()):
+        records += run_sigma(k, float(sigma), data, cfg)
+        _write(out, cfg, records)
+    print((out / "kl_table.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
+    raise SystemExit(run(p.parse_args()))
