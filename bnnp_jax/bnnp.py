@@ -147,7 +147,7 @@ class Prediction(NamedTuple):
 def init(key: Array, config: BNNPConfig) -> BNNPParams:
     """Prior at ``N(0, I/(D_in+1))``, fresh inference networks, ``sigma_y = sigma_y_init``."""
     dtype = jnp.dtype(config.dtype)
-    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+    if dtype == jnp.float64 and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
         raise ValueError("BNNPConfig.dtype='float64' needs jax.config.update('jax_enable_x64', True) first")
     if config.sigma_y_bound is None:
         raw = math.log(config.sigma_y_init)

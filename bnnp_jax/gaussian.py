@@ -93,10 +93,18 @@ class Gaussian(NamedTuple):
         return jnp.swapaxes(cinv, -1, -2) @ cinv
 
     def sample(self, key: Array, sample_shape: tuple = ()) -> Array:
-        """Draw ``w = m + C^{-T} eps``: returns ``sample_shape + [..., O, D]``."""
+        """Draw ``w = m + C^{-T} eps``: returns ``sample_shape + [..., O, D]``.
+
+        All draws share one triangular solve per unit (the draws are its
+        right-hand-side columns) rather than one solve per draw.
+        """
         batch = jnp.broadcast_shapes(self.mean.shape, self.prec_tril.shape[:-1])
-        eps = jax.random.normal(key, tuple(sample_shape) + batch, self.mean.dtype)
-        return self.mean + _tri_solve_vec(self.prec_tril, eps, trans=1)
+        sample_shape = tuple(sample_shape)
+        n = math.prod(sample_shape)
+        eps = jax.random.normal(key, (n,) + batch, self.mean.dtype)
+        cols = jnp.moveaxis(eps, 0, -1)  # [..., O, D, n]
+        noise = jnp.moveaxis(_tri_solve(self.prec_tril, cols, lower=True, trans=1), -1, 0)
+        return (self.mean + noise).reshape(sample_shape + batch)
 
     def log_prob(self, w: Array) -> Array:
         """Log density per unit: ``w [..., O, D] -> [..., O]``."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -35,12 +35,12 @@ class MLP(nn.Module):
     out: int
     activation: str = "relu"
     out_init_scale: float = 1.0
-    dtype: jnp.dtype = jnp.float32
+    dtype: Any = None  # computation dtype; None follows the inputs
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
         act = activation_fn(self.activation)
         for width in self.hidden:
-            h = act(nn.Dense(width, dtype=self.dtype, param_dtype=self.dtype)(h))
+            h = act(nn.Dense(width, dtype=self.dtype, param_dtype=self.dtype or jnp.float32)(h))
         init = nn.initializers.variance_scaling(self.out_init_scale, "fan_in", "truncated_normal")
-        return nn.Dense(self.out, kernel_init=init, dtype=self.dtype, param_dtype=self.dtype)(h)
+        return nn.Dense(self.out, kernel_init=init, dtype=self.dtype, param_dtype=self.dtype or jnp.float32)(h)

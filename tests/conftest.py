@@ -1,0 +1,18 @@
+"""Shared fixtures. ``x64`` runs a test with float64 enabled (a scoped switch,
+so float32 tests elsewhere keep their default)."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield

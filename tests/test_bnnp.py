@@ -1,0 +1,156 @@
+"""The BNNP model: exact regression limit, minibatched/padded/vmapped against
+references, options, jit vs eager, dtypes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnnp_jax import blr, bnnp, objectives
+from bnnp_jax.gaussian import Gaussian, kl_divergence
+
+
+def _data(n=25, x_dim=1, y_dim=1, seed=0, dtype=jnp.float64):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    x = jax.random.uniform(k1, (n, x_dim), dtype, -2, 2)
+    y = jnp.sin(2 * x[:, :1]) + 0.1 * jax.random.normal(k2, (n, y_dim), dtype)
+    return x, y
+
+
+def _params(seed=0, **kw):
+    kw.setdefault("hidden", (6, 5))
+    kw.setdefault("dtype", "float64")
+    return bnnp.init(jax.random.PRNGKey(seed), bnnp.BNNPConfig(**kw))
+
+
+def test_no_hidden_layer_exact_regression(x64):
+    """Final layer on the true targets with sigma_y is exact BLR: moments, KL and ELBO = log evidence."""
+    p = _params(hidden=(), final_layer="exact", sigma_y_init=0.3)
+    x, y = _data(30)
+    phi = jnp.concatenate([x, jnp.ones_like(x)], -1)
+    lam = jnp.full(y.shape, 1 / 0.3**2)
+    prior = bnnp.layer_priors(p)[0]
+    exact = blr.posterior(phi, y, lam, prior)
+    s = 40_000
+    post = bnnp.posterior_samples(jax.random.PRNGKey(1), p, x, y, s)
+    w = post.weights[0][:, :, 0]  # [S, 2]
+    np.testing.assert_allclose(post.kl, jnp.sum(kl_divergence(exact, prior)), rtol=1e-10)
+    se = np.sqrt(np.diag(exact.covariance()[0]) / s)
+    assert np.all(np.abs(w.mean(0) - exact.mean[0]) < 5 * se)
+    np.testing.assert_allclose(np.cov(w.T), exact.covariance()[0], rtol=0.05)
+    # ELBO at the exact posterior equals the evidence; the MC error of ctxt_ell sets the tolerance.
+    ll = bnnp.log_likelihood_sums(p, post.weights, x, y, jnp.ones((30, 1)))[:, 0]
+    elbo, elbo_se = float(ll.mean() - post.kl), float(ll.std() / np.sqrt(s))
+    assert abs(elbo - float(blr.log_marginal_likelihood(phi, y, lam, prior))) < 5 * elbo_se
+
+
+@pytest.mark.parametrize("kw", [{}, {"prior_kind": "shared"}, {"inference_sees_activations": True}])
+def test_minibatched_equals_full_batch(x64, kw):
+    p = _params(**kw)
+    x, y = _data(37)
+    key = jax.random.PRNGKey(3)
+    full = bnnp.posterior_samples(key, p, x, y, 4)
+    for bs in (5, 16):
+        mb = bnnp.posterior_samples(key, p, x, y, 4, batch_size=bs)
+        for a, b in zip(full.weights, mb.weights):
+            np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(mb.kl, full.kl, rtol=1e-8)
+
+
+def test_minibatched_gradients_equal_full(x64):
+    p = _params()
+    x, y = _data(23)
+    ctx = (jnp.arange(23) < 10).astype(jnp.float64)
+
+    def obj(params, bs):
+        t = objectives.task_terms(jax.random.PRNGKey(0), params, x, y, ctx, 1 - ctx, 3, bs)
+        return objectives.combine(t, "pp_avi")
+
+    g_full = jax.grad(obj)(p, None)
+    g_mb = jax.grad(obj)(p, 4)
+    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_mb)):
+        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-9)
+    # Every inference network receives gradient (none is detached).
+    assert all(float(jnp.abs(leaf).sum()) > 0 for leaf in jax.tree.leaves(g_mb.inference))
+
+
+def test_padded_equals_unpadded(x64):
+    p = _params()
+    x, y = _data(15)
+    key = jax.random.PRNGKey(4)
+    ref = bnnp.posterior_samples(key, p, x, y, 3)
+    xp = jnp.concatenate([x, jnp.full((6, 1), 5.0)])
+    yp = jnp.concatenate([y, jnp.full((6, 1), -3.0)])
+    w = jnp.concatenate([jnp.ones(15), jnp.zeros(6)])
+    pad = bnnp.masked_posterior(key, p, xp, yp, w, 3)
+    for a, b in zip(ref.weights, pad.weights):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(pad.kl, ref.kl, rtol=1e-10)
+
+
+def test_empty_context_is_prior(x64):
+    p = _params()
+    x, y = _data(8)
+    post = bnnp.masked_posterior(jax.random.PRNGKey(0), p, x, y, jnp.zeros(8), 2)
+    assert float(post.kl) == pytest.approx(0.0, abs=1e-9)
+    pred = bnnp.predict(jax.random.PRNGKey(0), p, x[:0], y[:0], x, 2)
+    assert pred.samples.shape == (2, 8, 1) and np.all(np.isfinite(pred.samples))
+
+
+def test_vmapped_terms_equal_loop(x64):
+    from bnnp_jax.data.tasks import split, size_mask
+
+    p = _params()
+    key = jax.random.PRNGKey(5)
+    x = jax.random.uniform(key, (3, 12, 1), jnp.float64, -2, 2)
+    y = jnp.cos(x)
+    batch = split(key, x, y, size_mask(key, 3, 12, (4, 13), jnp.float64), (0.2, 0.6))
+    terms = objectives.batch_terms(key, p, batch, 4)
+    keys = jax.random.split(key, 3)
+    for t in range(3):
+        ref = objectives.task_terms(keys[t], p, batch.x[t], batch.y[t], batch.context[t], batch.target[t], 4)
+        for a, b in zip(terms, ref):
+            np.testing.assert_allclose(a[t], b, rtol=1e-10)
+
+
+def test_options_shapes_and_lora_parameter_count():
+    x, y = _data(10, x_dim=2, y_dim=2, dtype=jnp.float32)
+    for kw in [{"prior_kind": "diagonal"}, {"prior_kind": "shared"}, {"final_layer": "exact"},
+               {"inference_sees_activations": True}, {"lora_rank": 2}, {"sigma_y_bound": 1.0}]:
+        p = _params(x_dim=2, y_dim=2, dtype="float32", **kw)
+        pred = bnnp.predict(jax.random.PRNGKey(0), p, x, y, x[:4], 3)
+        assert pred.samples.shape == (3, 4, 2) and pred.samples.dtype == jnp.float32, kw
+        assert np.all(np.isfinite(pred.samples)) and np.all(pred.variance > 0), kw
+    count = lambda tree: sum(a.size for a in jax.tree.leaves(tree))
+    big = dict(x_dim=1, y_dim=1, hidden=(64, 64, 64), dtype="float32")
+    assert count(_params(lora_rank=4, **big).inference) < 0.5 * count(_params(**big).inference)
+
+
+def test_prior_samples_moments(x64):
+    p = _params(hidden=(4,))
+    w = bnnp.prior_samples(jax.random.PRNGKey(0), p, 50_000)
+    assert [a.shape for a in w] == [(50_000, 2, 4), (50_000, 5, 1)]
+    np.testing.assert_allclose(np.var(w[0], 0), 0.5, rtol=0.05)  # I / (D_in + 1) = 1/2
+    np.testing.assert_allclose(np.var(w[1], 0), 0.2, rtol=0.05)
+
+
+def test_jit_matches_eager():
+    p = _params(dtype="float32")
+    x, y = _data(12, dtype=jnp.float32)
+    key = jax.random.PRNGKey(2)
+    with jax.disable_jit():
+        eager = bnnp._predict(key, p, x, y, x, 3)
+    jitted = bnnp.predict(key, p, x, y, x, 3)
+    np.testing.assert_allclose(jitted.samples, eager.samples, rtol=1e-4, atol=1e-5)
+
+
+def test_float64_requires_x64_switch():
+    with pytest.raises(ValueError, match="jax_enable_x64"):
+        bnnp.init(jax.random.PRNGKey(0), bnnp.BNNPConfig(dtype="float64"))
+
+
+@pytest.mark.parametrize("field,value", [("hidden", (0,)), ("activation", "swish2"), ("prior_kind", "full"),
+                                         ("final_layer", "fixed"), ("sigma_y_init", -1.0), ("lora_rank", -1)])
+def test_config_errors_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        bnnp.BNNPConfig(**{field: value})
