@@ -87,11 +87,15 @@ def _log_terms(model, x, y, mask):
     return terms
 
 
-def hmc_step(key, theta, beta, step_size, num_leapfrog, terms, inv_mass):
+def hmc_step(key, theta, beta, step_size, num_leapfrog, terms, inv_mass, jitter=0.0):
     """One HMC transition for ``f_beta`` from one particle ``theta [P]``.
 
-    Returns the new state, its log-likelihood, and the acceptance probability.
-    A non-finite proposal energy counts as a rejection, as in any HMC.
+    The step size is drawn from ``step_size * U(1 - jitter, 1 + jitter)``
+    independently of the state (so detailed balance holds): a fixed trajectory
+    length can resonate with a near-Gaussian target's period and leave particles
+    where they are, which shows up as heavy-tailed AIS weights. Returns the new
+    state, its log-likelihood, and the acceptance probability. A non-finite
+    proposal energy counts as a rejection, as in any HMC.
     """
 
     def neg_energy(th):
@@ -99,7 +103,8 @@ def hmc_step(key, theta, beta, step_size, num_leapfrog, terms, inv_mass):
         return lp + beta * ll, ll
 
     grad_fn = jax.value_and_grad(neg_energy, has_aux=True)
-    mom_key, u_key = jax.random.split(key)
+    mom_key, u_key, e_key = jax.random.split(key, 3)
+    step_size = step_size * jax.random.uniform(e_key, dtype=theta.dtype, minval=1 - jitter, maxval=1 + jitter)
     p0 = jax.random.normal(mom_key, theta.shape, theta.dtype) / jnp.sqrt(inv_mass)
     (lj0, ll0), g0 = grad_fn(theta)
 
@@ -119,14 +124,18 @@ def hmc_step(key, theta, beta, step_size, num_leapfrog, terms, inv_mass):
     return jnp.where(accept, th1, theta), jnp.where(accept, lls[-1], ll0), jnp.exp(log_alpha)
 
 
+STEP_JITTER = 0.5  # step sizes vary in [0.5, 1.5] x the tuned value (see hmc_step)
+
+
 def _transition(key, thetas, beta, step_size, problem, num_leapfrog, num_mcmc_steps):
     """``num_mcmc_steps`` HMC steps for all particles ``[K, P]``; returns states and mean acceptance."""
     model, x, y, mask = problem
     terms, inv_mass = _log_terms(model, x, y, mask), _inv_mass(model)
-    step = jax.vmap(hmc_step, in_axes=(0, 0, None, None, None, None, None))
+    step = jax.vmap(hmc_step, in_axes=(0, 0, None, None, None, None, None, None))
 
     def body(th, k):
-        th, _, acc = step(jax.random.split(k, th.shape[0]), th, beta, step_size, num_leapfrog, terms, inv_mass)
+        keys = jax.random.split(k, th.shape[0])
+        th, _, acc = step(keys, th, beta, step_size, num_leapfrog, terms, inv_mass, STEP_JITTER)
         return th, jnp.mean(acc)
 
     thetas, acc = jax.lax.scan(body, thetas, jax.random.split(key, num_mcmc_steps))
@@ -254,31 +263,59 @@ class BDMCResult(NamedTuple):
     forward: AISResult
     reverse: AISResult | None
     step_sizes: Array
+    betas: Array
 
 
-def schedule(num_temps: int, kind: str = "sigmoid", dtype=None) -> Array:
-    """Temperatures ``[num_temps + 1]``: ``"sigmoid"`` (delta 4, Grosse et al. 2015) or
-    ``"geometric"`` (0, then log-spaced from 1e-5 to 1: constant ``Delta beta / beta``,
-    which suits near-Gaussian posteriors whose log-likelihood variance falls like ``1 / beta^2``)."""
+SCHEDULES = ("geometric", "sigmoid")
+
+
+def schedule(num_temps: int, kind: str = "geometric", dtype=None, beta_min: float = 1e-5) -> Array:
+    """Temperatures ``[num_temps + 1]`` from exactly 0 to exactly 1.
+
+    ``"geometric"``: 0, then log-spaced from ``beta_min`` to 1 (constant
+    ``Delta beta / beta``, which suits near-Gaussian posteriors whose
+    log-likelihood variance falls like ``1 / beta^2``); ``"sigmoid"``: delta 4
+    (Grosse et al. 2015), whose first step is fixed at about ``7e-4 * 200 / T``.
+    """
     if kind == "sigmoid":
         return sigmoid_schedule(num_temps, 4.0, dtype)
     if kind == "geometric":
-        if num_temps < 1:
-            raise ValueError(f"num_temps must be >= 1, got {num_temps}")
-        return jnp.concatenate([jnp.zeros(1, dtype), jnp.logspace(-5.0, 0.0, num_temps, dtype=dtype)])
-    raise ValueError(f"schedule kind must be 'sigmoid' or 'geometric', got {kind!r}")
+        if num_temps < 1 or not 0.0 < beta_min < 1.0:
+            raise ValueError(f"need num_temps >= 1 and 0 < beta_min < 1, got {num_temps}, {beta_min}")
+        logs = jnp.linspace(math.log10(beta_min), 0.0, num_temps, dtype=dtype)
+        return jnp.concatenate([jnp.zeros(1, dtype), (10.0**logs).at[-1].set(1.0)])
+    raise ValueError(f"schedule kind must be one of {SCHEDULES}, got {kind!r}")
+
+
+def auto_beta_min(key, model, x, y, mask=None, num_draws: int = 256) -> float:
+    """First temperature for the geometric path, from the data.
+
+    Under the prior the log-likelihood has spread ``sd_0``; once the likelihood
+    dominates, ``sd_beta ~ sqrt(P / 2) / beta``. The two meet at
+    ``beta_c = sqrt(P / 2) / sd_0``; starting two decades below it keeps the first
+    weight increments ``Delta beta * sd_0`` small however informative the data
+    (with ``sigma_y = 0.01`` a fixed first step of ``1e-5`` would already add
+    weight noise of several nats).
+    """
+    thetas = _prior_particles(key, model, num_draws)
+    ll = jax.vmap(lambda t: bnn.log_likelihood(model, bnn.unflatten(model, t), x, y, mask))(thetas)
+    beta_c = math.sqrt(model.num_weights / 2) / max(float(jnp.std(ll)), 1e-12)
+    return float(min(max(beta_c / 100.0, 1e-12), 1e-3))
 
 
 def bdmc(key, model, x, y, *, num_temps=1000, num_particles=64, posterior_init=None, num_leapfrog=10,
-         num_mcmc_steps=1, schedule_kind="sigmoid", mask=None, progress_bar=True) -> BDMCResult:
+         num_mcmc_steps=1, schedule_kind="geometric", beta_min=None, mask=None, progress_bar=True) -> BDMCResult:
     """Bidirectional Monte Carlo: tune step sizes, run forward AIS from the prior and,
     if ``posterior_init [K, P]`` is given, reverse AIS from those posterior samples.
 
-    Tuning uses as many particles as the measured runs, so all three share one
-    compiled program."""
+    ``beta_min`` (geometric schedule) defaults to :func:`auto_beta_min`. Tuning
+    uses as many particles as the measured runs, so all three share one compiled
+    program."""
     dtype = model.prior_means[0].dtype
-    betas = schedule(num_temps, schedule_kind, dtype)
-    kt, kf, kr, ki = jax.random.split(key, 4)
+    kt, kf, kr, ki, kb = jax.random.split(key, 5)
+    if schedule_kind == "geometric" and beta_min is None:
+        beta_min = auto_beta_min(kb, model, x, y, mask)
+    betas = schedule(num_temps, schedule_kind, dtype, beta_min or 1e-5)
     common = dict(num_leapfrog=num_leapfrog, num_mcmc_steps=num_mcmc_steps, mask=mask, progress_bar=progress_bar)
     eps = tune_step_sizes(kt, model, x, y, betas, num_particles=num_particles, **common)
     init = _prior_particles(ki, model, num_particles)
@@ -286,7 +323,7 @@ def bdmc(key, model, x, y, *, num_temps=1000, num_particles=64, posterior_init=N
     rev = None
     if posterior_init is not None:
         rev = run(kr, model, x, y, posterior_init, betas[::-1], eps[::-1], direction="reverse", **common)
-    return BDMCResult(fwd, rev, eps)
+    return BDMCResult(fwd, rev, eps, betas)
 
 
 def tile_init(theta: Array, num_particles: int) -> Array:

@@ -106,9 +106,14 @@ def layer_posterior(phi_u: Array, pseudo_y: Array, raw: Array, prior: Gaussian) 
 
 def init(key, model: bnn.BNNModel, x: Array, y: Array, num_inducing: int = 10, *, log_prec: float = -4.0,
          full_precision: bool = True) -> GIVIParams:
-    """Inducing inputs at a random subset of the data (jittered when ``M > N``); hidden
-    pseudo-outputs ``N(0, 1)``; final pseudo-outputs at the matching ``y``; ``Lambda = e^{log_prec} I``
-    (a near-prior start, as in Ober & Aitchison's code)."""
+    """Inducing inputs at a random subset of the data (jittered when ``M > N``).
+
+    Hidden layers start near the prior, as in Ober & Aitchison's code: pseudo-outputs
+    ``N(0, 1)``, ``Lambda = e^{log_prec} I``. The last layer starts as a data subset:
+    pseudo-outputs at the matching ``y`` with the observation precision
+    ``1 / sigma_y^2`` (a small fixed start would need thousands of steps to reach it
+    at low noise).
+    """
     if num_inducing < 1:
         raise ValueError(f"num_inducing must be >= 1, got {num_inducing}")
     kz, kj, kv = jax.random.split(key, 3)
@@ -117,9 +122,9 @@ def init(key, model: bnn.BNNModel, x: Array, y: Array, num_inducing: int = 10, *
     keys = jax.random.split(kv, model.num_layers)
     pseudo_y = [jax.random.normal(k, (num_inducing, d), x.dtype) for k, d in zip(keys[:-1], model.widths[1:-1])]
     pseudo_y.append(y[idx].astype(x.dtype))
-    half = 0.5 * log_prec  # log of R's diagonal
-    raw = [jnp.full((num_inducing,), half, x.dtype) if not full_precision
-           else half * jnp.eye(num_inducing, dtype=x.dtype) for _ in range(model.num_layers)]
+    halves = [0.5 * log_prec] * (model.num_layers - 1) + [-float(jnp.mean(jnp.log(model.sigma_y)))]
+    eye = jnp.eye(num_inducing, dtype=x.dtype)
+    raw = [jnp.full((num_inducing,), h, x.dtype) if not full_precision else h * eye for h in halves]
     return GIVIParams(z, pseudo_y, raw)
 
 

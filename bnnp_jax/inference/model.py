@@ -107,10 +107,16 @@ def make_model(widths, activation, sigma_y, prior_means, prior_scale_trils) -> B
 
 def fixed_prior_model(widths: Sequence[int], activation: str = "relu", sigma_y=0.1, dtype=None) -> BNNModel:
     """The fixed prior ``N(0, I / (D_{l-1} + 1))`` on every unit (SPEC section 3 initialisation)."""
-    dtype = dtype or _default_dtype()
-    layers = priors.init(_check_widths(widths), "unitwise", dtype)
+    activation_fn(activation)
+    dtype = jnp.dtype(dtype or _default_dtype())
+    return _fixed_prior_model(_check_widths(widths), activation, jnp.asarray(sigma_y, dtype), dtype)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 3))
+def _fixed_prior_model(widths, activation, sigma_y, dtype):  # jitted: dozens of tiny eager ops otherwise
+    layers = priors.init(widths, "unitwise", dtype)
     trils = [priors.scale_tril(p, "unitwise") for p in layers]
-    return make_model(widths, activation, jnp.asarray(sigma_y, dtype), [p.mean for p in layers], trils)
+    return make_model(widths, activation, sigma_y, [p.mean for p in layers], trils)
 
 
 def from_bnnp(params) -> BNNModel:
@@ -197,6 +203,7 @@ def log_joint(model: BNNModel, weights: Sequence[Array], x: Array, y: Array, mas
     return log_prior(model, weights) + log_likelihood(model, weights, x, y, mask)
 
 
+@partial(jax.jit, static_argnames="sample_shape")
 def prior_sample(key: Array, model: BNNModel, sample_shape: tuple = ()) -> list[Array]:
     """Weights from the prior: per layer ``sample_shape + [D_{l-1}+1, D_l]``."""
     keys = jax.random.split(key, model.num_layers)
@@ -243,6 +250,7 @@ def _linear_case(model: BNNModel, x: Array, y: Array):
     return features, precision, model.prior_gaussians()[0]
 
 
+@jax.jit
 def exact_posterior(model: BNNModel, x: Array, y: Array) -> Gaussian:
     """Closed-form posterior of a no-hidden-layer model (Bayesian linear regression):
     ``Gaussian(mean [O, D], prec_tril [O, D, D])`` in unit layout."""
@@ -250,6 +258,7 @@ def exact_posterior(model: BNNModel, x: Array, y: Array) -> Gaussian:
     return blr.posterior(features, y, precision, prior)
 
 
+@jax.jit
 def exact_log_evidence(model: BNNModel, x: Array, y: Array) -> Array:
     """Exact ``log p(y | x)`` of a no-hidden-layer model -> scalar."""
     features, precision, prior = _linear_case(model, x, y)

@@ -56,7 +56,7 @@ class AISSettings:
     num_temps: int = 10_000
     num_particles: int = 64
     num_leapfrog: int = 10
-    schedule: str = "sigmoid"
+    schedule: str = "geometric"
 
 
 @dataclasses.dataclass(frozen=True)
