@@ -222,7 +222,8 @@ def run_sigma(key, sigma: float, data, cfg: KLTableConfig) -> list[dict]:
         if not math.isnan(kl.exact):
             rec["kl_exact"] = kl.exact
         records.append(rec)
-        print(f"sigma_y={sigma:.4g} {method}: ELBO {rec['elbo']:.3f}, KL in [{kl.lower:.3f}, {kl.upper:.3f}] "
+        exact = f", exact {kl.exact:.3f}" if "kl_exact" in rec else ""
+        print(f"sigma_y={sigma:.4g} {method}: ELBO {rec['elbo']:.3f}, KL in [{kl.lower:.3f}, {kl.upper:.3f}]{exact} "
               f"({rec['seconds']:.0f} s)", flush=True)
     return records
 
@@ -289,9 +290,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_yaml(KLTableConfig, args.config)
-    if cfg.float64:
-        jax.config.update("jax_enable_x64", True)
-    out = Path(args.out)
+    with jax.enable_x64(cfg.float64):  # scoped, so a caller's float32 work is untouched
+        return _run(cfg, Path(args.out))
+
+
+def _run(cfg: KLTableConfig, out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = simulate(cfg)
     records: list[dict] = []
