@@ -16,11 +16,15 @@ that leave ``f_{beta_t}`` invariant, with a real Metropolis-Hastings test
   start is an exact posterior sample: closed form without hidden layers, or
   the generating weights of data simulated from this very model.
 
-The HMC step sizes are tuned per temperature in a separate, short forward run
-and then frozen, so the kernels of the measured runs do not depend on their
-own particles (adapting inside the run would bias the weights), and the
-forward and reverse runs use the same kernel at each temperature. Momenta are
-preconditioned by the prior covariance's diagonal.
+The HMC step sizes are tuned per temperature in a separate forward run and
+then frozen, so the kernels of the measured runs do not depend on their own
+particles (adapting inside the run would bias the weights), and the forward
+and reverse runs use the same kernel at each temperature. Momenta are
+preconditioned by the prior covariance's diagonal, and each transition draws
+its step size around the tuned one (a fixed trajectory length can resonate
+with a near-Gaussian target and freeze particles). The default path is
+geometric in ``beta`` from a first temperature set by the data
+(:func:`auto_beta_min`).
 """
 
 from __future__ import annotations
