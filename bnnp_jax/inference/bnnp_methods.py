@@ -57,15 +57,22 @@ def _precision(log_s: Array) -> Array:
     return 1.0 / (s**2 + amortised_layer.PRECISION_FLOOR)
 
 
-def per_task_init(key, model: bnn.BNNModel, x: Array, final_layer: str = "learned") -> PerTaskParams:
-    """Pseudo-targets at the pre-activations of one prior draw (a plausible set of
-    hidden features), ``log s = 0`` (the amortised layer's initial scale)."""
+def per_task_init(key, model: bnn.BNNModel, x: Array, final_layer: str = "learned", *,
+                  hidden_log_s: float = 4.0) -> PerTaskParams:
+    """A near-prior start, like GIVI's: hidden pseudo-targets at the pre-activations of
+    one prior draw with a weak precision (``log s = 4``: ``lambda ~ e^-4``), and the last
+    layer's precision at the observation precision ``1 / sigma_y^2`` (exact regression
+    given the features). Starting the hidden layers at the amortised layer's initial
+    ``log s = 0`` (``lambda ~ 55``) pins them to one random prior function; on the KL
+    table's data at ``sigma_y = 0.1`` that costs about 18 nats after 2000 steps."""
     if final_layer not in FINAL_LAYER_MODES:
         raise ValueError(f"final_layer must be one of {FINAL_LAYER_MODES}, got {final_layer!r}")
     weights = bnn.prior_sample(key, model)
     yhat = [bnn.forward(weights[: l + 1], x, model.activation) for l in range(model.num_layers - 1)]
-    n_layers = model.num_layers - (final_layer == "exact")
-    log_s = [jnp.zeros((x.shape[0], d), x.dtype) for d in model.widths[1 : 1 + n_layers]]
+    log_s = [jnp.full((x.shape[0], d), hidden_log_s, x.dtype) for d in model.widths[1:-1]]
+    if final_layer == "learned":
+        final = amortised_layer.LOG_S_SHIFT + jnp.log(model.sigma_y).astype(x.dtype)
+        log_s.append(jnp.broadcast_to(final, (x.shape[0], model.widths[-1])))
     return PerTaskParams(yhat, log_s)
 
 
@@ -98,10 +105,11 @@ def per_task_loss(params: PerTaskParams, key, model, x, y, num_samples: int = 8)
 
 
 def per_task_fit(key, model: bnn.BNNModel, x, y, *, num_steps=20_000, lr=(5e-3, 5e-5), num_samples=8,
-                 final_layer="learned", progress_bar=True) -> PerTaskResult:
-    """Optimise the pseudo-observations by the ELBO with Adam (linear decay)."""
+                 final_layer="learned", init_params: PerTaskParams | None = None, progress_bar=True) -> PerTaskResult:
+    """Optimise the pseudo-observations by the ELBO with Adam (linear decay), from
+    ``init_params`` if given (else :func:`per_task_init`)."""
     init_key, run_key = jax.random.split(key)
-    params0 = per_task_init(init_key, model, x, final_layer)
+    params0 = init_params or per_task_init(init_key, model, x, final_layer)
     opt = adam_linear_decay(*lr, num_steps)
 
     def step(state, k):
