@@ -43,10 +43,11 @@ def test_markdown_and_plot_from_records(tmp_path):
         dict(method="mfvi", sigma_y=0.1, kl_lower=30.0, kl_upper=31.0, upper_is_bound=False),
         dict(method="givi", sigma_y=0.1, kl_lower=1.0, kl_upper=1.5, upper_is_bound=False),
         dict(method="mfvi", sigma_y=1.0, kl_lower=-0.01, kl_upper=0.02, kl_exact=0.004, upper_is_bound=True),
+        dict(method="givi", sigma_y=1.0, kl_lower=0.5, kl_upper=0.4, upper_is_bound=True),  # bounds crossed by noise
     ]
     md = kl_table.markdown_table(recs, ("givi", "mfvi"))
     assert "| 0.1 | 1 .. 1.5* | 30 .. 31* |" in md
-    assert "| 1 |  | 0.004 |" in md
+    assert "| 1 | 0.5 .. 0.4 | 0.004 |" in md
     kl_table.plot(recs, ("givi", "mfvi"), tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
 

@@ -265,9 +265,11 @@ def plot(records: list[dict], methods, path: Path) -> None:
         if not rs:
             continue
         s = np.array([r["sigma_y"] for r in rs])
-        lo = np.maximum([r.get("kl_exact", r["kl_lower"]) for r in rs], floor)
-        hi = np.maximum([r.get("kl_exact", r["kl_upper"]) for r in rs], floor)
-        hi = np.where(np.isnan(hi), lo, hi)
+        a = np.array([r.get("kl_exact", r["kl_lower"]) for r in rs], float)
+        b = np.array([r.get("kl_exact", r["kl_upper"]) for r in rs], float)
+        b = np.where(np.isnan(b), a, b)
+        # the stochastic bounds can cross by Monte-Carlo error: draw the span they cover
+        lo, hi = np.maximum(np.minimum(a, b), floor), np.maximum(np.maximum(a, b), floor)
         mid = np.sqrt(lo * hi)
         ax.errorbar(s, mid, yerr=[mid - lo, hi - mid], marker="o", ms=3, capsize=2, label=m)
     ax.set(xscale="log", yscale="log", xlabel="model sigma_y", ylabel="KL(q || p(W|D)) [nats]")
