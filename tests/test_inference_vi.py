@@ -83,3 +83,18 @@ def test_unknown_method_raises():
     model = bnn.fixed_prior_model([1, 1], "relu", 0.1)
     with pytest.raises(ValueError, match="method"):
         vi.fit(jax.random.PRNGKey(0), model, jnp.zeros((3, 1)), jnp.zeros((3, 1)), "lcvi", num_steps=1)
+
+
+def test_fcvi_latent_order_is_the_flat_order(x64):
+    # numpyro ravels the guide's sites into one latent vector; the KL and the samples assume it is
+    # bnn.flatten's layer-by-layer, unit-major order, which needs zero-padded, ordered site names.
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.optim import optax_to_numpyro
+
+    model = bnn.fixed_prior_model([2, 3, 2], "tanh", 0.1)
+    init_units = [w.T for w in bnn.prior_sample(jax.random.PRNGKey(0), model)]
+    guide = vi.make_guide("fcvi", model, init_units, 0.01)
+    x, y = jnp.zeros((4, 2)), jnp.zeros((4, 2))
+    svi = SVI(bnn.numpyro_model, guide, optax_to_numpyro(vi.adam_linear_decay(1e-3, 1e-3, 1)), Trace_ELBO())
+    params = svi.get_params(jax.jit(svi.init)(jax.random.PRNGKey(1), model, x, y))
+    np.testing.assert_allclose(params["auto_loc"], bnn.flatten(bnn.units_to_weights(init_units)), rtol=1e-12)
