@@ -20,7 +20,7 @@ def _linear(seed=0, n=20, sigma=0.3):
 
 def test_bdmc_brackets_exact_evidence(x64):
     model, x, y = _linear()
-    ev = evidence.estimate(jax.random.PRNGKey(1), model, x, y, num_temps=2000, num_particles=64,
+    ev = evidence.estimate(jax.random.PRNGKey(1), model, x, y, num_temps=1000, num_particles=32,
                            progress_bar=False)
     exact = float(bnn.exact_log_evidence(model, x, y))
     assert ev.exact == pytest.approx(exact)

@@ -31,18 +31,18 @@ def test_givi_is_exact_without_hidden_layers(x64):
     est = givi.elbo(jax.random.PRNGKey(2), res, x, y, num_samples=4000)
     gap = float(bnn.exact_log_evidence(model, x, y) - est.value)
     assert abs(gap - kl) < 4 * float(est.stderr)
+    f = givi.predict(jax.random.PRNGKey(6), res, x[:4], 9)
+    assert f.shape == (9, 4, 1) and bool(jnp.all(jnp.isfinite(f)))
 
 
 def test_givi_learns_inducing_inputs_on_a_bnn(x64):
-    model, x, y = _data([1, 20, 1], 0.1, 25, seed=3)
+    model, x, y = _data([1, 8, 1], 0.1, 25, seed=3)
     params = givi.init(jax.random.PRNGKey(4), model, x, y, num_inducing=6)
-    res = givi.fit(jax.random.PRNGKey(4), model, x, y, num_steps=300, lr=(1e-2, 1e-3), init_params=params,
-                   progress_bar=False)
+    res = givi.fit(jax.random.PRNGKey(4), model, x, y, num_steps=200, lr=(1e-2, 1e-3), num_samples=4,
+                   init_params=params, progress_bar=False)
     np.testing.assert_array_equal(res.init_params.z, params.z)
     assert float(jnp.max(jnp.abs(res.params.z - res.init_params.z))) > 0.05  # Z is learned
     assert float(jnp.mean(res.losses[-50:])) < float(jnp.mean(res.losses[:50]))
-    f = givi.predict(jax.random.PRNGKey(6), res, x[:4], 9)
-    assert f.shape == (9, 4, 1) and bool(jnp.all(jnp.isfinite(f)))
 
 
 def test_diagonal_precision_matches_diagonal_full_factor(x64):
@@ -54,8 +54,9 @@ def test_diagonal_precision_matches_diagonal_full_factor(x64):
     phi = jnp.concatenate([params.z, jnp.ones((4, 1))], axis=1)
     prior = model.prior_gaussians()[0]
     diag_raw = params.prec_raw[0] + jnp.array([0.0, 0.3, -0.1, 0.2])
-    q_diag = givi.layer_posterior(phi, params.pseudo_y[0], diag_raw, prior)
-    q_full = givi.layer_posterior(phi, params.pseudo_y[0], jnp.diag(diag_raw), prior)
+    both = jax.jit(lambda r: (givi.layer_posterior(phi, params.pseudo_y[0], r, prior),
+                              givi.layer_posterior(phi, params.pseudo_y[0], jnp.diag(r), prior)))
+    q_diag, q_full = both(diag_raw)
     np.testing.assert_allclose(q_diag.mean, q_full.mean, rtol=1e-12)
     # and the whitened BLR equals the textbook precision P0 + Phi^T Lambda Phi
     lam = jnp.diag(jnp.exp(2 * diag_raw))

@@ -40,9 +40,9 @@ def test_nuts_moments_match_closed_form(x64):
 
 
 def test_nuts_rejects_on_a_bnn(x64):
-    model, x, y = _data([1, 20, 1], 0.1, 20, seed=3)
-    res = nuts.fit(jax.random.PRNGKey(4), model, x, y, num_warmup=100, num_samples=100, num_chains=1,
-                   max_tree_depth=6, progress_bar=False)
+    model, x, y = _data([1, 10, 1], 0.1, 20, seed=3)
+    res = nuts.fit(jax.random.PRNGKey(4), model, x, y, num_warmup=60, num_samples=60, num_chains=1,
+                   max_tree_depth=5, progress_bar=False)
     d = res.diagnostics
     assert 0.0 < d.accept_rate < 1.0
     assert d.mean_tree_size > 1.0
