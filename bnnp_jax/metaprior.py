@@ -9,9 +9,9 @@ codes ``[z_{l,i}, z_{l-1,j}, z_s]`` (biases from ``[z_{l,i}, 0]``):
 - Gaussian head: ``w ~ N(mu, s^2)``, ``(mu, log s) = g(.)``;
 - implicit head: ``w = g(., eps)``, ``eps ~ N(0, I_E)`` per weight.
 
-Both are multiplied by ``1 / sqrt(D_{l-1} + 1)`` so one ``g`` serves layers of
-any fan-in with the scaled initialisation of SPEC section 3 (a design choice of
-this package; the paper is silent on it).
+Both are multiplied by ``1 / sqrt(D_{l-1} + 1)`` (``fan_in_scaling``, on by
+default) so one ``g`` serves layers of any fan-in with the scaled initialisation
+of SPEC section 3 (a design choice of this package; the paper is silent on it).
 
 The objective is the paper's eq. 3, ``E_Q(Z) E_p(W|Z) log p(D|W) - KL(Q(Z)||p(Z))``:
 ``p(W|Z)`` appears in both the model and the variational family and cancels,
@@ -61,6 +61,7 @@ class MetaPriorConfig:
     sigma_y: float | None = None
     init_code_std: float = 0.1
     init_weight_log_std: float = -1.0
+    fan_in_scaling: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -79,6 +80,10 @@ class MetaPriorConfig:
             raise ValueError(f"sigma_y must be positive or None, got {self.sigma_y}")
         activation_fn(self.activation)
         activation_fn(self.hyper_activation)
+
+    def weight_scale(self, layer: int) -> float:
+        """Multiplier of g's outputs for layer ``layer`` (1-based): ``1/sqrt(D_{l-1}+1)`` or 1."""
+        return 1.0 / math.sqrt(self.widths[layer - 1] + 1) if self.fan_in_scaling else 1.0
 
     @property
     def num_layers(self) -> int:
@@ -140,12 +145,18 @@ def init(key: Array, config: MetaPriorConfig, dtype=jnp.float32) -> MetaPriorPar
     return MetaPriorParams(Codes(units, glob), hyper, jnp.zeros((config.widths[-1],), dtype))
 
 
-def code_kl(codes: Codes) -> Array:
-    """Closed-form ``KL(Q(Z) || N(0, I))`` summed over all codes (scalar):
-    ``0.5 * sum(sigma^2 + mu^2 - 1 - 2 log sigma)``."""
-    def kl(q: CodeQ) -> Array:
-        return 0.5 * jnp.sum(jnp.exp(2 * q.log_std) + q.mean**2 - 1.0 - 2 * q.log_std)
-    return sum(kl(q) for q in codes.units) + kl(codes.glob)
+def code_kl(codes: Codes, prior: Codes | None = None) -> Array:
+    """Closed-form ``KL(Q(Z) || p(Z))`` summed over all codes (scalar). With ``prior=None``,
+    ``p = N(0, I)``: ``0.5 * sum(sigma^2 + mu^2 - 1 - 2 log sigma)``; otherwise ``p`` is another
+    diagonal Gaussian (e.g. the trained ``Q(Z)`` as the prior of a new task):
+    ``0.5 * sum((sigma^2 + (mu - m)^2) / s^2 - 1 + 2 log(s / sigma))``."""
+    def kl(q: CodeQ, p: CodeQ | None) -> Array:
+        if p is None:
+            return 0.5 * jnp.sum(jnp.exp(2 * q.log_std) + q.mean**2 - 1.0 - 2 * q.log_std)
+        ratio = jnp.exp(2 * (q.log_std - p.log_std)) + ((q.mean - p.mean) * jnp.exp(-p.log_std)) ** 2
+        return 0.5 * jnp.sum(ratio - 1.0 + 2 * (p.log_std - q.log_std))
+    priors = [None] * (len(codes.units) + 1) if prior is None else list(prior.units) + [prior.glob]
+    return sum(kl(q, p) for q, p in zip(list(codes.units) + [codes.glob], priors))
 
 
 def split_normal(key: Array, shapes: list[tuple], sample_shape: tuple = (), dtype=jnp.float32) -> list[Array]:
@@ -193,7 +204,7 @@ def weight_moments(hyper: dict, config: MetaPriorConfig, z: ZSample) -> list[tup
     net, out = config.hypernet(), []
     for l in range(1, config.num_layers + 1):
         g = net.apply(hyper, *_hyper_inputs(config, z, l))  # [O, I+1, 2]
-        scale = 1.0 / math.sqrt(config.widths[l - 1] + 1)
+        scale = config.weight_scale(l)
         out.append((scale * g[..., 0].T, scale * jnp.exp(g[..., 1]).T))
     return out
 
@@ -209,7 +220,7 @@ def weights_from_noise(hyper: dict, config: MetaPriorConfig, z: ZSample, noise: 
     if noise is None:
         raise ValueError("the implicit head needs noise")
     net = config.hypernet()
-    return [net.apply(hyper, *_hyper_inputs(config, z, l, e))[..., 0].T / math.sqrt(config.widths[l - 1] + 1)
+    return [net.apply(hyper, *_hyper_inputs(config, z, l, e))[..., 0].T * config.weight_scale(l)
             for l, e in zip(range(1, config.num_layers + 1), noise)]
 
 
@@ -265,12 +276,14 @@ def log_likelihood(out: Array, y: Array, params: MetaPriorParams, config: MetaPr
 
 
 def elbo(key: Array, params: MetaPriorParams, config: MetaPriorConfig, x: Array, y: Array,
-         weight: Array | None = None, scale: float | Array = 1.0, num_samples: int = 1) -> tuple[Array, Array]:
+         weight: Array | None = None, scale: float | Array = 1.0, num_samples: int = 1,
+         code_prior: Codes | None = None) -> tuple[Array, Array]:
     """Paper eq. 3 on a (mini)batch: returns ``(elbo, expected log-likelihood)`` scalars.
 
     ``x [B, D_0]``, ``y`` as in :func:`log_likelihood`, ``weight [B]`` per-point
     weights (padding mask; default ones), ``scale = N / B`` for minibatches.
     The Monte-Carlo average uses ``num_samples`` draws of ``Z`` (and of ``W``).
+    ``code_prior`` replaces ``p(Z) = N(0, I)`` by a diagonal Gaussian (see :func:`code_kl`).
     """
     weight = jnp.ones(x.shape[0], x.dtype) if weight is None else weight
     k_z, k_w = jax.random.split(key)
@@ -282,7 +295,7 @@ def elbo(key: Array, params: MetaPriorParams, config: MetaPriorConfig, x: Array,
         return jnp.sum(weight * log_likelihood(out, y, params, config))
 
     ell = scale * jnp.mean(jax.vmap(one)(z, noise))
-    return ell - code_kl(params.codes), ell
+    return ell - code_kl(params.codes, code_prior), ell
 
 
 @partial(jax.jit, static_argnames=("config", "num_samples", "weight_noise"))

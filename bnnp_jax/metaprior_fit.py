@@ -101,7 +101,7 @@ def _optimizer(fcfg: FitConfig) -> optax.GradientTransformation:
 
 
 @partial(jax.jit, static_argnames=("config", "fcfg", "train_model"))
-def _run_chunk(carry, keys, ts, x, y, weight, mask, *, config, fcfg, train_model):
+def _run_chunk(carry, keys, ts, x, y, weight, mask, code_prior, *, config, fcfg, train_model):
     """``carry = (params, code_opt_state, model_opt_state)``; returns (carry, ELBO / N per step)."""
     opt = _optimizer(fcfg)
     n_total = jnp.sum(weight)
@@ -111,9 +111,9 @@ def _run_chunk(carry, keys, ts, x, y, weight, mask, *, config, fcfg, train_model
         if fcfg.batch_size and fcfg.batch_size < x.shape[0]:
             idx = jax.random.randint(k_b, (fcfg.batch_size,), 0, x.shape[0])
             value, ell = mp.elbo(k_e, params, config, x[idx], y[idx], weight[idx],
-                                 n_total / jnp.maximum(jnp.sum(weight[idx]), 1.0), fcfg.num_samples)
+                                 n_total / jnp.maximum(jnp.sum(weight[idx]), 1.0), fcfg.num_samples, code_prior)
         else:
-            value, ell = mp.elbo(k_e, params, config, x, y, weight, 1.0, fcfg.num_samples)
+            value, ell = mp.elbo(k_e, params, config, x, y, weight, 1.0, fcfg.num_samples, code_prior)
         beta = jnp.minimum(1.0, (t + 1.0) / fcfg.kl_warmup) if fcfg.kl_warmup else 1.0
         # per-point scale keeps the learning rate data-size free
         return -(ell - beta * (ell - value)) / n_total, value / n_total
@@ -146,9 +146,11 @@ def _run_chunk(carry, keys, ts, x, y, weight, mask, *, config, fcfg, train_model
 
 def fit(key: Array, params: mp.MetaPriorParams, config: mp.MetaPriorConfig, fcfg: FitConfig,
         x: Array, y: Array, weight: Array | None = None, *, which_codes: str = "all",
-        train_model: bool = True, progress: bool = True, desc: str = "metaprior") -> tuple:
+        train_model: bool = True, code_prior: mp.Codes | None = None, progress: bool = True,
+        desc: str = "metaprior") -> tuple:
     """Maximise the ELBO. ``x [N, D_0]``, ``y [N, D_L]`` or labels ``[N]``, ``weight [N]``
-    (padding mask). Returns ``(params, elbo_per_point [steps])``."""
+    (padding mask); ``code_prior`` replaces ``p(Z) = N(0, I)``.
+    Returns ``(params, elbo_per_point [steps])``."""
     if x.ndim != 2 or x.shape[1] != config.widths[0]:
         raise ValueError(f"x must be [N, {config.widths[0]}], got {x.shape}")
     weight = jnp.ones(x.shape[0], x.dtype) if weight is None else jnp.asarray(weight, x.dtype)
@@ -157,17 +159,22 @@ def fit(key: Array, params: mp.MetaPriorParams, config: mp.MetaPriorConfig, fcfg
     carry = (params, opt.init(params.codes), opt.init((params.hyper, params.raw_sigma)))
     # steps and chunk only drive the host loop: normalise them so runs of any length share one compile
     static = dataclasses.replace(fcfg, steps=1, chunk=1)
-    run = partial(_run_chunk, x=x, y=y, weight=weight, mask=mask, config=config, fcfg=static,
-                  train_model=train_model)
+    run = partial(_run_chunk, x=x, y=y, weight=weight, mask=mask, code_prior=code_prior, config=config,
+                  fcfg=static, train_model=train_model)
     (params, _, _), trace = chunked_scan(run, carry, key, fcfg.steps, fcfg.chunk, progress, desc)
     return params, trace
 
 
 def illate(key: Array, params: mp.MetaPriorParams, config: mp.MetaPriorConfig, fcfg: FitConfig,
            x: Array, y: Array, weight: Array | None = None, which: str = "all",
-           progress: bool = False) -> tuple:
+           prior: str = "standard", progress: bool = False) -> tuple:
     """Re-fit ``Q(Z)`` (all codes, or ``which`` = ``input`` / ``output`` / ``hidden``) for a new
     task with the hypernetwork fixed, starting from ``params.codes`` (paper sec. 4, 6).
+    ``prior``: ``standard`` keeps the paper's ``p(Z) = N(0, I)``; ``posterior`` uses the
+    starting ``Q(Z)`` as the new task's prior (a sequential Bayesian update).
     Returns ``(params, elbo_per_point [steps])``; ``params.hyper`` is returned unchanged."""
+    if prior not in ("standard", "posterior"):
+        raise ValueError(f"prior must be 'standard' or 'posterior', got {prior!r}")
+    code_prior = params.codes if prior == "posterior" else None
     return fit(key, params, config, fcfg, x, y, weight, which_codes=which, train_model=False,
-               progress=progress, desc=f"illate[{which}]")
+               code_prior=code_prior, progress=progress, desc=f"illate[{which}]")

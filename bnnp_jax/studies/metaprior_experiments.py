@@ -4,7 +4,9 @@ Experiments: ``cubic`` (toy regression, function draws from one hidden code),
 ``moons`` (half-moons classification), ``digits`` (one hidden layer of 100
 units, K = 10, map of the learned codes), ``fewshot`` (permuted inputs /
 classes, illation of input, output or all codes vs a fine-tuned mean-field
-BNN). Each writes ``DIR/results.json`` and its plots.
+BNN), and ``prior`` (beyond the seeds: a MetaPrior-generated BNNP prior against the
+learned unitwise prior on a few training tasks, :mod:`metaprior_prior_study`). Each
+writes ``DIR/results.json`` and its plots.
 
 Settings come from ``configs/metaprior_<experiment>.yaml`` (or ``--config``)
 loaded into the frozen :class:`ExperimentConfig`; a ``quick:`` mapping inside
@@ -27,7 +29,7 @@ from bnnp_jax.metaprior import MetaPriorConfig
 from bnnp_jax.metaprior_fit import FitConfig
 from bnnp_jax.studies.mfvi_bnn import MFConfig
 
-EXPERIMENTS = ("cubic", "moons", "digits", "fewshot")
+EXPERIMENTS = ("cubic", "moons", "digits", "fewshot", "prior")
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 # MetaPriorConfig / MFConfig fields the experiment sets itself from the data.
 _DERIVED = {"widths", "likelihood"}
@@ -40,7 +42,8 @@ class ExperimentConfig:
     ``model`` / ``baseline`` hold keyword arguments of :class:`MetaPriorConfig` /
     :class:`MFConfig` (not ``widths`` or ``likelihood``); ``fit``,
     ``baseline_fit``, ``illate_fit`` and ``finetune_fit`` hold :class:`FitConfig`
-    arguments.
+    arguments. Few-shot illation runs each of ``illate_subsets`` under ``p(Z) = N(0, I)`` and
+    each of ``illate_posterior_subsets`` again with the trained ``Q(Z)`` as the prior.
     """
 
     seed: int = 0
@@ -59,20 +62,29 @@ class ExperimentConfig:
     permutations: tuple[str, ...] = ("input", "classes", "both")
     illate_subsets: tuple[str, ...] = ("input", "output", "all")
     illate_fit: dict = dataclasses.field(default_factory=dict)
+    illate_posterior_subsets: tuple[str, ...] = ()
     finetune_fit: dict = dataclasses.field(default_factory=dict)
-    finetune_prior: str = "posterior"
+    finetune_priors: tuple[str, ...] = ("posterior", "original")
 
     def __post_init__(self):
-        for name in ("hidden", "shots", "permutations", "illate_subsets"):
+        for name in ("hidden", "shots", "permutations", "illate_subsets", "illate_posterior_subsets",
+                     "finetune_priors"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         _check_keys("model", self.model, MetaPriorConfig)
         _check_keys("baseline", self.baseline, MFConfig)
         for name in ("fit", "baseline_fit", "illate_fit", "finetune_fit"):
             _check_keys(name, getattr(self, name), FitConfig)
-        if self.finetune_prior not in ("posterior", "original"):
-            raise ValueError(f"finetune_prior must be 'posterior' or 'original', got {self.finetune_prior!r}")
-        if min(self.n_train, self.n_test, self.eval_samples) < 1:
-            raise ValueError("n_train, n_test and eval_samples must be positive")
+        if not set(self.finetune_priors) <= {"posterior", "original"}:
+            raise ValueError(f"finetune_priors must be drawn from ('posterior', 'original'), got {self.finetune_priors}")
+        for name in ("illate_subsets", "illate_posterior_subsets"):
+            if not set(getattr(self, name)) <= {"all", "input", "output", "hidden"}:
+                raise ValueError(f"{name} must be drawn from ('all', 'input', 'output', 'hidden'), "
+                                 f"got {getattr(self, name)}")
+        if not set(self.permutations) <= {"input", "classes", "both"}:
+            raise ValueError(f"permutations must be drawn from ('input', 'classes', 'both'), got {self.permutations}")
+        if min(self.n_train, self.n_test) < 0 or self.eval_samples < 1:
+            raise ValueError(f"need n_train, n_test >= 0 (0 = all, where the data allow) and eval_samples >= 1, "
+                             f"got {self.n_train}, {self.n_test}, {self.eval_samples}")
 
     def model_config(self, widths: tuple[int, ...], likelihood: str) -> MetaPriorConfig:
         return MetaPriorConfig(widths=widths, likelihood=likelihood, **self.model)
@@ -105,8 +117,9 @@ def config_from_dict(raw: dict, quick: bool = False) -> ExperimentConfig:
 
 def load_config(experiment: str, path: str | Path | None = None, quick: bool = False) -> ExperimentConfig:
     """Read ``configs/metaprior_<experiment>.yaml`` (or ``path``)."""
-    if experiment not in EXPERIMENTS:
-        raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {experiment!r}")
+    if experiment not in EXPERIMENTS or experiment == "prior":
+        raise ValueError(f"experiment must be one of {EXPERIMENTS[:-1]} (the prior study has its own "
+                         f"loader), got {experiment!r}")
     path = Path(path) if path else CONFIG_DIR / f"metaprior_{experiment}.yaml"
     if not path.exists():
         raise ValueError(f"config file {str(path)!r} does not exist")
@@ -139,16 +152,21 @@ def run(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import importlib
 
-    cfg = load_config(args.experiment, args.config, args.quick)
-    if args.seed is not None:
-        cfg = dataclasses.replace(cfg, seed=args.seed)
-    out = Path(args.out or f"runs/metaprior/{args.experiment}")
     if args.mnist and args.experiment not in ("digits", "fewshot"):
         raise ValueError(f"--mnist only applies to digits and fewshot, not {args.experiment!r}")
-    module = "metaprior_toys" if args.experiment in ("cubic", "moons") else "metaprior_digits"
-    runner = getattr(importlib.import_module(f"bnnp_jax.studies.{module}"), f"run_{args.experiment}")
+    out = Path(args.out or f"runs/metaprior/{args.experiment}")
+    if args.experiment == "prior":
+        study = importlib.import_module("bnnp_jax.studies.metaprior_prior_study")
+        cfg = study.load_config(args.config or CONFIG_DIR / "metaprior_prior.yaml", args.quick)
+        runner, kwargs = study.run, {}
+    else:
+        cfg = load_config(args.experiment, args.config, args.quick)
+        module = "metaprior_toys" if args.experiment in ("cubic", "moons") else "metaprior_digits"
+        runner = getattr(importlib.import_module(f"bnnp_jax.studies.{module}"), f"run_{args.experiment}")
+        kwargs = {"mnist": args.mnist} if args.experiment in ("digits", "fewshot") else {}
+    if args.seed is not None:
+        cfg = dataclasses.replace(cfg, seed=args.seed)
     start = time.perf_counter()
-    kwargs = {"mnist": args.mnist} if args.experiment in ("digits", "fewshot") else {}
     results = runner(cfg, out, **kwargs)
     results.update(experiment=args.experiment, quick=bool(args.quick), seed=cfg.seed,
                    config=dataclasses.asdict(cfg), wall_seconds=round(time.perf_counter() - start, 1))

@@ -41,10 +41,10 @@ def with_hidden_code(z: mp.ZSample, layer: int, unit: int, value: Array) -> mp.Z
 
 @partial(jax.jit, static_argnames=("mcfg", "num_draws", "layer"))
 def metaprior_code_draws(key: Array, params: mp.MetaPriorParams, mcfg: mp.MetaPriorConfig, x: Array,
-                         num_draws: int, unit: int, layer: int = 1) -> tuple[Array, Array]:
-    """Paper fig. 2b: all codes at their means except hidden unit ``unit``, moved by
-    ``delta ~ N(0, I)``; weights at the Gaussian head's mean. Returns ``(f [R, N, D_L], |delta| [R])``."""
-    z = mp.mean_codes(params.codes)
+                         num_draws: int, unit: int, z: mp.ZSample, layer: int = 1) -> tuple[Array, Array]:
+    """Paper fig. 2b: all codes clamped at ``z`` (their means in the paper) except hidden unit
+    ``unit``, moved by ``delta ~ N(0, I)``; weights at the Gaussian head's mean.
+    Returns ``(f [R, N, D_L], |delta| [R])``."""
     deltas = jax.random.normal(key, (num_draws, mcfg.code_dim))
 
     def one(d: Array) -> Array:
@@ -101,66 +101,82 @@ def _plot_code_maps(path: Path, before: mp.Codes, after: mp.Codes, title: str) -
     plt.close(fig)
 
 
+def _cubic_draws(key: Array, cfg: ExperimentConfig, params, mcfg, mfp, bcfg, grid: Array) -> dict:
+    """Function draws on ``grid``: one hidden code moved with the others at their means (paper)
+    or at one draw from Q; MF-VI with ``mf_draw_weights`` or 1 weight(s) from the prior."""
+    k_unit, k_z, k_mp, k_mf = jax.random.split(key, 4)
+    unit = int(jax.random.randint(k_unit, (), 0, cfg.hidden[0]))
+    at_mean, offsets = metaprior_code_draws(k_mp, params, mcfg, grid, cfg.num_draws, unit, mp.mean_codes(params.codes))
+    at_draw, _ = metaprior_code_draws(k_mp, params, mcfg, grid, cfg.num_draws, unit, mp.sample_codes(k_z, params.codes))
+    return {"unit": unit, "offsets": offsets, "mp_at_mean": at_mean, "mp_at_draw": at_draw,
+            "mf_many": mf_weight_draws(k_mf, mfp, bcfg, grid, cfg.num_draws, cfg.mf_draw_weights),
+            "mf_one": mf_weight_draws(k_mf, mfp, bcfg, grid, cfg.num_draws, 1)}
+
+
+def _plot_cubic(path: Path, cfg: ExperimentConfig, x, y, grid, f_mp, f_mf, draws: dict, y_scale: float) -> None:
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8), sharex=True, sharey=True)
+    _plot_band(axes[0, 0], grid, y_scale * np.asarray(f_mp), "tab:blue", "MetaPrior")
+    axes[0, 0].set_title("MetaPrior: predictive over Q(Z) and p(W|Z)")
+    _plot_band(axes[0, 1], grid, y_scale * np.asarray(f_mf), "tab:red", "MF-VI")
+    axes[0, 1].set_title("MF-VI: predictive over Q(W)")
+    cmap, norm = plt.get_cmap("viridis"), plt.Normalize(0, float(draws["offsets"].max()))
+    for ax, name, what in ((axes[1, 0], "mp_at_mean", "others at their means (paper)"),
+                           (axes[1, 1], "mp_at_draw", "others at one draw from Q")):
+        for f, o in zip(np.asarray(draws[name]), np.asarray(draws["offsets"])):
+            ax.plot(grid, y_scale * f[:, 0], color=cmap(norm(o)), lw=1)
+        ax.set_title(f"MetaPrior: move hidden code {draws['unit']}; {what}", fontsize=9)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[1, 1], label="|offset| of the moved code")
+    for ax, name, n in ((axes[0, 2], "mf_many", cfg.mf_draw_weights), (axes[1, 2], "mf_one", 1)):
+        for f in np.asarray(draws[name]):
+            ax.plot(grid, y_scale * f[:, 0], color="tab:red", lw=1, alpha=0.6)
+        ax.set_title(f"MF-VI: {n} random weight(s) from the prior, rest at the mean", fontsize=9)
+    for ax in axes.ravel():
+        ax.scatter(x[:, 0], y[:, 0], s=12, color="k", zorder=5)
+        ax.plot(grid, grid**3, "k--", lw=0.8)
+        ax.set_ylim(-150, 150)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run_cubic(cfg: ExperimentConfig, out: Path) -> dict:
     """Cubic toy: fits, uncertainty bands, one-code vs 40-weight function draws."""
     out.mkdir(parents=True, exist_ok=True)
-    key = jax.random.PRNGKey(cfg.seed)
-    k_mp, k_mf, k_pred, k_draw, k_mfd, k_unit = jax.random.split(key, 6)
+    k_mp, k_mf, k_pred, k_draw = jax.random.split(jax.random.PRNGKey(cfg.seed), 4)
     x, y = cubic_data(cfg.seed, cfg.n_train, cfg.noise)
     x_test, y_test = cubic_data(cfg.seed + 1000, cfg.n_test, cfg.noise)
     y_scale = float(y.std())  # standardise y; the fixed noise follows
-    widths = (1, *cfg.hidden, 1)
-    model = {**cfg.model, "sigma_y": cfg.noise / y_scale}
-    cfg_s = dataclasses.replace(cfg, model=model, baseline={**cfg.baseline, "sigma_y": cfg.noise / y_scale})
-    mcfg, p0, params, trace = train_metaprior(k_mp, cfg_s, widths, "gaussian", jnp.asarray(x), jnp.asarray(y / y_scale))
-    bcfg, mfp, mf_trace = train_mfvi(k_mf, cfg_s, widths, "gaussian", jnp.asarray(x), jnp.asarray(y / y_scale))
-
+    widths, sig = (1, *cfg.hidden, 1), cfg.noise / y_scale
+    cfg_s = dataclasses.replace(cfg, model={**cfg.model, "sigma_y": sig}, baseline={**cfg.baseline, "sigma_y": sig})
+    xj, yj = jnp.asarray(x), jnp.asarray(y / y_scale)
+    mcfg, p0, params, trace = train_metaprior(k_mp, cfg_s, widths, "gaussian", xj, yj)
+    bcfg, mfp, mf_trace = train_mfvi(k_mf, cfg_s, widths, "gaussian", xj, yj)
     grid = np.linspace(-6, 6, 241, dtype=np.float32)[:, None]
-    f_mp = y_scale * mp.predict(k_pred, params, mcfg, jnp.asarray(grid), cfg.eval_samples)
-    f_mf = y_scale * mf.predict(k_pred, mfp, bcfg, jnp.asarray(grid), cfg.eval_samples)
-    unit = int(jax.random.randint(k_unit, (), 0, cfg.hidden[0]))
-    d_mp, offsets = metaprior_code_draws(k_draw, params, mcfg, jnp.asarray(grid), cfg.num_draws, unit)
-    d_mp = y_scale * d_mp
-    d_mf = y_scale * mf_weight_draws(k_mfd, mfp, bcfg, jnp.asarray(grid), cfg.num_draws, cfg.mf_draw_weights)
-    d_mf1 = y_scale * mf_weight_draws(k_mfd, mfp, bcfg, jnp.asarray(grid), cfg.num_draws, 1)
+    f_mp = mp.predict(k_pred, params, mcfg, jnp.asarray(grid), cfg.eval_samples)
+    f_mf = mf.predict(k_pred, mfp, bcfg, jnp.asarray(grid), cfg.eval_samples)
+    draws = _cubic_draws(k_draw, cfg, params, mcfg, mfp, bcfg, jnp.asarray(grid))
     inside = np.abs(grid[:, 0]) <= 4
 
-    def spread(f):  # mean over the data range of the across-draw std
-        return float(np.asarray(f).std(0)[inside, 0].mean())
+    def spread(f):  # mean over the data range of the across-draw std, original units
+        return float(y_scale * np.asarray(f).std(0)[inside, 0].mean())
 
-    results = {"metaprior": {"final_elbo_per_point": final_elbo(trace), "hidden_unit_moved": unit,
-                             "code_draw_spread": spread(d_mp),
-                             **_regression_summary(y_scale * mp.predict(k_pred, params, mcfg, jnp.asarray(x_test),
-                                                                        cfg.eval_samples), y_test, cfg.noise)},
+    xt = jnp.asarray(x_test)
+    results = {"metaprior": {"final_elbo_per_point": final_elbo(trace), "hidden_unit_moved": draws["unit"],
+                             "code_std_per_layer": [float(jnp.exp(q.log_std).mean()) for q in params.codes.units],
+                             "draw_spread_one_code_others_at_mean": spread(draws["mp_at_mean"]),
+                             "draw_spread_one_code_others_at_q_draw": spread(draws["mp_at_draw"]),
+                             **_regression_summary(y_scale * mp.predict(k_pred, params, mcfg, xt, cfg.eval_samples),
+                                                   y_test, cfg.noise)},
                "mfvi": {"final_elbo_per_point": final_elbo(mf_trace),
-                        f"draw_spread_{cfg.mf_draw_weights}_weights": spread(d_mf), "draw_spread_1_weight": spread(d_mf1),
-                        **_regression_summary(y_scale * mf.predict(k_pred, mfp, bcfg, jnp.asarray(x_test),
-                                                                   cfg.eval_samples), y_test, cfg.noise)}}
+                        f"draw_spread_{cfg.mf_draw_weights}_weights": spread(draws["mf_many"]),
+                        "draw_spread_1_weight": spread(draws["mf_one"]),
+                        **_regression_summary(y_scale * mf.predict(k_pred, mfp, bcfg, xt, cfg.eval_samples),
+                                              y_test, cfg.noise)}}
     for name, f in (("metaprior", f_mp), ("mfvi", f_mf)):
-        sd = np.asarray(f).std(0)[:, 0]
+        sd = y_scale * np.asarray(f).std(0)[:, 0]
         results[name].update(pred_sd_in_data=float(sd[inside].mean()), pred_sd_outside=float(sd[~inside].mean()))
-
     _plot_code_maps(out / "codes.png", p0.codes, params.codes, "cubic")
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True, sharey=True)
-    cmap = plt.get_cmap("viridis")
-    for ax, f, label, c in ((axes[0, 0], f_mp, "MetaPrior", "tab:blue"), (axes[0, 1], f_mf, "MF-VI", "tab:red")):
-        _plot_band(ax, grid[:, 0], np.asarray(f), c, label)
-        ax.set_title(f"{label}: predictive over all of Q")
-    norm = plt.Normalize(0, float(offsets.max()))
-    for f, o in zip(np.asarray(d_mp), np.asarray(offsets)):
-        axes[1, 0].plot(grid[:, 0], f[:, 0], color=cmap(norm(o)), lw=1)
-    axes[1, 0].set_title(f"MetaPrior: move hidden unit {unit}'s code (colour = |offset|)")
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[1, 0], label="|offset| of z")
-    for f in np.asarray(d_mf):
-        axes[1, 1].plot(grid[:, 0], f[:, 0], color="tab:red", lw=1, alpha=0.6)
-    axes[1, 1].set_title(f"MF-VI: {cfg.mf_draw_weights} random weights from the prior")
-    for ax in axes.ravel():
-        ax.scatter(x[:, 0], y[:, 0], s=12, color="k", zorder=5)
-        ax.plot(grid[:, 0], grid[:, 0] ** 3, "k--", lw=0.8)
-        ax.set_ylim(-150, 150)
-    fig.tight_layout()
-    fig.savefig(out / "cubic_fits.png", dpi=120)
-    plt.close(fig)
+    _plot_cubic(out / "cubic_fits.png", cfg, x, y, grid[:, 0], f_mp, f_mf, draws, y_scale)
     return results
 
 
