@@ -4,6 +4,7 @@ so float32 tests elsewhere keep their default)."""
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see bnnp_jax/__init__.py
 
 import jax
 import matplotlib

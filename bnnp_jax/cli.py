@@ -1,0 +1,175 @@
+"""The ``bnnp`` command line: train, evaluate, sample-prior, predict, and the studies.
+
+Usage errors (bad arguments, bad config, missing or corrupt files, bad data)
+print one ``bnnp: error: ...`` line and exit with status 2, no traceback.
+A diverged training run exits with status 1 and keeps its last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+STUDIES = {
+    # subcommand: (module, help)
+    "compare": ("bnnp_jax.studies.kl_table", "KL(q || posterior) table over a sigma_y grid (SPEC section 11)"),
+    "nfl": ("bnnp_jax.studies.nfl", "no-free-lunch comparison of inference methods under a learned prior"),
+    "metaprior": ("bnnp_jax.studies.metaprior_experiments", "MetaPrior experiments (cubic, moons, digits, fewshot)"),
+    "goldilocks": ("bnnp_jax.studies.goldilocks", "small meta-dataset study over the trainable prior fraction"),
+}
+
+
+class UsageError(Exception):
+    """Raised for user mistakes; reported without a traceback, exit 2."""
+
+
+def _cmd_train(args) -> int:
+    from bnnp_jax import run_config, train
+    from bnnp_jax.run_report import write_report
+
+    config = run_config.override(run_config.load(args.config), steps=args.steps, seed=args.seed)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if not args.resume and list((out / "checkpoints").glob("ckpt_*.pkl")):
+        raise UsageError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+    from bnnp_jax import evaluation
+
+    evaluate = evaluation.make_evaluator(run_report_heldout(config), config.training.eval_samples, config.training.seed)
+    state, history = train.fit(config, out, resume=args.resume, progress=not args.no_progress, evaluate_fn=evaluate)
+    untrained, _ = train.init_state(config)
+    metrics = write_report(out, config, state.params, untrained.params, history)
+    print(json.dumps({"run_dir": str(out), "heldout": metrics["heldout"], "prior_mmd": metrics.get("prior_mmd"),
+                      "tasks_per_second": metrics["tasks_per_second"]}, indent=2))
+    return 0
+
+
+def run_report_heldout(config):
+    from bnnp_jax.run_report import heldout
+
+    return heldout(config)
+
+
+def _cmd_evaluate(args) -> int:
+    from bnnp_jax import train
+    from bnnp_jax.run_report import write_report
+
+    config, params, history = train.load_run(args.run_dir)
+    untrained, _ = train.init_state(config)
+    metrics = write_report(Path(args.run_dir), config, params, untrained.params, history)
+    print(json.dumps({"heldout": metrics["heldout"], "prior_mmd": metrics.get("prior_mmd")}, indent=2))
+    return 0
+
+
+def _cmd_sample_prior(args) -> int:
+    import jax
+
+    from bnnp_jax import evaluation, train
+
+    config, params, _ = train.load_run(args.run_dir)
+    grid = evaluation.grid_for(config.data.family, args.grid) if config.bnnp.x_dim == 1 else None
+    if grid is None:
+        raise UsageError("sample-prior writes function draws on a 1-D grid; this run's x_dim is "
+                         f"{config.bnnp.x_dim} (use the library's bnnp.prior_samples instead)")
+    f = evaluation.prior_function_samples(jax.random.PRNGKey(args.seed), params, grid, args.num)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "prior_samples.npz"
+    np.savez(out, x=np.asarray(grid), f=np.asarray(f))
+    print(f"wrote {args.num} prior function draws on {args.grid} points to {out}")
+    return 0
+
+
+def _load_xy(path: str, need_y: bool, what: str):
+    from bnnp_jax import validation
+
+    return validation.load_xy_file(path, need_y=need_y, what=what)
+
+
+def _cmd_predict(args) -> int:
+    import jax
+
+    from bnnp_jax import api, train
+
+    config, params, _ = train.load_run(args.run_dir)
+    x_c, y_c = _load_xy(args.context, True, "--context")
+    x_t, _ = _load_xy(args.targets, False, "--targets")
+    pred = api.predict(jax.random.PRNGKey(args.seed), params, x_c, y_c, x_t, args.num_samples, args.batch_size)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "predictions.npz"
+    np.savez(out, x=x_t, samples=np.asarray(pred.samples), mean=np.asarray(pred.mean), variance=np.asarray(pred.variance))
+    print(f"wrote predictive samples {tuple(pred.samples.shape)}, mean and variance to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bnnp", description="Bayesian neural network processes: meta-learned priors, "
+                                "amortised inference, baselines and MetaPrior.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="meta-train a BNNP from a YAML config", description="Meta-train a BNNP. "
+                       "Writes config.yaml, checkpoints/, history.json, metrics.json and plots to the run directory.")
+    t.add_argument("config", help="YAML config, e.g. configs/sawtooth_quick.yaml")
+    t.add_argument("--steps", type=int, help="override training.steps")
+    t.add_argument("--seed", type=int, help="override training.seed")
+    t.add_argument("--out", help="run directory (default: runs/CONFIG_NAME)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a run on held-out tasks", description="Re-evaluate a run "
+                       "directory's newest checkpoint; rewrites metrics.json and plots.")
+    e.add_argument("run_dir")
+    e.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("sample-prior", help="draw functions from a run's learned prior",
+                       description="Write prior function draws on a grid over the family's input range (npz: x, f).")
+    s.add_argument("run_dir")
+    s.add_argument("--num", type=int, default=16, help="number of draws (default 16)")
+    s.add_argument("--grid", type=int, default=200, help="grid size (default 200)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="output npz (default RUN_DIR/prior_samples.npz)")
+    s.set_defaults(func=_cmd_sample_prior)
+
+    q = sub.add_parser("predict", help="amortised posterior predictive for new data",
+                       description="Predict at target inputs given a context set. Files are npz (arrays x, y) "
+                       "or csv (columns x..., then y...; use --y-dim from the run). Writes npz: x, samples, mean, variance.")
+    q.add_argument("run_dir")
+    q.add_argument("--context", required=True, help="npz/csv with x [N, x_dim] and y [N, y_dim]")
+    q.add_argument("--targets", required=True, help="npz/csv with x [M, x_dim]")
+    q.add_argument("--out", help="output npz (default RUN_DIR/predictions.npz)")
+    q.add_argument("--num-samples", type=int, default=32)
+    q.add_argument("--batch-size", type=int, default=None, help="within-task minibatch size for large contexts")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=_cmd_predict)
+
+    for name, (module, help_text) in STUDIES.items():
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(sp)
+        sp.set_defaults(func=mod.run)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from bnnp_jax.checkpoint import CheckpointError
+    from bnnp_jax.config import ConfigError
+    from bnnp_jax.train import TrainingDiverged
+
+    try:
+        return int(args.func(args) or 0)
+    except TrainingDiverged as e:
+        print(f"bnnp: training diverged: {e}", file=sys.stderr)
+        return 1
+    except (UsageError, ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"bnnp: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

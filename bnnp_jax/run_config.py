@@ -1,0 +1,117 @@
+"""The configuration of a meta-training run (``configs/*.yaml``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from bnnp_jax import objectives, priors
+from bnnp_jax.bnnp import BNNPConfig
+from bnnp_jax.config import ConfigError, from_dict, load_yaml
+
+MODELS = ("bnnp",)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Task family and sizes. ``params`` are the family's own settings
+    (see ``bnnp_jax.data.registry.family_params``)."""
+
+    family: str = "sawtooth"
+    n_range: tuple[int, ...] | None = None
+    context_proportion: tuple[float, ...] | None = None
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from bnnp_jax.data import registry
+
+        if self.family not in registry.FAMILIES:
+            raise ConfigError(f"data.family: unknown family {self.family!r}; valid: {sorted(registry.FAMILIES)}")
+        if self.n_range is not None and (len(self.n_range) != 2 or not 1 <= self.n_range[0] < self.n_range[1]):
+            raise ConfigError(f"data.n_range: need [lo, hi] with 1 <= lo < hi, got {list(self.n_range)}")
+        cp = self.context_proportion
+        if cp is not None and (len(cp) != 2 or not 0.0 <= cp[0] <= cp[1] <= 1.0):
+            raise ConfigError(f"data.context_proportion: need [a, b] with 0 <= a <= b <= 1, got {list(cp)}")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation, evaluation and checkpointing settings (SPEC section 5)."""
+
+    steps: int = 1000
+    tasks_per_step: int = 5
+    num_samples: int = 32
+    objective: str = "pp_avi"
+    beta: float | None = None  # None: the family's default (0.1 for heaviside, else 1)
+    lr_start: float = 3e-3
+    lr_end: float = 1e-4
+    steps_per_call: int = 25
+    eval_every: int = 250
+    eval_tasks: int = 32
+    eval_samples: int = 32
+    checkpoint_every: int = 250
+    seed: int = 0
+    prior_fraction: float = 1.0
+    prior_side: str = "front"
+    learn_sigma_y: bool = True
+    batch_size: int | None = None
+    shard: bool = False
+    plot_samples: int = 200
+
+    def __post_init__(self):
+        def bad(name, problem):
+            raise ConfigError(f"training.{name}: {problem}")
+
+        for name in ("steps", "tasks_per_step", "num_samples", "steps_per_call", "eval_every", "eval_tasks",
+                     "eval_samples", "checkpoint_every", "plot_samples"):
+            if getattr(self, name) < 1:
+                bad(name, f"must be a positive integer, got {getattr(self, name)}")
+        if self.objective not in objectives.OBJECTIVES:
+            bad("objective", f"must be one of {objectives.OBJECTIVES}, got {self.objective!r}")
+        if self.beta is not None and self.beta < 0:
+            bad("beta", f"must be >= 0, got {self.beta}")
+        if not (self.lr_start > 0 and self.lr_end > 0):
+            bad("lr_start", f"learning rates must be > 0, got {self.lr_start} -> {self.lr_end}")
+        if not 0.0 <= self.prior_fraction <= 1.0:
+            bad("prior_fraction", f"must be in [0, 1], got {self.prior_fraction}")
+        if self.prior_side not in priors.SIDES:
+            bad("prior_side", f"must be one of {priors.SIDES}, got {self.prior_side!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            bad("batch_size", f"must be a positive integer or null, got {self.batch_size}")
+        if self.checkpoint_every % self.steps_per_call:
+            bad("checkpoint_every", f"must be a multiple of steps_per_call={self.steps_per_call} "
+                "(resumed runs then replay the same chunks), got {self.checkpoint_every}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run: ``model`` name, ``data``, the ``bnnp`` architecture and ``training``."""
+
+    model: str = "bnnp"
+    data: DataConfig = field(default_factory=DataConfig)
+    bnnp: BNNPConfig = field(default_factory=BNNPConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ConfigError(f"model: must be one of {MODELS}, got {self.model!r}")
+        from bnnp_jax.data import registry
+
+        info = registry.family_info(self.data.family)
+        for name in ("x_dim", "y_dim"):
+            if getattr(self.bnnp, name) != info[name]:
+                raise ConfigError(f"bnnp.{name}: family {self.data.family!r} has {name}={info[name]}, "
+                                  f"config says {getattr(self.bnnp, name)}")
+
+
+def load(path) -> RunConfig:
+    """Load and validate a run config YAML."""
+    return load_yaml(RunConfig, path)
+
+
+def override(config: RunConfig, **training) -> RunConfig:
+    """A copy with some ``training`` fields replaced (``None`` values are ignored)."""
+    changes = {k: v for k, v in training.items() if v is not None}
+    if not changes:
+        return config
+    return dataclasses.replace(config, training=from_dict(TrainingConfig, {**dataclasses.asdict(config.training), **changes}, "training"))

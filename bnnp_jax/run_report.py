@@ -1,0 +1,104 @@
+"""What a finished run writes: ``metrics.json`` and plots in the run directory."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from bnnp_jax import bnnp, evaluation, plots
+from bnnp_jax.data import registry
+from bnnp_jax.run_config import RunConfig
+
+
+def heldout(config: RunConfig):
+    from bnnp_jax.train import make_sampler
+
+    return evaluation.heldout_tasks(make_sampler(config), config.training.seed, config.training.eval_tasks)
+
+
+def write_report(run_dir: Path, config: RunConfig, params: bnnp.BNNPParams, untrained: bnnp.BNNPParams,
+                 history: dict) -> dict:
+    """Evaluate, compute the prior MMD, write ``metrics.json`` and the figures."""
+    run_dir = Path(run_dir)
+    t = config.training
+    tasks = heldout(config)
+    tic = time.perf_counter()
+    final = evaluation.make_evaluator(tasks, t.eval_samples, t.seed)(params)
+    untrained_eval = evaluation.make_evaluator(tasks, t.eval_samples, t.seed)(untrained)
+    out = {
+        "family": config.data.family,
+        "steps": t.steps,
+        "tasks_per_step": t.tasks_per_step,
+        "heldout": final,
+        "heldout_untrained": untrained_eval,
+        "sigma_y": np.asarray(bnnp.sigma_y(params)).tolist(),
+        "train_seconds": history.get("seconds"),
+        "tasks_per_second": (t.steps * t.tasks_per_step / history["seconds"]) if history.get("seconds") else None,
+        **evaluation.summarise(history),
+        "eval_history": history.get("eval", []),
+        "device": jax.devices()[0].device_kind,
+    }
+    key = jax.random.PRNGKey(t.seed + 7)
+    if registry.family_info(config.data.family)["x_dim"] == 1 and config.data.family in _draw_families():
+        out["prior_mmd"] = evaluation.prior_mmd(key, params, untrained, config.data.family, t.plot_samples,
+                                                config.data.params)
+        _one_d_plots(run_dir, config, params, untrained, tasks, key)
+    elif config.data.family == "digits":
+        _image_plots(run_dir, config, params, tasks, key)
+    out["eval_seconds"] = time.perf_counter() - tic
+    plots.training_curve(history, run_dir / "training_curve.png")
+    (run_dir / "metrics.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def _draw_families():
+    from bnnp_jax.data import synthetic
+
+    return set(synthetic.DRAWS)
+
+
+def _one_d_plots(run_dir, config, params, untrained, tasks, key):
+    family = config.data.family
+    grid = evaluation.grid_for(family, 200)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    draw_params = {k: v for k, v in config.data.params.items() if k in evaluation._draw_params(family)}
+    truth = registry.true_function_samples(k1, family, grid, 12, **draw_params)[..., 0]
+    learned = evaluation.prior_function_samples(k2, params, grid, 12)[..., 0]
+    init = evaluation.prior_function_samples(k3, untrained, grid, 12)[..., 0]
+    plots.prior_draws(np.asarray(grid)[:, 0], learned, truth, init, run_dir / "prior_samples.png")
+    f = _predict_grid(jax.random.split(k4, 4), params, jax.tree.map(lambda a: a[:4], tasks), grid)
+    plots.posterior_predictive(tasks, grid, f, bnnp.sigma_y(params)[0], run_dir / "posterior_predictive.png")
+
+
+@jax.jit
+def _predict_grid(keys, params, tasks, grid):
+    """Posterior function draws ``[T, 32, G, y_dim]`` on ``grid`` for each task's context."""
+    def one(key, x, y, c):
+        post = bnnp.masked_posterior(key, params, x, y, c, 32)
+        return bnnp.forward(post.weights, grid.astype(params.config.dtype), params.config.activation)
+
+    return jax.vmap(one)(keys, tasks.x, tasks.y, tasks.context)
+
+
+def _image_plots(run_dir, config, params, tasks, key):
+    """Digits: prior samples as 8x8 images; super-resolution (16x16) from a coarse context."""
+    from bnnp_jax.data import images
+
+    grid = images.pixel_grid(8, 8)
+    prior_f = evaluation.prior_function_samples(key, params, grid, 16)[..., 0]
+    plots.image_grid(np.asarray(prior_f).reshape(-1, 8, 8), run_dir / "prior_samples.png", "learned prior draws")
+    fine = images.fine_grid(8, 8, 2)
+    rows = []
+    for i in range(4):
+        post = bnnp.masked_posterior(jax.random.fold_in(key, i), params, tasks.x[i], tasks.y[i], tasks.context[i], 16)
+        f = bnnp.forward(post.weights, fine.astype(params.config.dtype), params.config.activation)
+        ctx = np.full(64, np.nan)
+        xs = np.asarray(tasks.x[i]); c = np.asarray(tasks.context[i]) > 0
+        idx = np.round((xs[c] + 1) / 2 * 7).astype(int)
+        ctx[idx[:, 1] * 8 + idx[:, 0]] = np.asarray(tasks.y[i])[c, 0]
+        rows += [ctx.reshape(8, 8), np.asarray(f.mean(0)).reshape(16, 16)]
+    plots.image_grid(rows, run_dir / "super_resolution.png", "context (8x8) -> posterior mean (16x16)", cols=2)
