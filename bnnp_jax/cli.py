@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
             mod = importlib.import_module(module)
         except ImportError:
             continue
+        if not (hasattr(mod, "add_arguments") and hasattr(mod, "run")):
+            continue
         sp = sub.add_parser(name, help=help_text, description=help_text)
         mod.add_arguments(sp)
         sp.set_defaults(func=mod.run)
