@@ -33,6 +33,7 @@ def _cmd_train(args) -> int:
     from bnnp_jax.run_report import write_report
 
     config = run_config.override(run_config.load(args.config), steps=args.steps, seed=args.seed)
+    _enable_dtype(config)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     if not args.resume and list((out / "checkpoints").glob("ckpt_*.pkl")):
         raise UsageError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
@@ -47,6 +48,23 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _enable_dtype(config) -> None:
+    """float64 configs switch JAX to 64-bit before anything is built."""
+    if config.bnnp.dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+
+
+def _load_run(run_dir):
+    from bnnp_jax import run_config, train
+
+    cfg_path = Path(run_dir) / "config.yaml"
+    if cfg_path.is_file():
+        _enable_dtype(run_config.load(cfg_path))
+    return train.load_run(run_dir)
+
+
 def run_report_heldout(config):
     from bnnp_jax.run_report import heldout
 
@@ -57,7 +75,7 @@ def _cmd_evaluate(args) -> int:
     from bnnp_jax import train
     from bnnp_jax.run_report import write_report
 
-    config, params, history = train.load_run(args.run_dir)
+    config, params, history = _load_run(args.run_dir)
     untrained, _ = train.init_state(config)
     metrics = write_report(Path(args.run_dir), config, params, untrained.params, history)
     print(json.dumps({"heldout": metrics["heldout"], "prior_mmd": metrics.get("prior_mmd")}, indent=2))
@@ -69,7 +87,7 @@ def _cmd_sample_prior(args) -> int:
 
     from bnnp_jax import evaluation, train
 
-    config, params, _ = train.load_run(args.run_dir)
+    config, params, _ = _load_run(args.run_dir)
     grid = evaluation.grid_for(config.data.family, args.grid) if config.bnnp.x_dim == 1 else None
     if grid is None:
         raise UsageError("sample-prior writes function draws on a 1-D grid; this run's x_dim is "
@@ -92,7 +110,7 @@ def _cmd_predict(args) -> int:
 
     from bnnp_jax import api, train
 
-    config, params, _ = train.load_run(args.run_dir)
+    config, params, _ = _load_run(args.run_dir)
     x_c, y_c = _load_xy(args.context, True, "--context")
     x_t, _ = _load_xy(args.targets, False, "--targets")
     pred = api.predict(jax.random.PRNGKey(args.seed), params, x_c, y_c, x_t, args.num_samples, args.batch_size)
