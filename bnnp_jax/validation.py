@@ -20,6 +20,7 @@ Policies (docs/robustness.md lists every case and its outcome):
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
 
 import jax
@@ -182,7 +183,7 @@ def _read_npz(what: str, p: Path):
         if str(e).startswith(what):
             raise
         raise ValueError(f"{what}: cannot read {p} as npz ({e})") from e
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{what}: cannot read {p} as npz ({e})") from e
 
 
