@@ -1,0 +1,216 @@
+"""``bnnp nfl RUN_DIR [--out DIR]``: the "no free lunch" comparison (issue 4).
+
+Takes the learned BNNP prior of a meta-training run and asks, on held-out tasks
+of that run's family: given this prior and ``sigma_y``, how good are the
+posteriors of NUTS, the amortised BNNP (zero-shot, one forward pass), the
+per-task BNNP (pseudo-observations optimised by the ELBO, SPEC section 9),
+GIVI, MFVI and FCVI? Every method sees the same model (``model.from_bnnp``),
+fits on the real context points of a task only and predicts function samples
+``f [S, N_t, y_dim]`` at its real target points, scored with
+:mod:`bnnp_jax.metrics` under the learned ``sigma_y``:
+
+- ``lpd``: log of the mixture-mean predictive density per point (``log_predictive_density``);
+- ``eld``: mean over samples of the per-point log density (``expected_log_density``);
+- ``mae`` of the predictive mean, ``coverage`` of the central 90% interval;
+- ``seconds``: wall time of fit + predict (includes jit compilation: task sizes
+  differ, so every task compiles afresh, which is also what a user pays).
+
+Seeds vary the inference randomness (inits, MCMC, Monte-Carlo gradients) on the
+same held-out tasks; the table gives the task-averaged metric's mean +- standard
+error over seeds. Outputs in ``DIR`` (default ``RUN_DIR/nfl``): ``results.json``
+(settings and one record per seed, task and method), ``nfl_table.md`` and
+``nfl.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+METHODS = ("nuts", "bnnp_amortised", "bnnp_per_task", "givi", "mfvi", "fcvi")
+METRICS = ("lpd", "eld", "mae", "coverage", "seconds")
+LABELS = {"lpd": "log mean density / point", "eld": "mean log density / point", "mae": "MAE",
+          "coverage": "90% coverage", "seconds": "wall time (s)"}
+DEFAULTS = dict(tasks=8, nuts_warmup=300, nuts_samples=300, nuts_chains=2, vi_steps=2000, num_samples=200)
+QUICK = dict(tasks=2, nuts_warmup=100, nuts_samples=100, nuts_chains=1, vi_steps=300, num_samples=100)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="meta-training run directory (config.yaml + checkpoints/)")
+    p.add_argument("--out", help="output directory (default RUN_DIR/nfl)")
+    p.add_argument("--seeds", type=int, default=4, help="inference seeds (default 4)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smaller settings: {', '.join(f'{k}={v}' for k, v in QUICK.items())}")
+    for name, value in DEFAULTS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"default {value} (quick {QUICK[name]})")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def settings(args) -> dict:
+    """The effective settings: explicit flags > ``--quick`` > defaults; validated."""
+    base = QUICK if args.quick else DEFAULTS
+    out = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in base.items()}
+    out["seeds"] = args.seeds
+    out["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in out["methods"] if m not in METHODS]
+    if bad or not out["methods"]:
+        raise ValueError(f"--methods: unknown {bad}; valid methods are {list(METHODS)}")
+    for k in ("seeds", "tasks", "nuts_samples", "nuts_chains", "vi_steps", "num_samples"):
+        if out[k] < 1:
+            raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {out[k]}")
+    if out["nuts_warmup"] < 0:
+        raise ValueError(f"--nuts-warmup must be >= 0, got {out['nuts_warmup']}")
+    return out
+
+
+def split_task(tasks, t: int, dtype) -> tuple[np.ndarray, ...]:
+    """Real context and target points of task ``t`` (padding dropped):
+    ``x_c [N_c, x_dim], y_c [N_c, y_dim], x_t [N_t, x_dim], y_t [N_t, y_dim]``."""
+    x, y = np.asarray(tasks.x[t], dtype), np.asarray(tasks.y[t], dtype)
+    c, tg = np.asarray(tasks.context[t]) > 0, np.asarray(tasks.target[t]) > 0
+    if not c.any() or not tg.any():
+        raise ValueError(f"held-out task {t} has {int(c.sum())} context and {int(tg.sum())} target points; need >= 1 of each")
+    return x[c], y[c], x[tg], y[tg]
+
+
+def fit_predict(key, method: str, model, params, data, s: dict) -> np.ndarray:
+    """Fit ``method`` on the context ``(x_c, y_c)`` and return ``f [S, N_t, y_dim]`` at ``x_t``."""
+    from bnnp_jax.inference import bnnp_methods, givi, nuts, vi
+
+    x_c, y_c, x_t, _ = data
+    fit_key, pred_key = jax.random.split(key)
+    n, steps, bar = s["num_samples"], s["vi_steps"], False
+    if method == "nuts":
+        res = nuts.fit(fit_key, model, x_c, y_c, num_warmup=s["nuts_warmup"], num_samples=s["nuts_samples"],
+                       num_chains=s["nuts_chains"], progress_bar=bar)
+        f = nuts.predict(pred_key, res, x_t, n)
+    elif method == "bnnp_amortised":
+        f = bnnp_methods.amortised_predict(pred_key, bnnp_methods.amortised_fit(fit_key, params, x_c, y_c), x_t, n)
+    elif method == "bnnp_per_task":
+        res = bnnp_methods.per_task_fit(fit_key, model, x_c, y_c, num_steps=steps, progress_bar=bar)
+        f = bnnp_methods.per_task_predict(pred_key, res, x_t, n)
+    elif method == "givi":
+        f = givi.predict(pred_key, givi.fit(fit_key, model, x_c, y_c, num_steps=steps, progress_bar=bar), x_t, n)
+    else:
+        f = vi.predict(pred_key, vi.fit(fit_key, model, x_c, y_c, method, num_steps=steps, progress_bar=bar), x_t, n)
+    return np.asarray(jax.block_until_ready(f))
+
+
+def score(f: np.ndarray, sigma_y, y_t: np.ndarray) -> dict:
+    """Per-point metrics of function samples ``f [S, N_t, y_dim]`` against ``y_t [N_t, y_dim]``."""
+    from bnnp_jax import metrics
+
+    mask = np.ones(y_t.shape[0], y_t.dtype)
+    return {
+        "lpd": float(metrics.log_predictive_density(f, sigma_y, y_t, mask)),
+        "eld": float(metrics.expected_log_density(f, sigma_y, y_t, mask)),
+        "mae": float(metrics.mae(f, y_t, mask)),
+        "coverage": float(metrics.coverage(f, sigma_y, y_t, mask, 0.9)),
+    }
+
+
+def evaluate(params, tasks, s: dict, progress: bool = True) -> list[dict]:
+    """One record per (seed, task, method)."""
+    from tqdm import tqdm
+
+    from bnnp_jax.inference import model as bnn
+
+    model = bnn.from_bnnp(params)
+    dtype = np.dtype(model.sigma_y.dtype)
+    sigma_y = np.asarray(model.sigma_y)
+    n_tasks = min(s["tasks"], int(tasks.x.shape[0]))
+    data = [split_task(tasks, t, dtype) for t in range(n_tasks)]
+    records = []
+    bar = tqdm(total=s["seeds"] * n_tasks * len(s["methods"]), disable=not progress, desc="nfl", dynamic_ncols=True)
+    for seed in range(s["seeds"]):
+        for t, d in enumerate(data):
+            for i, method in enumerate(s["methods"]):
+                key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), t), i)
+                tic = time.perf_counter()
+                f = fit_predict(key, method, model, params, d, s)
+                seconds = time.perf_counter() - tic
+                records.append({"seed": seed, "task": t, "method": method, "num_context": int(d[0].shape[0]),
+                                "num_target": int(d[2].shape[0]), **score(f, sigma_y, d[3]), "seconds": seconds})
+                bar.set_postfix(method=method)
+                bar.update(1)
+    bar.close()
+    return records
+
+
+def aggregate(records: list[dict]) -> dict:
+    """``{method: {metric: (mean, stderr)}}``: task-average per seed, then mean +- s.e. over seeds."""
+    out = {}
+    for method in dict.fromkeys(r["method"] for r in records):
+        seeds = sorted({r["seed"] for r in records if r["method"] == method})
+        out[method] = {}
+        for m in METRICS:
+            per_seed = np.array([np.mean([r[m] for r in records if r["method"] == method and r["seed"] == sd])
+                                 for sd in seeds])
+            se = per_seed.std(ddof=1) / np.sqrt(len(per_seed)) if len(per_seed) > 1 else float("nan")
+            out[method][m] = (float(per_seed.mean()), float(se))
+    return out
+
+
+def table(summary: dict, s: dict) -> str:
+    lines = [f"Held-out tasks: {s['tasks']}, seeds: {s['seeds']} (mean ± s.e. over seeds of the task mean).", "",
+             "| method | " + " | ".join(LABELS[m] for m in METRICS) + " |",
+             "|---" * (len(METRICS) + 1) + "|"]
+    for method, vals in summary.items():
+        cells = [f"{vals[m][0]:.3f} ± {vals[m][1]:.3f}" if np.isfinite(vals[m][1]) else f"{vals[m][0]:.3f}"
+                 for m in METRICS]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(summary)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.4))
+    for ax, m in zip(axes, METRICS):
+        mean = [summary[k][m][0] for k in methods]
+        se = [summary[k][m][1] for k in methods]
+        ax.errorbar(range(len(methods)), mean, yerr=se if np.all(np.isfinite(se)) else None, fmt="o", capsize=3)
+        ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=8)
+        ax.set_title(LABELS[m], fontsize=9)
+        if m == "coverage":
+            ax.axhline(0.9, color="grey", ls="--", lw=0.8)
+        if m == "seconds":
+            ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    from bnnp_jax import run_config, train
+    from bnnp_jax.run_report import heldout
+
+    s = settings(args)
+    run_dir = Path(args.run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file() and run_config.load(cfg_path).bnnp.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)  # before anything is built, as `bnnp evaluate` does
+    config, params, _ = train.load_run(run_dir)
+    if config.model != "bnnp":
+        raise ValueError(f"run_dir: nfl needs a BNNP run (a learned weight prior), got model {config.model!r}")
+    out = Path(args.out) if args.out else run_dir / "nfl"
+    out.mkdir(parents=True, exist_ok=True)
+    records = evaluate(params, heldout(config), s, progress=not args.no_progress)
+    summary = aggregate(records)
+    (out / "results.json").write_text(json.dumps(
+        {"run_dir": str(run_dir), "family": config.data.family, "settings": s, "summary": summary,
+         "records": records}, indent=2))
+    (out / "nfl_table.md").write_text(table(summary, s))
+    plot(summary, out / "nfl.png")
+    print(table(summary, s))
+    return 0
