@@ -37,6 +37,9 @@ def _args(run_dir, out, *extra):
                          "--num-samples", "40", "--no-progress", *extra])
 
 
+# Measured on the loaded 2-core CI-like box: training compile ~2-3 min, NUTS ~100 s
+# (compile) alone, so this cannot meet the < 60 s default budget yet: slow until trimmed.
+@pytest.mark.slow
 def test_nfl_quick_runs_every_method(tiny_run, tmp_path):
     out = tmp_path / "nfl"
     assert nfl.run(_args(tiny_run, out)) == 0
@@ -54,6 +57,7 @@ def test_nfl_quick_runs_every_method(tiny_run, tmp_path):
     assert (out / "nfl.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_nfl_rejects_unknown_method(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="--methods"):
         nfl.run(_args(tiny_run, tmp_path, "--methods", "nuts,magic"))
