@@ -37,7 +37,8 @@ class FitConfig:
     """``batch_size = 0`` means full batch; ``em_period = 0`` means joint updates;
     ``kl_warmup > 0`` ramps the code-KL weight linearly from 0 to 1 over that many
     steps (Adam normalises gradients, so an unweighted KL widens ``Q(Z)`` before ``g``
-    has learned to use the codes); the recorded trace is always the true ELBO."""
+    has learned to use the codes); the recorded trace is always the true ELBO.
+    ``lr_end`` switches the constant Adam step size to a cosine decay from ``lr`` to ``lr_end``."""
 
     steps: int = 2000
     lr: float = 1e-2
@@ -45,12 +46,15 @@ class FitConfig:
     num_samples: int = 4
     em_period: int = 0
     kl_warmup: int = 0
+    lr_end: float | None = None
     chunk: int = 100
 
     def __post_init__(self):
         for name in ("steps", "chunk", "num_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_end is not None and self.lr_end <= 0:
+            raise ValueError(f"lr_end must be positive or None, got {self.lr_end}")
         if self.lr <= 0 or min(self.batch_size, self.em_period, self.kl_warmup) < 0:
             raise ValueError(f"need lr > 0 and batch_size, em_period, kl_warmup >= 0; got "
                              f"{self.lr}, {self.batch_size}, {self.em_period}, {self.kl_warmup}")
@@ -97,11 +101,26 @@ def chunked_scan(step: Callable, carry, key: Array, steps: int, chunk: int, prog
 
 
 def _optimizer(fcfg: FitConfig) -> optax.GradientTransformation:
-    return optax.adam(fcfg.lr)
+    """Adam's direction only; the step size is applied by :func:`apply_step` (its schedule needs
+    the run length, which is a traced argument so that runs of any length share one compile)."""
+    return optax.scale_by_adam()
+
+
+def learning_rate(fcfg: FitConfig, t: Array, total: Array) -> Array:
+    """``lr`` or, with ``lr_end``, a cosine decay from ``lr`` at ``t = 0`` to ``lr_end`` at ``total - 1``."""
+    if fcfg.lr_end is None:
+        return jnp.asarray(fcfg.lr)
+    frac = jnp.clip(t / jnp.maximum(total - 1, 1), 0.0, 1.0)
+    return fcfg.lr_end + (fcfg.lr - fcfg.lr_end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+
+def apply_step(params, direction, lr: Array):
+    """``params - lr * direction`` leaf by leaf."""
+    return jax.tree.map(lambda p, d: p - lr * d, params, direction)
 
 
 @partial(jax.jit, static_argnames=("config", "fcfg", "train_model"))
-def _run_chunk(carry, keys, ts, x, y, weight, mask, code_prior, *, config, fcfg, train_model):
+def _run_chunk(carry, keys, ts, x, y, weight, mask, code_prior, total, *, config, fcfg, train_model):
     """``carry = (params, code_opt_state, model_opt_state)``; returns (carry, ELBO / N per step)."""
     opt = _optimizer(fcfg)
     n_total = jnp.sum(weight)
@@ -129,15 +148,16 @@ def _run_chunk(carry, keys, ts, x, y, weight, mask, code_prior, *, config, fcfg,
             grads = mp.MetaPriorParams(g_codes, None, None)
         em = fcfg.em_period > 0 and train_model
         codes_on = (t // fcfg.em_period) % 2 == 0 if em else jnp.asarray(True)  # E-phase first
+        lr = learning_rate(fcfg, t, total)
         up_c, new_sc = opt.update(grads.codes, s_codes, params.codes)
-        codes = _select(mask, optax.apply_updates(params.codes, up_c), params.codes)
+        codes = _select(mask, apply_step(params.codes, up_c, lr), params.codes)
         codes = _select(codes_on, codes, params.codes)
         s_codes = _select(codes_on, new_sc, s_codes)
         model = (params.hyper, params.raw_sigma)
         if train_model:
             model_on = jnp.logical_not(codes_on) if em else jnp.asarray(True)
             up_m, new_sm = opt.update((grads.hyper, grads.raw_sigma), s_model, model)
-            model = _select(model_on, optax.apply_updates(model, up_m), model)
+            model = _select(model_on, apply_step(model, up_m, lr), model)
             s_model = _select(model_on, new_sm, s_model)
         return (mp.MetaPriorParams(codes, *model), s_codes, s_model), value
 
@@ -159,8 +179,8 @@ def fit(key: Array, params: mp.MetaPriorParams, config: mp.MetaPriorConfig, fcfg
     carry = (params, opt.init(params.codes), opt.init((params.hyper, params.raw_sigma)))
     # steps and chunk only drive the host loop: normalise them so runs of any length share one compile
     static = dataclasses.replace(fcfg, steps=1, chunk=1)
-    run = partial(_run_chunk, x=x, y=y, weight=weight, mask=mask, code_prior=code_prior, config=config,
-                  fcfg=static, train_model=train_model)
+    run = partial(_run_chunk, x=x, y=y, weight=weight, mask=mask, code_prior=code_prior,
+                  total=jnp.asarray(fcfg.steps, x.dtype), config=config, fcfg=static, train_model=train_model)
     (params, _, _), trace = chunked_scan(run, carry, key, fcfg.steps, fcfg.chunk, progress, desc)
     return params, trace
 

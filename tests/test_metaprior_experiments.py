@@ -19,18 +19,20 @@ def moons():
     from bnnp_jax.studies.metaprior_toys import fit_moons
 
     cfg = me.load_config("moons", quick=True)
-    return fit_moons(cfg, jax.random.PRNGKey(cfg.seed))
+    return {**fit_moons(cfg, jax.random.PRNGKey(cfg.seed)), "eval_samples": cfg.eval_samples}
 
 
-def _accuracy(params, mcfg, x, y) -> float:
-    probs = mp.predictive_probs(jax.random.PRNGKey(5), params, mcfg, jnp.asarray(x), 100)
-    return float(jnp.mean(jnp.argmax(probs, -1) == y))
+def _accuracy(params, mcfg, x, y, num_samples) -> float:
+    """Same static arguments as ``fit_moons``'s evaluation, so the compiled predict is reused."""
+    logits = mp.predict(jax.random.PRNGKey(5), params, mcfg, jnp.asarray(x), num_samples)
+    return float(jnp.mean(jnp.argmax(jnp.mean(jax.nn.softmax(logits, -1), 0), -1) == y))
 
 
 def test_quick_moons_reaches_95_percent(moons):
+    """Seeded quick run (the config's quick: overrides); accuracy of the predictive mean."""
     assert moons["metrics"]["accuracy"] >= 0.95
     x_te, y_te = moons["data"][2:]
-    assert _accuracy(moons["params"], moons["mcfg"], x_te, y_te) >= 0.95
+    assert _accuracy(moons["params"], moons["mcfg"], x_te, y_te, moons["eval_samples"]) >= 0.95
 
 
 @pytest.mark.parametrize("task,which", [("classes", "output"), ("input", "input")])
@@ -44,10 +46,10 @@ def test_illation_improves_permuted_task(moons, task, which):
     else:
         shots, test = (x_tr[:40, ::-1].copy(), y_tr[:40]), (x_te[:, ::-1].copy(), y_te)
     params, mcfg = moons["params"], moons["mcfg"]
-    before = _accuracy(params, mcfg, *test)
+    before = _accuracy(params, mcfg, *test, moons["eval_samples"])
     adapted, _ = illate(jax.random.PRNGKey(1), params, mcfg, FitConfig(steps=300, lr=0.05, num_samples=4),
                         jnp.asarray(shots[0]), jnp.asarray(shots[1]), which=which)
-    after = _accuracy(adapted, mcfg, *test)
+    after = _accuracy(adapted, mcfg, *test, moons["eval_samples"])
     assert after >= 0.9 and after > before + 0.3, (before, after)
 
 
@@ -76,3 +78,22 @@ def test_cli_arguments():
     assert (args.experiment, args.quick, args.out, args.seed, args.mnist) == ("fewshot", True, "d", 3, "m.npz")
     with pytest.raises(SystemExit):
         parser.parse_args(["imagenet"])
+
+
+def test_mnist_file_loader(tmp_path):
+    from bnnp_jax.studies.metaprior_digits import load_data
+
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (30, 4, 4), dtype=np.uint8), "y_train": rng.integers(0, 10, 30),
+              "x_test": rng.integers(0, 256, (12, 4, 4), dtype=np.uint8), "y_test": rng.integers(0, 10, 12)}
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    x_tr, y_tr, x_te, y_te, side = load_data(0, 20, 0, str(tmp_path / "mnist.npz"))
+    assert (x_tr.shape, x_te.shape, side) == ((20, 16), (12, 16), 4)
+    assert x_tr.dtype == np.float32 and 0.0 <= x_tr.min() and x_tr.max() <= 1.0
+    np.testing.assert_allclose(np.sort(x_te.sum(1)), np.sort(arrays["x_test"].reshape(12, -1).sum(1) / 255.0),
+                               rtol=1e-5)
+    np.savez(tmp_path / "bad.npz", x_train=arrays["x_train"])
+    with pytest.raises(ValueError, match="lacks arrays"):
+        load_data(0, 0, 0, str(tmp_path / "bad.npz"))
+    with pytest.raises(ValueError, match="does not exist"):
+        load_data(0, 0, 0, str(tmp_path / "missing.npz"))

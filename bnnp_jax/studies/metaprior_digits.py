@@ -213,20 +213,24 @@ def run_fewshot(cfg: ExperimentConfig, out: Path, mnist: str | None = None) -> d
 
 
 def _plot_fewshot(path: Path, results: dict) -> None:
-    kinds = list(results["tasks"])
-    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.8), squeeze=False)
-    shots = results["shots"]
-    for ax, kind in zip(axes[0], kinds):
+    """Row 1: accuracy on the permuted task; row 2: the adapted model on the clean task."""
+    kinds, shots = list(results["tasks"]), results["shots"]
+    fig, axes = plt.subplots(2, len(kinds), figsize=(5.5 * len(kinds), 8), squeeze=False, sharex=True)
+    for col, kind in enumerate(kinds):
         task = results["tasks"][kind]
-        for i, method in enumerate(task["accuracy"]):
-            c = f"C{i}"
-            ax.plot(shots, task["accuracy"][method], "o-", color=c, label=f"{method}: permuted task")
-            ax.plot(shots, task["clean_accuracy"][method], "x--", color=c, alpha=0.6, label=f"{method}: clean task")
-        ax.axhline(task["no_adaptation"]["metaprior"], color="k", ls=":", label="MetaPrior, no adaptation")
-        ax.axhline(task["no_adaptation"]["mfvi"], color="grey", ls=":", label="MF-VI, no adaptation")
-        ax.set(xscale="log", ylim=(0, 1), xlabel="shots from the permuted task", ylabel="test accuracy",
-               title=f"permuted {kind}")
-    axes[0, -1].legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
+        for row, (field, what) in enumerate((("accuracy", "permuted task"), ("clean_accuracy", "clean task"))):
+            ax = axes[row, col]
+            for i, method in enumerate(task[field]):
+                style = "o-" if method.startswith("illate") else "s--"
+                ax.plot(shots, task[field][method], style, color=f"C{i}", label=method)
+            base = task["no_adaptation"] if row == 0 else results["clean_accuracy"]
+            ax.axhline(base["metaprior"], color="k", ls=":", label="MetaPrior without adaptation")
+            ax.axhline(base["mfvi"], color="grey", ls=":", label="MF-VI without adaptation")
+            ax.set(xscale="log", ylim=(0, 1), ylabel=f"accuracy on the {what}", title=f"permuted {kind}: {what}")
+            if row == 1:
+                ax.set_xlabel("shots from the permuted task")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from bnnp_jax.metaprior import LIKELIHOODS, forward, split_normal
-from bnnp_jax.metaprior_fit import FitConfig, chunked_scan
+from bnnp_jax.metaprior_fit import FitConfig, apply_step, chunked_scan, learning_rate
 from bnnp_jax.metaprior_hypernet import activation_fn
 
 Array = jax.Array
@@ -135,8 +135,8 @@ def elbo(key: Array, params: MFParams, p: MFPrior, config: MFConfig, x: Array, y
 
 
 @partial(jax.jit, static_argnames=("config", "fcfg"))
-def _run_chunk(carry, keys, ts, x, y, weight, p, *, config, fcfg):
-    opt = optax.adam(fcfg.lr)
+def _run_chunk(carry, keys, ts, x, y, weight, p, total, *, config, fcfg):
+    opt = optax.scale_by_adam()  # step size from learning_rate (constant or cosine)
     n_total = jnp.sum(weight)
 
     def loss(params, key, t):
@@ -154,7 +154,7 @@ def _run_chunk(carry, keys, ts, x, y, weight, p, *, config, fcfg):
         params, state = carry
         (_, value), grads = jax.value_and_grad(loss, has_aux=True)(params, *inp)
         updates, state = opt.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), value
+        return (apply_step(params, updates, learning_rate(fcfg, inp[1], total)), state), value
 
     return jax.lax.scan(step, carry, (keys, ts))
 
@@ -165,9 +165,10 @@ def fit(key: Array, params: MFParams, p: MFPrior, config: MFConfig, fcfg: FitCon
     if x.ndim != 2 or x.shape[1] != config.widths[0]:
         raise ValueError(f"x must be [N, {config.widths[0]}], got {x.shape}")
     weight = jnp.ones(x.shape[0], x.dtype) if weight is None else jnp.asarray(weight, x.dtype)
-    carry = (params, optax.adam(fcfg.lr).init(params))
+    carry = (params, optax.scale_by_adam().init(params))
     static = dataclasses.replace(fcfg, steps=1, chunk=1)  # one compile for runs of any length
-    run = partial(_run_chunk, x=x, y=y, weight=weight, p=p, config=config, fcfg=static)
+    run = partial(_run_chunk, x=x, y=y, weight=weight, p=p, total=jnp.asarray(fcfg.steps, x.dtype), config=config,
+                  fcfg=static)
     (params, _), trace = chunked_scan(run, carry, key, fcfg.steps, fcfg.chunk, progress, desc)
     return params, trace
 
