@@ -1,0 +1,165 @@
+"""Issue 8, parts 3 and 4: crash safety and determinism of training.
+
+``bnnp train`` runs in a subprocess, is SIGKILLed mid-run after some
+checkpoints exist, and is resumed; every checkpoint it left must be intact and
+the resumed run must end with exactly the parameters (and loss history) of an
+uninterrupted run with the same seed, run in yet another process. All the
+processes share a persistent JAX compilation cache in the test's directory,
+so the training step compiles once, and XLA's optimisation passes are off
+there (compile time dominates; every process uses the same flags, so the
+results are still bit-comparable).
+
+The default test resumes through ``train.fit(resume=True)`` (what ``bnnp train
+--resume`` calls) because the CLI's end-of-run report costs more than the
+training; the ``slow`` test runs all three stages through the CLI.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+from test_robustness_common import cli_command, subprocess_env, write_config
+
+from bnnp_jax import checkpoint, run_config, train
+
+CRASH_YAML = """
+model: bnnp
+data: {family: sawtooth}
+bnnp: {x_dim: 1, y_dim: 1, hidden: [4]}
+training: {steps: 1000, tasks_per_step: 2, num_samples: 2, steps_per_call: 5, checkpoint_every: 10,
+           eval_every: 100000, eval_tasks: 4, eval_samples: 4, plot_samples: 16, seed: 0}
+"""
+STEPS = 1000
+
+
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def _env(tmp):
+    return subprocess_env(JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                          JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", XLA_FLAGS=FAST_COMPILE)
+
+
+def _fit_in_subprocess(tmp, cfg, out, resume=False):
+    """``train.fit`` in a fresh process (no CLI report)."""
+    script = textwrap.dedent(f"""
+        from bnnp_jax import run_config, train
+        train.fit(run_config.load({str(cfg)!r}), {str(out)!r}, resume={resume}, progress=False)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], env=_env(tmp), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _train_and_kill(tmp, cfg, out, min_step=20):
+    """Start ``bnnp train``, SIGKILL it at a random moment after the checkpoint of
+    ``min_step`` exists; returns the newest checkpoint step at the kill."""
+    proc = subprocess.Popen(cli_command("train", str(cfg), "--out", str(out), "--no-progress"), env=_env(tmp),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 900
+    try:
+        while _newest(out) < min_step:
+            assert proc.poll() is None, f"training ended before the kill: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within the time limit"
+            time.sleep(0.005)
+        time.sleep(random.Random(0).uniform(0.0, 0.2))  # land anywhere: in a chunk or in a save
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    return _newest(out)
+
+
+def _newest(out):
+    paths = checkpoint.list_checkpoints(out / "checkpoints")
+    return int(paths[-1].stem.split("_")[1]) if paths else -1
+
+
+def _leaves(tree):
+    return [np.asarray(a) for a in jax.tree.leaves(tree)]
+
+
+def _check_killed_run(out, config, reference_history):
+    """Every checkpoint the killed run left restores, and holds the reference's
+    loss history up to its step (same seed, different process)."""
+    template, _ = train.init_state(config)
+    paths = checkpoint.list_checkpoints(out / "checkpoints")
+    assert paths
+    for path in paths:
+        step, state, extra = checkpoint.restore(path, template)
+        assert int(state.step) == step and 0 < step < STEPS
+        np.testing.assert_array_equal(extra["history"]["loss"], reference_history["loss"][:step])
+
+
+def _compare(reference_dir, resumed_dir):
+    _, ref_params, ref_history = train.load_run(reference_dir)
+    _, params, history = train.load_run(resumed_dir)
+    for a, b in zip(_leaves(params), _leaves(ref_params)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(history["loss"], ref_history["loss"])
+    assert len(history["loss"]) == STEPS
+    assert not list((resumed_dir / "checkpoints").glob(".ckpt_tmp_*")), "orphaned temporary checkpoint files"
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    cfg = write_config(tmp_path / "cfg", CRASH_YAML)
+    config = run_config.load(cfg)
+    _fit_in_subprocess(tmp_path, cfg, tmp_path / "reference")  # compiles once, fills the cache
+    _, _, reference_history = train.load_run(tmp_path / "reference")
+
+    out = tmp_path / "killed"
+    killed_at = _train_and_kill(tmp_path, cfg, out)
+    assert 20 <= killed_at < STEPS
+    _check_killed_run(out, config, reference_history)
+
+    _fit_in_subprocess(tmp_path, cfg, out, resume=True)
+    _compare(tmp_path / "reference", out)
+
+
+def test_seeds_drive_every_random_input_of_training(tmp_path):
+    """Same seed, same initial parameters, task batches and held-out tasks;
+    another seed changes each of them (the step keys are ``fold_in(PRNGKey(seed), t)``)."""
+    base = run_config.load(write_config(tmp_path, CRASH_YAML))
+    other = run_config.override(base, seed=1)
+
+    def draws(config):
+        state, _ = train.init_state(config)
+        sampler = train.make_sampler(config)
+        tasks = sampler(jax.random.fold_in(jax.random.PRNGKey(config.training.seed), 0), 2)
+        return _leaves(state.params), [np.asarray(tasks.x), np.asarray(tasks.y), np.asarray(tasks.context)]
+
+    (p0, t0), (p0_again, t0_again), (p1, t1) = draws(base), draws(base), draws(other)
+    for a, b in zip(p0 + t0, p0_again + t0_again):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a, b) for a, b in zip(p0, p1))
+    assert not np.array_equal(t0[0], t1[0]) and not np.array_equal(t0[1], t1[1])
+
+
+@pytest.mark.slow
+def test_sigkill_then_cli_resume_matches_cli_run(tmp_path):
+    """All through ``bnnp train``: uninterrupted, killed, ``--resume``; both write reports."""
+    cfg = write_config(tmp_path / "cfg", CRASH_YAML)
+    config = run_config.load(cfg)
+    ref = tmp_path / "reference"
+    done = subprocess.run(cli_command("train", str(cfg), "--out", str(ref), "--no-progress"), env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, _, reference_history = train.load_run(ref)
+    out = tmp_path / "killed"
+    _train_and_kill(tmp_path, cfg, out, min_step=30)
+    _check_killed_run(out, config, reference_history)
+    done = subprocess.run(cli_command("train", str(cfg), "--out", str(out), "--resume", "--no-progress"),
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _compare(ref, out)
+    assert (ref / "metrics.json").is_file() and (out / "metrics.json").is_file()
+    assert os.path.getsize(out / "config.yaml") > 0
