@@ -1,0 +1,139 @@
+"""Time to a posterior for one new task, next to the predictive log density
+it reaches: amortised BNNP (zero-shot), per-task BNNP, MFVI, GIVI and NUTS on
+the KL-table network (1 -> 20 -> 20 -> 1, ReLU), N = 30 context points,
+100 held-out points from the same function (noise 0.1).
+
+All methods use the same model: the BNNP's learned prior and ``sigma_y``
+(``inference.model.from_bnnp``). The BNNP is trained here for a few hundred
+PP-AVI steps on BNN-prior tasks (``--run DIR`` loads a checkpoint instead).
+"log_density" is the mean over held-out points of the log of the posterior
+mean density, from 1000 posterior function draws (``metrics.log_predictive_density``).
+
+"seconds" is wall time from data to posterior samples in this process,
+compile included, except for the amortised BNNP where the compiled
+``predict`` call is timed (median of 5) and its first call (compile + run)
+is reported beside it. Target: amortised >= 1000x faster than NUTS with a log
+density within 10% of NUTS's.
+
+    python benchmarks/amortised_vs_mcmc.py [--quick] [--device cpu|gpu] [--run DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import _common as C
+
+NUM_DRAWS = 1000
+
+
+def _data(key, n_ctx: int, n_test: int):
+    import jax
+
+    from bnnp_jax.data.registry import make_sampler
+
+    n = n_ctx + n_test
+    x, y, _ = make_sampler("bnn_prior", n_max=n, n_range=(n, n + 1), hidden=(20, 20), x_range=(-4.0, 4.0),
+                           noise=0.1)(key, 1)
+    return x[0, :n_ctx], y[0, :n_ctx], x[0, n_ctx:], y[0, n_ctx:]
+
+
+def _bnnp(args, key):
+    from bnnp_jax import bnnp
+
+    if args.run:
+        from bnnp_jax import checkpoint  # the lead's module; local import so the rest runs without it
+
+        return checkpoint.load(args.run), {"source": f"checkpoint {args.run}"}
+    steps = 150 if args.quick else 400
+    cfg = bnnp.BNNPConfig(hidden=(20, 20), activation="relu")
+    t0 = time.perf_counter()
+    params, losses = C.train_bnnp(key, cfg, "bnn_prior", steps, num_tasks=5, num_samples=8, lr=3e-3,
+                                  hidden=(20, 20), x_range=(-4.0, 4.0), noise=0.1, n_range=(5, 50))
+    return params, {"source": "trained here", "steps": steps, "tasks_per_step": 5, "S": 8,
+                    "train_seconds": time.perf_counter() - t0, "final_loss": float(losses[-20:].mean())}
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = C.block(fn())
+    return out, time.perf_counter() - t0
+
+
+def run_methods(args, key, params, data) -> list[dict]:
+    import jax
+
+    from bnnp_jax import bnnp, metrics
+    from bnnp_jax.inference import model as bnn
+
+    x_c, y_c, x_t, y_t = data
+    model = bnn.from_bnnp(params)
+    sig = bnnp.sigma_y(params)
+    mask = jax.numpy.ones(x_t.shape[0])
+    steps = 1000 if args.quick else 3000
+    k = iter(jax.random.split(key, 20))
+    rows = []
+
+    def add(method, seconds, f, **extra):
+        ld = float(metrics.log_predictive_density(f, sig, y_t, mask))
+        rows.append({"method": method, "n": int(x_c.shape[0]), "seconds": seconds, "log_density": ld, **extra})
+        C.print_table(rows[-1:], ["method", "n", "seconds", "log_density"])
+
+    kp = next(k)
+    pred = lambda: bnnp.predict(kp, params, x_c, y_c, x_t, NUM_DRAWS).samples
+    t = C.time_fn(pred, repeats=5)
+    add("bnnp_amortised", t["run_median_s"], pred(), first_call_s=t["first_call_s"], compile_s_est=t["compile_s_est"])
+
+    try:
+        from bnnp_jax.inference import bnnp_methods, givi, nuts, vi
+    except ImportError as e:  # a baseline module is missing: say so rather than fake it
+        rows.append({"method": "baselines", "error": f"missing: {e}"})
+        return rows
+    res, s = _timed(lambda: bnnp_methods.per_task_fit(next(k), model, x_c, y_c, num_steps=steps, progress_bar=False))
+    add("bnnp_per_task", s, bnnp_methods.per_task_predict(next(k), res, x_t, NUM_DRAWS), steps=steps)
+    res, s = _timed(lambda: vi.fit(next(k), model, x_c, y_c, "mfvi", num_steps=steps, progress_bar=False))
+    add("mfvi", s, vi.predict(next(k), res, x_t, NUM_DRAWS), steps=steps)
+    res, s = _timed(lambda: givi.fit(next(k), model, x_c, y_c, num_inducing=10, num_steps=steps, progress_bar=False))
+    add("givi", s, givi.predict(next(k), res, x_t, NUM_DRAWS), steps=steps, num_inducing=10)
+    warm = 500 if args.quick else 1000
+    res, s = _timed(lambda: nuts.fit(next(k), model, x_c, y_c, num_warmup=warm, num_samples=warm, num_chains=1,
+                                     progress_bar=False))
+    d = res.diagnostics
+    add("nuts", s, nuts.predict(next(k), res, x_t, NUM_DRAWS), num_warmup=warm, num_samples=warm, num_chains=1,
+        mean_tree_size=d.mean_tree_size, accept_rate=d.accept_rate, num_divergent=d.num_divergent,
+        min_ess=float(d.ess.min()), max_r_hat=None)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run", default=None, help="load a trained BNNP from this run directory")
+    args = C.parse_args(parser, argv)
+    import jax
+
+    k_train, k_data, k_methods = jax.random.split(jax.random.PRNGKey(0), 3)
+    params, training = _bnnp(args, k_train)
+    data = _data(k_data, 30, 100)
+    rows = run_methods(args, k_methods, params, data)
+    by = {r["method"]: r for r in rows if "seconds" in r}
+    summary = {}
+    if "nuts" in by and "bnnp_amortised" in by:
+        a, n = by["bnnp_amortised"], by["nuts"]
+        summary = {
+            "nuts_over_amortised_run": n["seconds"] / a["seconds"],
+            "nuts_over_amortised_first_call": n["seconds"] / a["first_call_s"],
+            "log_density_relative_gap_to_nuts": abs(a["log_density"] - n["log_density"]) / abs(n["log_density"]),
+            "targets": {"speedup": 1000, "log_density_gap": 0.10},
+        }
+    C.print_table(rows, ["method", "n", "seconds", "log_density", "first_call_s"], "time to a posterior, one task")
+    print(summary)
+    C.write_json("amortised_vs_mcmc", args, rows, summary=summary, training=training,
+                 settings={"network": [1, 20, 20, 1], "activation": "relu", "n_context": 30, "n_test": 100,
+                           "noise": 0.1, "draws_for_log_density": NUM_DRAWS, "dtype": "float32",
+                           "reference_nuts_s_per_dataset_spec14": 27.9})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
