@@ -14,6 +14,7 @@ The default test resumes through ``train.fit(resume=True)`` (what ``bnnp train
 training; the ``slow`` test runs all three stages through the CLI.
 """
 
+import json
 import os
 import random
 import signal
@@ -25,7 +26,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from test_robustness_common import cli_command, subprocess_env, write_config
+from test_robustness_common import cli_command, shared_run, subprocess_env, write_config
 
 from bnnp_jax import checkpoint, run_config, train
 
@@ -33,10 +34,10 @@ CRASH_YAML = """
 model: bnnp
 data: {family: sawtooth}
 bnnp: {x_dim: 1, y_dim: 1, hidden: [4]}
-training: {steps: 1000, tasks_per_step: 2, num_samples: 2, steps_per_call: 5, checkpoint_every: 10,
+training: {steps: 300, tasks_per_step: 2, num_samples: 2, steps_per_call: 5, checkpoint_every: 10,
            eval_every: 100000, eval_tasks: 4, eval_samples: 4, plot_samples: 16, seed: 0}
 """
-STEPS = 1000
+STEPS = 300
 
 
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -68,7 +69,7 @@ def _train_and_kill(tmp, cfg, out, min_step=20):
             assert proc.poll() is None, f"training ended before the kill: {proc.stderr.read()[-3000:]}"
             assert time.monotonic() < deadline, "no checkpoint within the time limit"
             time.sleep(0.005)
-        time.sleep(random.Random(0).uniform(0.0, 0.2))  # land anywhere: in a chunk or in a save
+        time.sleep(random.Random(0).uniform(0.0, 0.1))  # land anywhere: in a chunk or in a save
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
@@ -88,10 +89,9 @@ def _leaves(tree):
     return [np.asarray(a) for a in jax.tree.leaves(tree)]
 
 
-def _check_killed_run(out, config, reference_history):
+def _check_killed_run(out, template, reference_history):
     """Every checkpoint the killed run left restores, and holds the reference's
     loss history up to its step (same seed, different process)."""
-    template, _ = train.init_state(config)
     paths = checkpoint.list_checkpoints(out / "checkpoints")
     assert paths
     for path in paths:
@@ -100,8 +100,9 @@ def _check_killed_run(out, config, reference_history):
         np.testing.assert_array_equal(extra["history"]["loss"], reference_history["loss"][:step])
 
 
-def _compare(reference_dir, resumed_dir):
-    _, ref_params, ref_history = train.load_run(reference_dir)
+def _compare(reference_dir, resumed_dir, template):
+    _, ref_state, ref_extra = checkpoint.restore_latest(reference_dir / "checkpoints", template)
+    ref_params, ref_history = ref_state.params, ref_extra["history"]
     _, params, history = train.load_run(resumed_dir)
     for a, b in zip(_leaves(params), _leaves(ref_params)):
         np.testing.assert_array_equal(a, b)
@@ -112,35 +113,40 @@ def _compare(reference_dir, resumed_dir):
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     cfg = write_config(tmp_path / "cfg", CRASH_YAML)
-    config = run_config.load(cfg)
+    template, _ = train.init_state(run_config.load(cfg))
     _fit_in_subprocess(tmp_path, cfg, tmp_path / "reference")  # compiles once, fills the cache
-    _, _, reference_history = train.load_run(tmp_path / "reference")
+    reference_history = json.loads((tmp_path / "reference" / "history.json").read_text())
 
     out = tmp_path / "killed"
     killed_at = _train_and_kill(tmp_path, cfg, out)
     assert 20 <= killed_at < STEPS
-    _check_killed_run(out, config, reference_history)
+    _check_killed_run(out, template, reference_history)
 
     _fit_in_subprocess(tmp_path, cfg, out, resume=True)
-    _compare(tmp_path / "reference", out)
+    _compare(tmp_path / "reference", out, template)
 
 
-def test_seeds_drive_every_random_input_of_training(tmp_path):
-    """Same seed, same initial parameters, task batches and held-out tasks;
-    another seed changes each of them (the step keys are ``fold_in(PRNGKey(seed), t)``)."""
-    base = run_config.load(write_config(tmp_path, CRASH_YAML))
+def test_seeds_drive_every_random_input_of_training():
+    """Another seed changes the initial parameters and the tasks of a step (the
+    step keys are ``fold_in(PRNGKey(seed), t)``); the same seed repeats them (and,
+    across processes, the whole run: the test above)."""
+    _, base, state = shared_run()  # seed 0
     other = run_config.override(base, seed=1)
+    sampler = train.make_sampler(base)  # the seed enters through the key only
 
-    def draws(config):
-        state, _ = train.init_state(config)
-        sampler = train.make_sampler(config)
-        tasks = sampler(jax.random.fold_in(jax.random.PRNGKey(config.training.seed), 0), 2)
-        return _leaves(state.params), [np.asarray(tasks.x), np.asarray(tasks.y), np.asarray(tasks.context)]
+    def tasks(seed):
+        batch = sampler(jax.random.fold_in(jax.random.PRNGKey(seed), 0), 2)
+        return [np.asarray(batch.x), np.asarray(batch.y), np.asarray(batch.context)]
 
-    (p0, t0), (p0_again, t0_again), (p1, t1) = draws(base), draws(base), draws(other)
-    for a, b in zip(p0 + t0, p0_again + t0_again):
+    def kernels(params):  # the randomly initialised leaves (the prior starts at a fixed N(0, I/D))
+        leaves = jax.tree_util.tree_leaves_with_path(params)
+        return [np.asarray(v) for k, v in leaves if "kernel" in jax.tree_util.keystr(k)]
+
+    k0, k1 = kernels(state.params), kernels(train.init_state(other)[0].params)
+    assert k0 and not any(np.array_equal(a, b) for a, b in zip(k0, k1))
+    t0, t0_again, t1 = tasks(0), tasks(0), tasks(1)
+    for a, b in zip(t0, t0_again):
         np.testing.assert_array_equal(a, b)
-    assert not all(np.array_equal(a, b) for a, b in zip(p0, p1))
     assert not np.array_equal(t0[0], t1[0]) and not np.array_equal(t0[1], t1[1])
 
 
@@ -148,18 +154,18 @@ def test_seeds_drive_every_random_input_of_training(tmp_path):
 def test_sigkill_then_cli_resume_matches_cli_run(tmp_path):
     """All through ``bnnp train``: uninterrupted, killed, ``--resume``; both write reports."""
     cfg = write_config(tmp_path / "cfg", CRASH_YAML)
-    config = run_config.load(cfg)
+    template, _ = train.init_state(run_config.load(cfg))
     ref = tmp_path / "reference"
     done = subprocess.run(cli_command("train", str(cfg), "--out", str(ref), "--no-progress"), env=_env(tmp_path),
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
-    _, _, reference_history = train.load_run(ref)
+    reference_history = json.loads((ref / "history.json").read_text())
     out = tmp_path / "killed"
     _train_and_kill(tmp_path, cfg, out, min_step=30)
-    _check_killed_run(out, config, reference_history)
+    _check_killed_run(out, template, reference_history)
     done = subprocess.run(cli_command("train", str(cfg), "--out", str(out), "--resume", "--no-progress"),
                           env=_env(tmp_path), capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
-    _compare(ref, out)
+    _compare(ref, out, template)
     assert (ref / "metrics.json").is_file() and (out / "metrics.json").is_file()
     assert os.path.getsize(out / "config.yaml") > 0

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_robustness_common import make_run_dir
+from test_robustness_common import shared_run
 
 from bnnp_jax import api, bnnp, validation
 from bnnp_jax.data import images, precipitation, registry
@@ -27,9 +27,8 @@ EMPTY = np.zeros((0, 1), np.float32)
 
 
 @pytest.fixture(scope="module")
-def params(tmp_path_factory):
-    _, state = make_run_dir(tmp_path_factory.mktemp("run"))
-    return state.params
+def params():
+    return shared_run()[2].params
 
 
 def _set(a, idx, value):

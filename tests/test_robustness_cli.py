@@ -10,13 +10,14 @@ says where the fix belongs); they fail loudly once fixed, so the marker can go.
 
 import hashlib
 import pickle
+import shutil
 import subprocess
 import textwrap
 
 import numpy as np
 import pytest
 import yaml
-from test_robustness_common import TINY_YAML, cli_command, make_run_dir, subprocess_env, write_config
+from test_robustness_common import TINY_YAML, cli_command, shared_run, subprocess_env, write_config
 
 from bnnp_jax import checkpoint, cli, run_config, train
 from bnnp_jax.config import ConfigError
@@ -25,11 +26,9 @@ BASE = yaml.safe_load(TINY_YAML)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """``(run_dir, config, state)`` with an untrained step-0 checkpoint."""
-    run_dir = tmp_path_factory.mktemp("run")
-    config, state = make_run_dir(run_dir)
-    return run_dir, config, state
+def run():
+    """``(run_dir, config, state)`` with an untrained step-0 checkpoint (read-only)."""
+    return shared_run()
 
 
 # ----- config loader ---------------------------------------------------------------
@@ -166,10 +165,12 @@ def test_missing_checkpoints(run, tmp_path):
         train.load_run(tmp_path)
 
 
-def test_checkpoint_from_another_config_is_named(run, tmp_path):
-    run_dir, config, _ = run
-    other = run_config.load(write_config(tmp_path, _mutated("bnnp.hidden", [6])))
-    template, _ = train.init_state(other)
+def test_checkpoint_from_another_config_is_named(run):
+    """A template with 6 hidden units instead of 4 in the first prior layer."""
+    run_dir, _, state = run
+    prior = list(state.params.prior)
+    prior[0] = prior[0]._replace(mean=np.zeros((6, 2), np.float32))
+    template = state._replace(params=state.params.replace(prior=prior))
     with pytest.raises(checkpoint.CheckpointError, match=r"\.params\.prior\[0\]\.mean is \(4, 2\) float32, the model "
                                                          r"expects \(6, 2\) float32: was it written with a different"):
         checkpoint.restore(checkpoint.list_checkpoints(run_dir / "checkpoints")[-1], template)
@@ -251,7 +252,7 @@ def test_cli_train_config_errors(capsys, tmp_path, run):
 def test_cli_evaluate_errors(capsys, tmp_path, run):
     _assert_usage_error(*_main(capsys, "evaluate", tmp_path / "nope"), r"is not a run directory \(no config.yaml\)")
     broken = tmp_path / "broken"
-    make_run_dir(broken)
+    shutil.copytree(run[0], broken)
     ckpt = checkpoint.list_checkpoints(broken / "checkpoints")[-1]
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     with pytest.warns(UserWarning):
@@ -276,7 +277,6 @@ def test_cli_predict_errors_and_success(capsys, tmp_path, run):
         (("--context", nan_ctx, "--targets", tgt), r"--context: 'y' in .* non-finite value.*row 1"),
         (("--context", wide_ctx, "--targets", tgt), r"x_c: x_dim \(last dimension\) is 2 .*model expects 1"),
         (("--context", ctx, "--targets", tmp_path / "missing.csv"), r"--targets: file not found"),
-        (("--context", tgt, "--targets", tgt), r"--context: .* has no y"),
         (("--context", ctx, "--targets", tgt, "--batch-size", "0"), r"batch_size: must be a positive integer, got 0"),
     ]
     for args, match in cases:
@@ -298,13 +298,20 @@ def test_cli_argparse_errors_exit_2(capsys):
 
 
 @pytest.mark.xfail(strict=True, reason="open: cli.py needs positive-int argparse types and to report OSError")
-@pytest.mark.parametrize("argv", [["sample-prior", "RUN", "--num", "-3"], ["sample-prior", "RUN", "--num", "0"],
-                                  ["train", "CFG", "--out", "FILE"]], ids=["num_negative", "num_zero", "out_is_a_file"])
+@pytest.mark.parametrize("argv", [
+    ["sample-prior", "RUN", "--num", "-3", "--out", "OUT"],  # TypeError traceback
+    ["sample-prior", "RUN", "--num", "0", "--out", "OUT"],  # writes an empty file, exit 0
+    ["predict", "RUN", "--context", "CTX", "--targets", "TGT", "--num-samples", "3", "--out", "UNDER_FILE"],
+], ids=["num_negative", "num_zero", "out_under_a_file"])
 def test_cli_open_cases(capsys, tmp_path, run, argv):
     afile = tmp_path / "afile"
     afile.write_text("not a directory")
-    subs = {"RUN": str(run[0]), "CFG": str(write_config(tmp_path)), "FILE": str(afile)}
-    argv = [subs.get(a, a) for a in argv] + (["--out", str(tmp_path / "s.npz")] if argv[0] == "sample-prior" else [])
+    x = np.linspace(-1, 1, 5)
+    ctx = _csv(tmp_path, "ctx.csv", "x0,y0", zip(x, np.sin(3 * x)))
+    tgt = _csv(tmp_path, "tgt.csv", "x0", zip(np.linspace(-1.5, 1.5, 4)))  # the shapes compiled above
+    subs = {"RUN": str(run[0]), "OUT": str(tmp_path / "s.npz"), "CTX": str(ctx), "TGT": str(tgt),
+            "UNDER_FILE": str(afile / "p.npz")}
+    argv = [subs.get(a, a) for a in argv]
     try:
         code = cli.main(argv)
     except SystemExit as e:  # an argparse type error is the fix
@@ -321,9 +328,6 @@ def test_cli_process_exit_status_and_no_traceback(tmp_path):
     bad = write_config(tmp_path, _mutated("training.lr_start", -1.0))
     runs = [
         (cli_command("train", str(bad)), r"bnnp: error: .*training\.lr_start: learning rates must be > 0"),
-        (cli_command("predict", str(tmp_path / "norun"), "--context", "a.csv", "--targets", "b.csv"),
-         r"bnnp: error: .*is not a run directory"),
-        (cli_command("train"), r"error: the following arguments are required: config"),
     ]
     for cmd, match in runs:
         out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -2,8 +2,12 @@
 every test, so the jitted ``predict``/``posterior_samples`` compile once per
 shape across the modules, and a subprocess environment."""
 
+import atexit
+import functools
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from bnnp_jax import checkpoint, run_config, train
@@ -35,6 +39,16 @@ def make_run_dir(directory: Path):
     dump_yaml(config, directory / "config.yaml")
     checkpoint.save(directory / "checkpoints", 0, state, {"history": {"loss": [], "eval": [], "seconds": 0.0}})
     return config, state
+
+
+@functools.lru_cache(maxsize=None)
+def shared_run():
+    """One :func:`make_run_dir` per test process (read-only for the tests):
+    ``(run_dir, config, state)``."""
+    run_dir = Path(tempfile.mkdtemp(prefix="bnnp_robustness_"))
+    atexit.register(shutil.rmtree, run_dir, True)
+    config, state = make_run_dir(run_dir)
+    return run_dir, config, state
 
 
 def subprocess_env(**extra) -> dict:
