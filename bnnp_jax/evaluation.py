@@ -1,8 +1,11 @@
-"""Held-out evaluation of a trained BNNP and prior quality (MMD).
+"""Held-out evaluation of a trained model and (for the BNNP) prior quality (MMD).
 
 Metrics per held-out task (``bnnp_jax.metrics``), averaged over tasks:
 mean predictive log density per target point (log of the Monte-Carlo mixture
 density), the joint target log likelihood, MAE, and 90%-interval coverage.
+Any registered model works (:mod:`bnnp_jax.models` dispatches on the
+parameters); the neural processes' heteroscedastic predictives are scored
+with the same conventions by :func:`bnnp_jax.models.mixture_summary`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnnp_jax import bnnp, metrics
+from bnnp_jax import bnnp, metrics, models
 from bnnp_jax.data import registry
 from bnnp_jax.data.tasks import TaskBatch
 
@@ -31,19 +34,32 @@ def _task_functions(key, params, x, y, context, num_samples):
 
 
 def make_evaluator(tasks: TaskBatch, num_samples: int, seed: int = 0) -> Callable:
-    """``evaluate(params) -> dict`` of task-averaged metrics on ``tasks`` (jitted)."""
+    """``evaluate(params) -> dict`` of task-averaged metrics on ``tasks`` (jitted once per
+    model, shapes and ``num_samples``: the tasks are an argument, not a constant),
+    for the parameters of any registered model."""
     key = jax.random.PRNGKey(seed + 1)
+    return lambda params: {k: float(v) for k, v in _evaluate(params, tasks, key, num_samples).items()}
 
-    @jax.jit
-    def evaluate(params):
-        keys = jax.random.split(key, tasks.x.shape[0])
+
+@partial(jax.jit, static_argnames="num_samples")
+def _evaluate(params, tasks: TaskBatch, key, num_samples: int) -> dict:
+    keys = jax.random.split(key, tasks.x.shape[0])
+    if isinstance(params, bnnp.BNNPParams):
         f = jax.vmap(lambda k, x, y, c: _task_functions(k, params, x, y, c, num_samples))(
             keys, tasks.x, tasks.y, tasks.context)
         sig = bnnp.sigma_y(params)
-        per_task = jax.vmap(lambda fi, yi, ti: metrics.summary(fi, sig, yi.astype(fi.dtype), ti))(f, tasks.y, tasks.target)
-        return {k: jnp.mean(v) for k, v in per_task.items()}
+        per_task = jax.vmap(lambda fi, yi, ti: metrics.summary(fi, sig, yi.astype(fi.dtype), ti))(
+            f, tasks.y, tasks.target)
+    else:
+        per_task = jax.vmap(lambda *a: task_metrics(*a, params=params, num_samples=num_samples))(
+            keys, tasks.x, tasks.y, tasks.context, tasks.target)
+    return {k: jnp.mean(v) for k, v in per_task.items()}
 
-    return lambda params: {k: float(v) for k, v in evaluate(params).items()}
+
+def task_metrics(key, x, y, context, target, *, params, num_samples: int) -> dict:
+    """Metrics of one padded task's targets under the model's predictive given its context."""
+    f, scale = models.for_params(params).predictive(key, params, x, y, context, target, num_samples)
+    return models.mixture_summary(f, scale, y.astype(f.dtype), target)
 
 
 @partial(jax.jit, static_argnums=3)

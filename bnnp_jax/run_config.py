@@ -1,15 +1,24 @@
-"""The configuration of a meta-training run (``configs/*.yaml``)."""
+"""The configuration of a meta-training run (``configs/*.yaml``).
+
+``model`` picks the adapter (:mod:`bnnp_jax.models`) and with it the section
+that holds the architecture: ``bnnp`` for the BNNP, ``np`` for the neural
+processes (cnp, np, anp, tnp), ``bnam`` for the attention model. The other
+sections keep their defaults and are ignored. ``data: null`` makes a config
+for code that supplies its own task sampler (the studies, ``train.fit(..., sampler=...)``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 
-from bnnp_jax import objectives, priors
+from bnnp_jax import models, objectives, priors
+from bnnp_jax.bnam import BNAMConfig
 from bnnp_jax.bnnp import BNNPConfig
 from bnnp_jax.config import ConfigError, from_dict, load_yaml
+from bnnp_jax.neural_processes import NPConfig
 
-MODELS = ("bnnp",)
+MODELS = models.NAMES
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Optimisation, evaluation and checkpointing settings (SPEC section 5)."""
+    """Optimisation, evaluation and checkpointing settings (SPEC section 5).
+
+    ``objective``, ``beta`` and ``batch_size`` apply to the models with a weight
+    prior (bnnp, bnam; ``batch_size`` to the bnnp only); the neural processes
+    train on their own ``np.objective``. ``num_samples`` is the number of
+    weight paths, or of latent draws for np/anp.
+    """
 
     steps: int = 1000
     tasks_per_step: int = 5
@@ -85,23 +100,41 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A whole run: ``model`` name, ``data``, the ``bnnp`` architecture and ``training``."""
+    """A whole run: ``model`` name, ``data``, the architecture sections and ``training``."""
 
     model: str = "bnnp"
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig | None = field(default_factory=DataConfig)
     bnnp: BNNPConfig = field(default_factory=BNNPConfig)
+    np: NPConfig = field(default_factory=NPConfig)
+    bnam: BNAMConfig = field(default_factory=BNAMConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def __post_init__(self):
         if self.model not in MODELS:
             raise ConfigError(f"model: must be one of {MODELS}, got {self.model!r}")
+        adapter = models.get(self.model)
+        if not adapter.has_weight_prior:
+            t = self.training
+            if t.prior_fraction != 1.0:
+                raise ConfigError(f"training.prior_fraction: model {self.model!r} has no weight prior; "
+                                  f"leave it at 1.0 (got {t.prior_fraction})")
+            if not t.learn_sigma_y:
+                raise ConfigError(f"training.learn_sigma_y: model {self.model!r} predicts its own noise; "
+                                  "leave it true")
+        if self.data is None:
+            return
         from bnnp_jax.data import registry
 
         info = registry.family_info(self.data.family)
         for name in ("x_dim", "y_dim"):
-            if getattr(self.bnnp, name) != info[name]:
-                raise ConfigError(f"bnnp.{name}: family {self.data.family!r} has {name}={info[name]}, "
-                                  f"config says {getattr(self.bnnp, name)}")
+            if getattr(self.arch, name) != info[name]:
+                raise ConfigError(f"{adapter.section}.{name}: family {self.data.family!r} has {name}={info[name]}, "
+                                  f"config says {getattr(self.arch, name)}")
+
+    @property
+    def arch(self):
+        """The architecture section of the chosen model."""
+        return getattr(self, models.get(self.model).section)
 
 
 def load(path) -> RunConfig:

@@ -1,4 +1,11 @@
-"""What a finished run writes: ``metrics.json`` and plots in the run directory."""
+"""What a finished run writes: ``metrics.json`` and plots in the run directory.
+
+Every registered model gets the held-out metrics, the training curve and (1-D
+families) posterior predictives on held-out tasks; the BNNP also gets the
+prior MMD and prior-draw figures (the other models have no weight prior to
+sample from the same way: a neural process has none, and a BNAM's functions
+depend on the whole query set).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bnnp_jax import bnnp, evaluation, plots
+from bnnp_jax import bnam, bnnp, evaluation, models, plots
 from bnnp_jax.data import registry
 from bnnp_jax.run_config import RunConfig
 
@@ -20,9 +27,8 @@ def heldout(config: RunConfig):
     return evaluation.heldout_tasks(make_sampler(config), config.training.seed, config.training.eval_tasks)
 
 
-def write_report(run_dir: Path, config: RunConfig, params: bnnp.BNNPParams, untrained: bnnp.BNNPParams,
-                 history: dict) -> dict:
-    """Evaluate, compute the prior MMD, write ``metrics.json`` and the figures."""
+def write_report(run_dir: Path, config: RunConfig, params, untrained, history: dict) -> dict:
+    """Evaluate, compute the prior MMD (BNNP), write ``metrics.json`` and the figures."""
     run_dir = Path(run_dir)
     t = config.training
     tasks = heldout(config)
@@ -30,12 +36,13 @@ def write_report(run_dir: Path, config: RunConfig, params: bnnp.BNNPParams, untr
     final = evaluation.make_evaluator(tasks, t.eval_samples, t.seed)(params)
     untrained_eval = evaluation.make_evaluator(tasks, t.eval_samples, t.seed)(untrained)
     out = {
+        "model": config.model,
         "family": config.data.family,
         "steps": t.steps,
         "tasks_per_step": t.tasks_per_step,
         "heldout": final,
         "heldout_untrained": untrained_eval,
-        "sigma_y": np.asarray(bnnp.sigma_y(params)).tolist(),
+        "sigma_y": _sigma_y(params),
         "train_seconds": history.get("seconds"),
         "tasks_per_second": (t.steps * t.tasks_per_step / history["seconds"]) if history.get("seconds") else None,
         **evaluation.summarise(history),
@@ -43,7 +50,11 @@ def write_report(run_dir: Path, config: RunConfig, params: bnnp.BNNPParams, untr
         "device": jax.devices()[0].device_kind,
     }
     key = jax.random.PRNGKey(t.seed + 7)
-    if registry.family_info(config.data.family)["x_dim"] == 1 and config.data.family in _draw_families():
+    one_d = registry.family_info(config.data.family)["x_dim"] == 1
+    if config.model != "bnnp":
+        if one_d:
+            _model_predictive_plot(run_dir, config, params, tasks, key)
+    elif one_d and config.data.family in _draw_families():
         out["prior_mmd"] = evaluation.prior_mmd(key, params, untrained, config.data.family, t.plot_samples,
                                                 config.data.params)
         _one_d_plots(run_dir, config, params, untrained, tasks, key)
@@ -53,6 +64,38 @@ def write_report(run_dir: Path, config: RunConfig, params: bnnp.BNNPParams, untr
     plots.training_curve(history, run_dir / "training_curve.png")
     (run_dir / "metrics.json").write_text(json.dumps(out, indent=2))
     return out
+
+
+def _sigma_y(params):
+    if isinstance(params, bnnp.BNNPParams):
+        return np.asarray(bnnp.sigma_y(params)).tolist()
+    if isinstance(params, bnam.BNAMParams):
+        return np.asarray(bnam.sigma_y(params)).tolist()
+    return None  # neural processes predict a noise level per point
+
+
+def _model_predictive_plot(run_dir, config, params, tasks, key, num: int = 4):
+    """Held-out 1-D tasks under any model: mean and +-2 sd of the predictive mixture on a grid."""
+    import matplotlib.pyplot as plt
+
+    grid = evaluation.grid_for(config.data.family, 200)
+    predict = models.for_params(params).predict
+    fig, axes = plt.subplots(1, num, figsize=(4 * num, 3.3))
+    g = np.asarray(grid)[:, 0]
+    for i, ax in enumerate(np.atleast_1d(axes)):
+        c, t = np.asarray(tasks.context[i]) > 0, np.asarray(tasks.target[i]) > 0
+        x, y = np.asarray(tasks.x[i]), np.asarray(tasks.y[i])
+        f, var = predict(jax.random.fold_in(key, i), params, x[c], y[c], grid.astype(x.dtype), 32)
+        mean, sd = np.asarray(f).mean(0)[:, 0], np.sqrt(np.asarray(var)[:, 0])
+        ax.fill_between(g, mean - 2 * sd, mean + 2 * sd, alpha=0.25, label="±2 sd")
+        ax.plot(g, mean, color="C0")
+        ax.scatter(x[t, 0], y[t, 0], s=8, c="C3", label="target")
+        ax.scatter(x[c, 0], y[c, 0], s=14, c="k", label="context")
+        ax.set_title(f"{config.model}: held-out task {i} ({int(c.sum())} context)")
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / "posterior_predictive.png", dpi=120)
+    plt.close(fig)
 
 
 def _draw_families():

@@ -7,10 +7,17 @@ exactly the steps an uninterrupted run would take (chunks are aligned to
 ``checkpoint_every``), and ends with bit-identical parameters on CPU.
 A non-finite loss stops the run with :class:`TrainingDiverged`, keeping the
 last good checkpoint on disk.
+
+The loop is model-agnostic: ``config.model`` picks an adapter from
+:mod:`bnnp_jax.models` (bnnp, bnam, cnp, np, anp, tnp) that supplies the
+parameters, the loss and the gradient mask. Tasks come from ``config.data``'s
+family, or from a ``sampler(key, num_tasks) -> TaskBatch`` passed to
+:func:`fit` / :func:`make_train_chunk` (studies with their own meta-dataset).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -22,7 +29,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from bnnp_jax import bnnp, checkpoint, objectives, priors
+from bnnp_jax import checkpoint, models
 from bnnp_jax.config import dump_yaml
 from bnnp_jax.data import registry
 from bnnp_jax.run_config import RunConfig
@@ -43,30 +50,29 @@ class TrainState(NamedTuple):
 
 
 def beta_for(config: RunConfig) -> float:
+    """``training.beta``, else the family's default (1.0 without a family)."""
     b = config.training.beta
-    return registry.family_info(config.data.family)["beta"] if b is None else b
+    if b is not None:
+        return b
+    return 1.0 if config.data is None else registry.family_info(config.data.family)["beta"]
 
 
 def make_sampler(config: RunConfig) -> Callable:
     """``sampler(key, num_tasks) -> TaskBatch`` for the run's family."""
     d = config.data
+    if d is None:
+        raise ValueError("config.data is null: pass a task sampler (sampler=...) to train this config")
     kw = dict(d.params)
     if d.n_range is not None:
         kw["n_range"] = tuple(d.n_range)
     return registry.make_batch_sampler(d.family, tuple(d.context_proportion) if d.context_proportion else None, **kw)
 
 
-def gradient_mask(config: RunConfig, params: bnnp.BNNPParams) -> bnnp.BNNPParams:
-    """1.0 for trainable entries, 0.0 for frozen ones (SPEC section 3): the prior
-    by (fraction, side, seed), sigma_y by ``learn_sigma_y``."""
-    t = config.training
-    prior_mask = priors.trainable_mask(params.prior, config.bnnp.prior_kind, t.prior_fraction, t.prior_side, t.seed)
-    as_float = lambda m, ref: jnp.asarray(m, ref.dtype)
-    return params.replace(
-        prior=jax.tree.map(as_float, prior_mask, params.prior),
-        inference=jax.tree.map(jnp.ones_like, params.inference),
-        likelihood=jax.tree.map(lambda a: jnp.full_like(a, float(t.learn_sigma_y)), params.likelihood),
-    )
+def gradient_mask(config: RunConfig, params: Any) -> Any:
+    """1.0 for trainable entries, 0.0 for frozen ones (SPEC section 3): for the
+    models with a weight prior, the prior by (fraction, side, seed) and sigma_y by
+    ``learn_sigma_y``; everything for the neural processes."""
+    return models.get(config.model).gradient_mask(params, config.training)
 
 
 def make_optimizer(config: RunConfig, mask: Any) -> optax.GradientTransformation:
@@ -80,7 +86,7 @@ def make_optimizer(config: RunConfig, mask: Any) -> optax.GradientTransformation
 
 def init_state(config: RunConfig) -> tuple[TrainState, optax.GradientTransformation]:
     key = jax.random.PRNGKey(config.training.seed)
-    params = bnnp.init(jax.random.fold_in(key, INIT_STREAM), config.bnnp)
+    params = models.get(config.model).init(jax.random.fold_in(key, INIT_STREAM), config.arch)
     opt = make_optimizer(config, gradient_mask(config, params))
     return TrainState(params, opt.init(params), jnp.zeros((), jnp.int32)), opt
 
@@ -92,19 +98,17 @@ def _shard_batch(batch, mesh):
     return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, spec), batch)
 
 
-def make_train_chunk(config: RunConfig, opt: optax.GradientTransformation, mesh=None) -> Callable:
-    """``chunk(state, num_steps) -> (state, losses [num_steps])``, jitted; one
-    ``lax.scan`` over steps, tasks generated on device inside each step."""
+def _step_fn(config: RunConfig, opt: optax.GradientTransformation, base_key: Array, sampler: Callable, mesh):
+    """``one_step(state, _) -> (state, loss)`` for ``lax.scan``: the tasks and Monte-Carlo
+    keys of step ``t`` come from ``fold_in(base_key, t)``."""
     t = config.training
-    sampler = make_sampler(config)
     beta = beta_for(config)
-    base_key = jax.random.PRNGKey(t.seed)
+    model_loss = models.get(config.model).loss
 
     def loss_fn(params, key):
         k_data, k_mc = jax.random.split(key)
         batch = _shard_batch(sampler(k_data, t.tasks_per_step), mesh)
-        terms = objectives.batch_terms(k_mc, params, batch, t.num_samples, t.batch_size)
-        return -jnp.mean(objectives.combine(terms, t.objective, beta))
+        return model_loss(k_mc, params, batch, t, beta)
 
     def one_step(state: TrainState, _):
         key = jax.random.fold_in(base_key, state.step)
@@ -113,10 +117,44 @@ def make_train_chunk(config: RunConfig, opt: optax.GradientTransformation, mesh=
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, opt_state, state.step + 1), loss
 
+    return one_step
+
+
+def make_train_chunk(config: RunConfig, opt: optax.GradientTransformation, mesh=None,
+                     sampler: Callable | None = None) -> Callable:
+    """``chunk(state, num_steps) -> (state, losses [num_steps])``, jitted; one
+    ``lax.scan`` over steps, tasks generated on device inside each step (by
+    ``sampler``, default: the config's family)."""
+    sampler = make_sampler(config) if sampler is None else sampler
+    one_step = _step_fn(config, opt, jax.random.PRNGKey(config.training.seed), sampler, mesh)
+
     def chunk(state, num_steps):
         return jax.lax.scan(one_step, state, None, length=num_steps)
 
     return jax.jit(chunk, static_argnums=1)
+
+
+_SHARED_CHUNKS: dict = {}
+
+
+def shared_train_chunk(config: RunConfig, mesh=None, sampler: Callable | None = None) -> Callable:
+    """``chunk(state, mask, base_key, num_steps) -> (state, losses)``: :func:`make_train_chunk`
+    with the gradient mask and the run's base key as *arguments*, cached in this process,
+    so the runs of a sweep that differ only in ``training.seed``, ``prior_fraction`` or
+    ``prior_side`` (and share ``sampler``) trace and compile once. Same steps, same numbers."""
+    sampler = make_sampler(config) if sampler is None else sampler
+    t = config.training
+    norm = dataclasses.replace(config, training=dataclasses.replace(t, seed=0, prior_fraction=1.0,
+                                                                    prior_side="front"))
+    cache_key = (repr(norm), id(sampler), id(mesh))
+    if cache_key not in _SHARED_CHUNKS:
+        def chunk(state, mask, base_key, num_steps):
+            one_step = _step_fn(norm, make_optimizer(norm, mask), base_key, sampler, mesh)
+            return jax.lax.scan(one_step, state, None, length=num_steps)
+
+        # The sampler and mesh are kept alive with the entry, so their ids stay unique.
+        _SHARED_CHUNKS[cache_key] = (jax.jit(chunk, static_argnums=3), sampler, mesh)
+    return _SHARED_CHUNKS[cache_key][0]
 
 
 def make_mesh(config: RunConfig):
@@ -140,10 +178,13 @@ def _check_finite(losses: np.ndarray, first_step: int, run_dir: Path | None) -> 
 
 
 def fit(config: RunConfig, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
-        evaluate_fn: Callable | None = None) -> tuple[TrainState, dict]:
+        evaluate_fn: Callable | None = None, sampler: Callable | None = None,
+        shared_compile: bool = False) -> tuple[TrainState, dict]:
     """Train for ``config.training.steps`` steps. Returns the final state and a
     history dict (``loss`` per step, ``eval`` list). With ``run_dir``, writes
-    ``config.yaml``, checkpoints every ``checkpoint_every`` steps and ``history.json``."""
+    ``config.yaml``, checkpoints every ``checkpoint_every`` steps and ``history.json``.
+    ``sampler(key, num_tasks) -> TaskBatch`` replaces the config's task family;
+    ``shared_compile`` trains through :func:`shared_train_chunk` (for sweeps)."""
     t = config.training
     state, opt = init_state(config)
     history: dict = {"loss": [], "eval": [], "seconds": 0.0}
@@ -154,7 +195,12 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, resume: bool = Fal
         if resume and checkpoint.list_checkpoints(run_dir / "checkpoints"):
             _, state, extra = checkpoint.restore_latest(run_dir / "checkpoints", state)
             history = extra.get("history", history)
-    chunk = make_train_chunk(config, opt, make_mesh(config))
+    if shared_compile:
+        shared = shared_train_chunk(config, make_mesh(config), sampler)
+        mask, base_key = gradient_mask(config, state.params), jax.random.PRNGKey(t.seed)
+        chunk = lambda s, n: shared(s, mask, base_key, n)
+    else:
+        chunk = make_train_chunk(config, opt, make_mesh(config), sampler)
     start = int(state.step)
     bar = tqdm(total=t.steps, initial=start, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
     while int(state.step) < t.steps:
@@ -181,7 +227,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, resume: bool = Fal
     return state, history
 
 
-def load_run(run_dir: str | Path) -> tuple[RunConfig, bnnp.BNNPParams, dict]:
+def load_run(run_dir: str | Path) -> tuple[RunConfig, Any, dict]:
     """``(config, params, history)`` from the newest checkpoint of a run directory."""
     from bnnp_jax import run_config
 
