@@ -40,14 +40,18 @@ class LayerSpec(NamedTuple):
     final: bool  # the last layer: pseudo-targets are the true y
 
 
-def layer_specs(widths: Sequence[int], sees_activations: bool, exact_final: bool) -> list[LayerSpec]:
-    """One spec per layer for a BNN with widths ``[D_0, ..., D_L]``."""
+def layer_specs(widths: Sequence[int], sees_activations: bool, exact_final: bool,
+                per_point: bool = False) -> list[LayerSpec]:
+    """One spec per layer for a BNN with widths ``[D_0, ..., D_L]``. With
+    ``per_point`` a network emits one ``log s`` per point (shared by the layer's
+    units) instead of one per unit: ``D_l + 1`` outputs for hidden layers, 1 for the last."""
     x_dim, y_dim = widths[0], widths[-1]
     specs = []
     for l in range(1, len(widths)):
         extra = widths[l - 1] if (sees_activations and l > 1) else 0
         last = l == len(widths) - 1
-        out = (0 if exact_final else widths[l]) if last else 2 * widths[l]
+        noise = 1 if per_point else widths[l]
+        out = (0 if exact_final else noise) if last else widths[l] + noise
         specs.append(LayerSpec(x_dim + y_dim + extra, out, widths[l], last))
     return specs
 
@@ -106,7 +110,8 @@ def pseudo_observations(
         exact regression, else ``None``.
 
     Returns:
-      ``(yhat [N, D_l], lambda [N, D_l])``.
+      ``(yhat [N, D_l], lambda [N, D_l])``; ``lambda [N, 1]`` with a per-point
+      pseudo-precision (``spec.out_dim = D_l + 1``, or 1 for the last layer).
     """
     inputs = jnp.concatenate([x, y] + ([activations] if activations is not None else []), axis=-1)
     last = spec.final

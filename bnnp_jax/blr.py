@@ -12,16 +12,32 @@ natural statistics ``Phi^T diag(lambda_d) Phi`` and ``Phi^T (lambda_d yhat_d)``,
 which add over points. That additivity gives exact sequential (minibatched)
 updates (SPEC section 6) and makes a point with ``lambda = 0`` vanish exactly,
 which is how padding works.
+
+:func:`sample_posterior` is the sampler the BNNP uses on every path. It draws
+``w``, the mean and ``KL(q || p)`` from one Cholesky factorisation and two
+triangular solves that take all right-hand sides at once, and it has the
+width-scalable fast path of SPEC section 9: when the prior precision and the
+pseudo-precisions are shared by all units (``[1, D, D]`` factors), every unit
+is a column of one ``[D, D]`` solve, ``O(N D^2 + D^3 + O D^2)`` per layer
+instead of ``O(O (N D^2 + D^3))``.
+
+jaxlib 0.10's batched CPU LAPACK kernels split a large batch over XLA's
+intra-op thread pool and block until the pieces finish; two such calls running
+at once can hold every pool thread and deadlock (seen on 2 cores). So the
+sampler's LAPACK calls form one chain (factor, solve, solve), and
+:func:`cholesky` / :func:`tri_solve` carry custom VJPs whose backward passes
+are chains too (JAX's own rules emit independent solves that may overlap).
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from functools import partial
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import cho_solve
+from jax.scipy.linalg import cho_solve, solve_triangular
 
 from bnnp_jax.gaussian import Gaussian
 from bnnp_jax.minibatch import batched_sum
@@ -116,3 +132,132 @@ def log_marginal_likelihood(features: Array, targets: Array, precision: Array, p
         - jnp.einsum("od,od->o", h, post.mean)
     )
     return jnp.sum(noise_term + 0.5 * logdet_p0 - 0.5 * logdet_p - 0.5 * quad)
+
+
+# ----- the path sampler: chained LAPACK calls, shared-factor fast path -------
+
+
+@jax.custom_vjp
+def cholesky(a: Array) -> Array:
+    """Lower Cholesky factor ``[..., D, D]``; its VJP is two chained triangular solves."""
+    return jnp.linalg.cholesky(a)
+
+
+def _cholesky_fwd(a):
+    chol = jnp.linalg.cholesky(a)
+    return chol, chol
+
+
+def _cholesky_bwd(chol, g):
+    # Murray (2016), eq. 10: abar = L^{-T} Phi(L^T lbar) L^{-1}, Phi = tril with halved diagonal.
+    lt = jnp.swapaxes(chol, -1, -2)
+    p = jnp.tril(lt @ jnp.tril(g))
+    p = p - 0.5 * jnp.tril(jnp.triu(p))
+    y = solve_triangular(chol, p, lower=True, trans=1)  # L^{-T} P
+    s = jnp.swapaxes(solve_triangular(chol, jnp.swapaxes(y, -1, -2), lower=True, trans=1), -1, -2)
+    return (0.5 * (s + jnp.swapaxes(s, -1, -2)),)
+
+
+cholesky.defvjp(_cholesky_fwd, _cholesky_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def tri_solve(chol: Array, b: Array, trans: int = 0) -> Array:
+    """``op(chol)^{-1} b`` for lower-triangular ``chol [..., D, D]``, ``b [..., D, K]``
+    (equal batch dims), ``op`` = transpose when ``trans=1``; one LAPACK call each way."""
+    return solve_triangular(chol, b, lower=True, trans=trans)
+
+
+def _tri_solve_fwd(chol, b, trans):
+    x = solve_triangular(chol, b, lower=True, trans=trans)
+    return x, (chol, x)
+
+
+def _tri_solve_bwd(trans, res, g):
+    chol, x = res
+    gb = solve_triangular(chol, g, lower=True, trans=1 - trans)
+    gc = -(gb @ jnp.swapaxes(x, -1, -2)) if trans == 0 else -(x @ jnp.swapaxes(gb, -1, -2))
+    return jnp.tril(gc), gb
+
+
+tri_solve.defvjp(_tri_solve_fwd, _tri_solve_bwd)
+
+
+class PriorFactors(NamedTuple):
+    """A layer prior for :func:`sample_posterior`.
+
+    Attributes:
+      mean: ``[O, D]``.
+      root: ``[O|1, D, D]`` triangular ``U`` with prior precision ``U^T U``
+        (``L^{-1}`` for a covariance factor ``L``; ``C^T`` for a precision factor ``C``).
+    """
+
+    mean: Array
+    root: Array
+
+    @classmethod
+    def from_gaussian(cls, g: Gaussian) -> "PriorFactors":
+        return cls(g.mean, jnp.swapaxes(g.prec_tril, -1, -2))
+
+
+def inverse_trils(trils: Sequence[Array]) -> list[Array]:
+    """``L^{-1}`` for lower-triangular ``[O_l, D_l, D_l]`` blocks of several layers
+    in one LAPACK call: each is padded to ``[[L, 0], [0, I]]`` of the largest size."""
+    d_max = max(t.shape[-1] for t in trils)
+
+    def pad(t):
+        d = t.shape[-1]
+        tail = jnp.diag((jnp.arange(d_max) >= d).astype(t.dtype))
+        return jnp.pad(t, ((0, 0), (0, d_max - d), (0, d_max - d))) + tail
+
+    stacked = jnp.concatenate([pad(t) for t in trils])
+    eye = jnp.broadcast_to(jnp.eye(d_max, dtype=stacked.dtype), stacked.shape)
+    inv = tri_solve(stacked, eye)
+    out, start = [], 0
+    for t in trils:
+        o, d = t.shape[0], t.shape[-1]
+        out.append(inv[start : start + o, :d, :d])
+        start += o
+    return out
+
+
+def _log_diag(tril: Array) -> Array:
+    return jnp.sum(jnp.log(jnp.diagonal(tril, axis1=-2, axis2=-1)), -1)
+
+
+def _solves(chol: Array, h: Array, root_t: Array, eps: Array):
+    """Mean ``m``, draw ``w`` ``[O, D]`` and ``tr(P0 Sigma_q)`` ``[O|1]`` from the
+    posterior factor ``chol [O|1, D, D]``: ``z = C^{-1} h``, ``[m, w] = C^{-T} [z, z + eps]``
+    and ``||C^{-1} U^T||_F^2``, with all right-hand sides in two chained solves."""
+    o = h.shape[0]
+    if chol.shape[0] == 1:  # shared factor: units are columns (SPEC section 9 fast path)
+        x = tri_solve(chol[0], jnp.concatenate([h.T, root_t[0]], -1))  # [D, O + D]
+        z, trace = x[:, :o], jnp.sum(x[:, o:] ** 2)[None]
+        y = tri_solve(chol[0], jnp.concatenate([z, z + eps.T], -1), 1)  # [D, 2 O]
+        return y[:, :o].T, y[:, o:].T, trace
+    rhs = jnp.concatenate([h[..., None], jnp.broadcast_to(root_t, chol.shape)], -1)  # [O, D, 1 + D]
+    x = tri_solve(chol, rhs)
+    z, trace = x[..., 0], jnp.sum(x[..., 1:] ** 2, (-2, -1))
+    y = tri_solve(chol, jnp.stack([z, z + eps], -1), 1)  # [O, D, 2]
+    return y[..., 0], y[..., 1], trace
+
+
+def sample_posterior(key: Array, prior: PriorFactors, stats: NaturalStats) -> tuple[Array, Array]:
+    """One draw of a layer's weights from the posterior of SPEC section 4 and its KL.
+
+    Args:
+      prior: :class:`PriorFactors` (``root [O|1, D, D]``).
+      stats: :class:`NaturalStats` (``precision [O|1, D, D]``, ``shift [O, D]``).
+
+    Returns:
+      ``w [O, D]`` (``w = m + C^{-T} eps``, ``P = C C^T``) and ``KL(q || p)`` per unit ``[O]``.
+    """
+    root = prior.root
+    p0 = jnp.swapaxes(root, -1, -2) @ root
+    h = jnp.einsum("...ij,...j->...i", p0, prior.mean) + stats.shift
+    chol = cholesky(p0 + stats.precision)
+    eps = jax.random.normal(key, h.shape, h.dtype)
+    mean, w, trace = _solves(chol, h, jnp.swapaxes(root, -1, -2), eps)
+    maha = jnp.sum(jnp.einsum("...ij,...j->...i", root, mean - prior.mean) ** 2, -1)
+    kl = 0.5 * (trace + maha - h.shape[-1]) + _log_diag(chol) - _log_diag(root)
+    return w, kl

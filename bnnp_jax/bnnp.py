@@ -34,6 +34,7 @@ from bnnp_jax.networks import ACTIVATIONS, activation_fn
 
 Array = jax.Array
 FINAL_LAYER_MODES = ("learned", "exact")
+PSEUDO_PRECISIONS = ("per_unit", "per_point")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,10 @@ class BNNPConfig:
       sigma_y_init: initial observation noise.
       sigma_y_bound: if set, ``sigma_y = bound * sigmoid(raw)``; else ``exp(raw)``.
       dtype: ``float32`` or ``float64`` (the latter needs ``jax_enable_x64``).
+      pseudo_precision: ``per_unit`` (``g_l`` emits ``log s_{n,d}`` for every unit, the
+        paper's layer) or ``per_point`` (one ``log s_n`` per point shared by the units of
+        a hidden layer; with ``prior_kind="shared"`` every layer then factorises one
+        ``[D, D]`` matrix per path instead of ``D_l`` of them: SPEC section 9).
     """
 
     x_dim: int = 1
@@ -67,6 +72,7 @@ class BNNPConfig:
     sigma_y_init: float = 0.1
     sigma_y_bound: float | None = None
     dtype: str = "float32"
+    pseudo_precision: str = "per_unit"
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -86,7 +92,8 @@ class BNNPConfig:
 
     @property
     def specs(self) -> list[amortised_layer.LayerSpec]:
-        return amortised_layer.layer_specs(self.widths, self.inference_sees_activations, self.final_layer == "exact")
+        return amortised_layer.layer_specs(self.widths, self.inference_sees_activations, self.final_layer == "exact",
+                                           per_point=self.pseudo_precision == "per_point")
 
 
 def _validate_config(c: BNNPConfig) -> None:
@@ -112,6 +119,8 @@ def _validate_config(c: BNNPConfig) -> None:
         bad("sigma_y_init", f"must be > 0, got {c.sigma_y_init}")
     if c.sigma_y_bound is not None and not c.sigma_y_bound > c.sigma_y_init:
         bad("sigma_y_bound", f"must exceed sigma_y_init={c.sigma_y_init}, got {c.sigma_y_bound}")
+    if c.pseudo_precision not in PSEUDO_PRECISIONS:
+        bad("pseudo_precision", f"must be one of {PSEUDO_PRECISIONS}, got {c.pseudo_precision!r}")
     if c.dtype not in ("float32", "float64"):
         bad("dtype", f"must be 'float32' or 'float64', got {c.dtype!r}")
 
@@ -215,19 +224,36 @@ def _layer_stats(params: BNNPParams, l: int, earlier: list, x: Array, y: Array, 
 
 def _sample_path(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, batch_size):
     """One path of the hierarchical posterior: per layer, condition on this
-    path's earlier samples, sample ``W_l``, add ``sum_d KL``. Returns weights
+    path's earlier samples, sample ``W_l``, add ``sum_d KL``. ``layer_priors``
+    are :class:`blr.PriorFactors` (or Gaussians). Returns weights
     ``[D_{l-1}+1, D_l]`` per layer and the path's KL."""
+    factors = [p if isinstance(p, blr.PriorFactors) else blr.PriorFactors.from_gaussian(p) for p in layer_priors]
     weights, kl = [], 0.0
-    for l, (k, prior) in enumerate(zip(jax.random.split(key, len(layer_priors)), layer_priors)):
-        q = blr.posterior_from_stats(prior, _layer_stats(params, l, weights, x, y, ctx_w, batch_size))
-        weights.append(q.sample(k).T)
-        kl = kl + jnp.sum(kl_divergence(q, prior))
+    for l, k in enumerate(jax.random.split(key, len(factors))):
+        stats = _layer_stats(params, l, weights, x, y, ctx_w, batch_size)
+        if l == 0:
+            # Order the prior's LAPACK call before every path's, and its VJP after theirs
+            # (blr module docstring: concurrent batched LAPACK calls can deadlock).
+            factors, stats = jax.lax.optimization_barrier((factors, stats))
+        w, kl_units = blr.sample_posterior(k, factors[l], stats)
+        weights.append(w.T)
+        kl = kl + jnp.sum(kl_units)
     return weights, kl
 
 
 def layer_priors(params: BNNPParams) -> list[Gaussian]:
     """The prior of every layer as precision-form Gaussians."""
     return [priors.to_gaussian(p, params.config.prior_kind) for p in params.prior]
+
+
+def prior_factors(params: BNNPParams) -> list[blr.PriorFactors]:
+    """The prior of every layer as :class:`blr.PriorFactors` (``root = L^{-1}``), with
+    all layers' triangular inverses in one LAPACK call (none for ``diagonal``)."""
+    kind = params.config.prior_kind
+    if kind == "diagonal":
+        return [blr.PriorFactors(p.mean, jax.vmap(jnp.diag)(jnp.exp(-p.scale))) for p in params.prior]
+    roots = blr.inverse_trils([priors.scale_tril(p, kind) for p in params.prior])
+    return [blr.PriorFactors(p.mean, r) for p, r in zip(params.prior, roots)]
 
 
 def _cast(params: BNNPParams, *arrays):
@@ -239,7 +265,7 @@ def masked_posterior(key, params: BNNPParams, x, y, ctx_w, num_samples: int, bat
     """Posterior from the points of ``x [N, x_dim], y [N, y_dim]`` with context
     weights ``ctx_w [N]`` (0 removes a point exactly: padding, targets)."""
     x, y, ctx_w = _cast(params, x, y, ctx_w)
-    lp = layer_priors(params)
+    lp = prior_factors(params)
     keys = jax.random.split(key, num_samples)
     path = lambda k: _sample_path(k, params, lp, x, y, ctx_w, batch_size)
     weights, kl = jax.vmap(path)(keys)
