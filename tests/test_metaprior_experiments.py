@@ -64,7 +64,7 @@ def test_config_rejects_unknown_keys():
         me.load_config("mnist")
 
 
-@pytest.mark.parametrize("name", me.EXPERIMENTS)
+@pytest.mark.parametrize("name", [e for e in me.EXPERIMENTS if e != "prior"])  # prior: own loader, tested in test_metaprior_prior
 def test_shipped_configs_load_and_quick_merges(name):
     full, quick = me.load_config(name), me.load_config(name, quick=True)
     assert full.model == quick.model or set(full.model) <= set(quick.model)
@@ -97,3 +97,15 @@ def test_mnist_file_loader(tmp_path):
         load_data(0, 0, 0, str(tmp_path / "bad.npz"))
     with pytest.raises(ValueError, match="does not exist"):
         load_data(0, 0, 0, str(tmp_path / "missing.npz"))
+
+
+def test_prior_study_config_loads_and_rejects_unknown_keys(tmp_path):
+    from bnnp_jax.studies import metaprior_prior_study as ps
+
+    full = ps.load_config(me.CONFIG_DIR / "metaprior_prior.yaml")
+    quick = ps.load_config(me.CONFIG_DIR / "metaprior_prior.yaml", quick=True)
+    assert quick.steps <= full.steps and set(full.priors) <= set(ps.PRIORS)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stepz: 3\n")
+    with pytest.raises(ValueError, match=r"unknown keys \['stepz'\].*valid keys"):
+        ps.load_config(bad)
