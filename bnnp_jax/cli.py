@@ -24,6 +24,9 @@ STUDIES = {
 }
 
 
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "sawtooth_quick.yaml"
+
+
 class UsageError(Exception):
     """Raised for user mistakes; reported without a traceback, exit 2."""
 
@@ -32,6 +35,8 @@ def _cmd_train(args) -> int:
     from bnnp_jax import run_config, train
     from bnnp_jax.run_report import write_report
 
+    if args.config is None:  # the embedded default: a copy of configs/sawtooth_quick.yaml shipped in the wheel
+        args.config = str(DEFAULT_CONFIG)
     config = run_config.override(run_config.load(args.config), steps=args.steps, seed=args.seed)
     _enable_dtype(config)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
@@ -127,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="meta-train a BNNP from a YAML config", description="Meta-train a BNNP. "
                        "Writes config.yaml, checkpoints/, history.json, metrics.json and plots to the run directory.")
-    t.add_argument("config", help="YAML config, e.g. configs/sawtooth_quick.yaml")
+    t.add_argument("config", nargs="?", default=None,
+                   help="YAML config, e.g. configs/sawtooth.yaml (default: the embedded sawtooth_quick config)")
     t.add_argument("--steps", type=int, help="override training.steps")
     t.add_argument("--seed", type=int, help="override training.seed")
     t.add_argument("--out", help="run directory (default: runs/CONFIG_NAME)")

@@ -158,3 +158,15 @@ def test_shipped_configs_load():
     assert len(bnnp_cfgs) >= 14, [p.name for p in bnnp_cfgs]
     for p in bnnp_cfgs:
         run_config.load(p)
+
+
+def test_embedded_default_config_is_the_shipped_quick_config():
+    """`bnnp train` with no CONFIG uses a packaged copy of configs/sawtooth_quick.yaml; keep them equal."""
+    from pathlib import Path
+
+    from bnnp_jax import cli
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "sawtooth_quick.yaml"
+    assert cli.DEFAULT_CONFIG.read_text() == shipped.read_text()
+    args = cli.build_parser().parse_args(["train"])
+    assert args.config is None
