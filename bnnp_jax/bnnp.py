@@ -115,8 +115,8 @@ def _validate_config(c: BNNPConfig) -> None:
         bad("lora_rank", f"must be >= 0, got {c.lora_rank}")
     if c.lora_rank > 0 and c.inference_sees_activations:
         bad("lora_rank", "the shared LoRA trunk needs one input size; it cannot be combined with inference_sees_activations")
-    if not c.sigma_y_init > 0:
-        bad("sigma_y_init", f"must be > 0, got {c.sigma_y_init}")
+    if not 0 < c.sigma_y_init < math.inf:  # NaN fails every comparison
+        bad("sigma_y_init", f"must be > 0 and finite, got {c.sigma_y_init}")
     if c.sigma_y_bound is not None and not c.sigma_y_bound > c.sigma_y_init:
         bad("sigma_y_bound", f"must exceed sigma_y_init={c.sigma_y_init}, got {c.sigma_y_bound}")
     if c.pseudo_precision not in PSEUDO_PRECISIONS:

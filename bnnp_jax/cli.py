@@ -31,6 +31,28 @@ class UsageError(Exception):
     """Raised for user mistakes; reported without a traceback, exit 2."""
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse reports the failure, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type: a seed in [0, 2**32); PRNGKey keeps the low 32 bits, so larger seeds alias smaller ones."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+    return value
+
+
 def _cmd_train(args) -> int:
     from bnnp_jax import run_config, train
     from bnnp_jax.run_report import write_report
@@ -135,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", default=None,
                    help="YAML config, e.g. configs/sawtooth.yaml (default: the embedded sawtooth_quick config)")
     t.add_argument("--steps", type=int, help="override training.steps")
-    t.add_argument("--seed", type=int, help="override training.seed")
+    t.add_argument("--seed", type=_seed, help="override training.seed")
     t.add_argument("--out", help="run directory (default: runs/CONFIG_NAME)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -149,9 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample-prior", help="draw functions from a run's learned prior",
                        description="Write prior function draws on a grid over the family's input range (npz: x, f).")
     s.add_argument("run_dir")
-    s.add_argument("--num", type=int, default=16, help="number of draws (default 16)")
-    s.add_argument("--grid", type=int, default=200, help="grid size (default 200)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num", type=_positive_int, default=16, help="number of draws (default 16)")
+    s.add_argument("--grid", type=_positive_int, default=200, help="grid size (default 200)")
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--out", help="output npz (default RUN_DIR/prior_samples.npz)")
     s.set_defaults(func=_cmd_sample_prior)
 
@@ -164,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="output npz (default RUN_DIR/predictions.npz)")
     q.add_argument("--num-samples", type=int, default=32)
     q.add_argument("--batch-size", type=int, default=None, help="within-task minibatch size for large contexts")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=_seed, default=0)
     q.set_defaults(func=_cmd_predict)
 
     for name, (module, help_text) in STUDIES.items():
@@ -192,7 +214,8 @@ def main(argv=None) -> int:
     except TrainingDiverged as e:
         print(f"bnnp: training diverged: {e}", file=sys.stderr)
         return 1
-    except (UsageError, ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
+    except (UsageError, ConfigError, CheckpointError, ValueError, OSError) as e:
+        # OSError: unwritable --out (under a regular file, no permission, disk full) and unreadable inputs
         print(f"bnnp: error: {e}", file=sys.stderr)
         return 2
 

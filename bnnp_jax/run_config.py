@@ -10,6 +10,7 @@ for code that supplies its own task sampler (the studies, ``train.fit(..., sampl
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from bnnp_jax import models, objectives, priors
@@ -19,6 +20,7 @@ from bnnp_jax.config import ConfigError, from_dict, load_yaml
 from bnnp_jax.neural_processes import NPConfig
 
 MODELS = models.NAMES
+SEED_LIMIT = 2**32  # jax.random.PRNGKey keeps the low 32 bits (without x64): seed 2**32 would be seed 0
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,30 @@ class DataConfig:
         cp = self.context_proportion
         if cp is not None and (len(cp) != 2 or not 0.0 <= cp[0] <= cp[1] <= 1.0):
             raise ConfigError(f"data.context_proportion: need [a, b] with 0 <= a <= b <= 1, got {list(cp)}")
+        _check_family_params(self)
+
+
+def _check_family_params(data: "DataConfig") -> None:
+    """``data.params`` checked at load, not at the first training step: the names
+    against the family's signature, the values by building the sampler (one
+    abstract trace). Families that read a dataset to build their sampler
+    (digits, era5) get the name check only, so loading a config reads no data."""
+    from bnnp_jax.data import registry
+
+    valid = registry.family_params(data.family)
+    unknown = sorted(set(data.params) - set(valid))
+    if unknown:
+        raise ConfigError(f"data.params: unknown parameter(s) {unknown} for family {data.family!r}; "
+                          f"valid: {sorted(valid)}")
+    if data.family in registry._PREPARE:
+        return
+    kw = dict(data.params)
+    if data.n_range is not None:
+        kw["n_range"] = tuple(data.n_range)
+    try:
+        registry.make_sampler(data.family, **kw)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"data.params: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -83,10 +109,13 @@ class TrainingConfig:
                 bad(name, f"must be a positive integer, got {getattr(self, name)}")
         if self.objective not in objectives.OBJECTIVES:
             bad("objective", f"must be one of {objectives.OBJECTIVES}, got {self.objective!r}")
-        if self.beta is not None and self.beta < 0:
-            bad("beta", f"must be >= 0, got {self.beta}")
-        if not (self.lr_start > 0 and self.lr_end > 0):
-            bad("lr_start", f"learning rates must be > 0, got {self.lr_start} -> {self.lr_end}")
+        if self.beta is not None and not 0 <= self.beta < math.inf:  # NaN fails every comparison
+            bad("beta", f"must be >= 0 and finite, got {self.beta}")
+        for name in ("lr_start", "lr_end"):
+            if not 0 < getattr(self, name) < math.inf:
+                bad(name, f"learning rates must be > 0 and finite, got {self.lr_start} -> {self.lr_end}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            bad("seed", f"must be in [0, 2**32) (PRNGKey would alias it to another seed), got {self.seed}")
         if not 0.0 <= self.prior_fraction <= 1.0:
             bad("prior_fraction", f"must be in [0, 1], got {self.prior_fraction}")
         if self.prior_side not in priors.SIDES:

@@ -264,7 +264,6 @@ def test_mnist_reader_rejects_bad_files(tmp_path):
         images.load_mnist(str(p))
 
 
-@pytest.mark.xfail(strict=True, reason="open: images.load_mnist passes NaN pixels through (fix in data/images.py)")
 def test_mnist_reader_rejects_nan_pixels(tmp_path):
     a = np.random.default_rng(0).random((3, 4, 4))
     a[0, 0, 0] = np.nan

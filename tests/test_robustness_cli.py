@@ -4,8 +4,8 @@ file and the problem; CLI usage errors exit with status 2 and print one
 ``bnnp: error:`` line, no traceback (checked in-process through
 ``cli.main`` and, for the process exit status itself, in subprocesses).
 
-Tests marked ``xfail(strict=True)`` are cases still open (docs/robustness.md
-says where the fix belongs); they fail loudly once fixed, so the marker can go.
+The cases in ``FORMERLY_FORMERLY_OPEN_CONFIG`` and ``test_cli_bad_counts_and_unwritable_out``
+were open bugs (``xfail``) until issue 8's fixes; docs/robustness.md lists them.
 """
 
 import hashlib
@@ -88,7 +88,7 @@ def test_config_file_missing(tmp_path):
         run_config.load(tmp_path / "nope.yaml")
 
 
-OPEN_CONFIG = [
+FORMERLY_OPEN_CONFIG = [
     ("beta_nan", _mutated("training.beta", float("nan")), r"training\.beta"),
     ("beta_inf", _mutated("training.beta", float("inf")), r"training\.beta"),
     ("lr_start_inf", _mutated("training.lr_start", float("inf")), r"training\.lr_start"),
@@ -100,9 +100,8 @@ OPEN_CONFIG = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="open: run_config accepts these (fix in run_config.py / bnnp.py)")
-@pytest.mark.parametrize("case,text,match", OPEN_CONFIG, ids=[c[0] for c in OPEN_CONFIG])
-def test_config_loader_open_cases(tmp_path, case, text, match):
+@pytest.mark.parametrize("case,text,match", FORMERLY_OPEN_CONFIG, ids=[c[0] for c in FORMERLY_OPEN_CONFIG])
+def test_config_loader_rejects_nonfinite_aliased_seed_and_family_params(tmp_path, case, text, match):
     with pytest.raises(ConfigError, match=match):
         run_config.load(write_config(tmp_path, text))
 
@@ -297,13 +296,13 @@ def test_cli_argparse_errors_exit_2(capsys):
         assert "error:" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="open: cli.py needs positive-int argparse types and to report OSError")
 @pytest.mark.parametrize("argv", [
-    ["sample-prior", "RUN", "--num", "-3", "--out", "OUT"],  # TypeError traceback
-    ["sample-prior", "RUN", "--num", "0", "--out", "OUT"],  # writes an empty file, exit 0
+    ["sample-prior", "RUN", "--num", "-3", "--out", "OUT"],  # was a TypeError traceback
+    ["sample-prior", "RUN", "--num", "0", "--out", "OUT"],  # was an empty file and exit 0
+    ["predict", "RUN", "--context", "CTX", "--targets", "TGT", "--seed", "4294967296", "--out", "OUT"],  # aliased 0
     ["predict", "RUN", "--context", "CTX", "--targets", "TGT", "--num-samples", "3", "--out", "UNDER_FILE"],
-], ids=["num_negative", "num_zero", "out_under_a_file"])
-def test_cli_open_cases(capsys, tmp_path, run, argv):
+], ids=["num_negative", "num_zero", "seed_past_32_bits", "out_under_a_file"])
+def test_cli_bad_counts_and_unwritable_out(capsys, tmp_path, run, argv):
     afile = tmp_path / "afile"
     afile.write_text("not a directory")
     x = np.linspace(-1, 1, 5)
@@ -314,11 +313,14 @@ def test_cli_open_cases(capsys, tmp_path, run, argv):
     argv = [subs.get(a, a) for a in argv]
     try:
         code = cli.main(argv)
-    except SystemExit as e:  # an argparse type error is the fix
+    except SystemExit as e:  # argparse's own report of a bad argument type
         code = e.code
-    except BaseException as e:  # a traceback is the open bug
+    except BaseException as e:  # a traceback
         code = f"raised {type(e).__name__}"
-    assert code == 2
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and "error: " in err, err
+    assert not (tmp_path / "s.npz").exists()
 
 
 # ----- the CLI as a process -----------------------------------------------------------

@@ -114,12 +114,23 @@ def _read_idx(raw: bytes, path: str) -> np.ndarray:
     return data.reshape(shape)
 
 
+def _check_finite(images: np.ndarray, where: str) -> None:
+    """NaN or inf pixels would reach training as NaN losses: name the first one."""
+    if np.issubdtype(images.dtype, np.floating):
+        bad = ~np.isfinite(images)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{where} holds {int(bad.sum())} non-finite (NaN or inf) pixel value(s), "
+                             f"first at index {first} (image, row, column)")
+
+
 def load_mnist(path: str, split: str = "train", dtype=None) -> np.ndarray:
     """Images ``[I, H, W]`` in ``[0, 1]`` from a user-supplied MNIST file.
 
     Accepts an IDX image file (e.g. ``train-images-idx3-ubyte``, optionally
     gzipped) or an ``.npz`` with ``x_train``/``x_test`` (``split`` picks) or
     ``images``. Integer data and data with maximum above 1 are divided by 255.
+    NaN or inf pixels raise ValueError naming the file, the array and the first bad index.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -135,10 +146,13 @@ def load_mnist(path: str, split: str = "train", dtype=None) -> np.ndarray:
             if key is None:
                 raise ValueError(f"{path}: .npz needs an array 'x_{split}' or 'images', found {npz.files}")
             images = np.asarray(npz[key])
+        source = f"{path}: array {key!r}"
     else:
         images = _read_idx(raw, path)
+        source = f"{path}: IDX data"
     if images.ndim != 3:
         raise ValueError(f"{path}: images must have 3 dims [I, H, W], got shape {images.shape}")
+    _check_finite(images, source)
     is_int = np.issubdtype(images.dtype, np.integer)
     images = images.astype(np.float64)
     if is_int or images.max() > 1.0:
