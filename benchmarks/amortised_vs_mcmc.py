@@ -5,7 +5,8 @@ the KL-table network (1 -> 20 -> 20 -> 1, ReLU), N = 30 context points,
 
 All methods use the same model: the BNNP's learned prior and ``sigma_y``
 (``inference.model.from_bnnp``). The BNNP is trained here for a few hundred
-PP-AVI steps on BNN-prior tasks (``--run DIR`` loads a checkpoint instead).
+PP-AVI steps on BNN-prior tasks; ``--run DIR`` loads a meta-training run's newest
+checkpoint instead and draws the new task from that run's family.
 "log_density" is the mean over held-out points of the log of the posterior
 mean density, from 1000 posterior function draws (``metrics.log_predictive_density``).
 
@@ -29,24 +30,26 @@ import _common as C
 NUM_DRAWS = 1000
 
 
-def _data(key, n_ctx: int, n_test: int):
+def _data(key, n_ctx: int, n_test: int, family: str = "bnn_prior", family_params: dict | None = None):
     import jax
 
     from bnnp_jax.data.registry import make_sampler
 
     n = n_ctx + n_test
-    x, y, _ = make_sampler("bnn_prior", n_max=n, n_range=(n, n + 1), hidden=(20, 20), x_range=(-4.0, 4.0),
-                           noise=0.1)(key, 1)
+    kw = dict(hidden=(20, 20), x_range=(-4.0, 4.0), noise=0.1) if family_params is None else family_params
+    x, y, _ = make_sampler(family, n_max=n, n_range=(n, n + 1), **kw)(key, 1)
     return x[0, :n_ctx], y[0, :n_ctx], x[0, n_ctx:], y[0, n_ctx:]
 
 
 def _bnnp(args, key):
     from bnnp_jax import bnnp
 
-    if args.run:
-        from bnnp_jax import checkpoint  # the lead's module; local import so the rest runs without it
+    if args.run:  # a meta-training run: its newest checkpoint, and new tasks from its family
+        from bnnp_jax import train
 
-        return checkpoint.load(args.run), {"source": f"checkpoint {args.run}"}
+        config, params, _ = train.load_run(args.run)
+        return params, {"source": f"checkpoint {args.run}", "family": config.data.family,
+                        "family_params": dict(config.data.params or {})}
     steps = 150 if args.quick else 400
     cfg = bnnp.BNNPConfig(hidden=(20, 20), activation="relu")
     t0 = time.perf_counter()
@@ -115,7 +118,7 @@ def main(argv=None):
 
     k_train, k_data, k_methods = jax.random.split(jax.random.PRNGKey(0), 3)
     params, training = _bnnp(args, k_train)
-    data = _data(k_data, 30, 100)
+    data = _data(k_data, 30, 100, training.get("family", "bnn_prior"), training.get("family_params"))
     rows = run_methods(args, k_methods, params, data)
     by = {r["method"]: r for r in rows if "seconds" in r}
     summary = {}
@@ -130,8 +133,9 @@ def main(argv=None):
     C.print_table(rows, ["method", "n", "seconds", "log_density", "first_call_s"], "time to a posterior, one task")
     print(summary)
     C.write_json("amortised_vs_mcmc", args, rows, summary=summary, training=training,
-                 settings={"network": [1, 20, 20, 1], "activation": "relu", "n_context": 30, "n_test": 100,
-                           "noise": 0.1, "draws_for_log_density": NUM_DRAWS, "dtype": "float32",
+                 settings={"network": list(params.config.widths), "activation": params.config.activation, "n_context": 30, "n_test": 100,
+                           "family": training.get("family", "bnn_prior"), "draws_for_log_density": NUM_DRAWS,
+                           "dtype": params.config.dtype,
                            "reference_nuts_s_per_dataset_spec14": 27.9})
 
 
