@@ -1,18 +1,23 @@
 """Square-root (QR) form of the layer posterior: float32 that stays finite and
 close to float64 for precision ratios up to 1e8 (SPEC section 4, issue 8).
+:func:`bnnp_jax.blr.posterior` is :func:`sqrt_posterior`; this module imports
+nothing from :mod:`bnnp_jax.blr` (blr imports it).
 
-Why. :mod:`bnnp_jax.blr` forms ``P = P0 + Phi^T diag(lambda) Phi`` and
-Cholesky-factors it. Rounding in forming and factoring ``P`` is of order
-``eps * ||P||`` (float32 ``eps = 1.2e-7``), and it lands in every direction,
-including the directions the data do not reach (``N < D``) where ``P`` is only
-the prior precision ``p0``. Once ``lambda / p0`` passes ``~1 / (D eps)`` those
-directions are lost: we measured NaN factors (N < D, ratio >= 1e6) and KL(float64
-|| float32) of O(1) to O(100) nats per unit at ratio 1e8 (docs/robustness.md).
+Why. The information form, ``P = P0 + Phi^T diag(lambda) Phi`` factored by
+Cholesky (:func:`bnnp_jax.blr.posterior_from_stats`, and the BNNP's path
+sampler :func:`bnnp_jax.blr.sample_posterior`), rounds at order
+``eps * ||P||`` (float32 ``eps = 1.2e-7``) in forming and factoring ``P``, and
+that error lands in every direction, including the directions the data do not
+reach (``N < D``) where ``P`` is only the prior precision ``p0``. Once
+``lambda / p0`` passes ``~1 / (D eps)`` those directions are lost: with N <= D
+we measured KL(float64 || float32) up to 26 nats per unit at ratio 1e6 and NaN
+factors at 1e8 (D = 33; docs/robustness.md).
 
 Jitter does not repair this: a diagonal jitter large enough to make the
 factorisation succeed (``~ D eps max_i P_ii``) adds about ``D eps lambda`` to the
 prior's precision in those same directions, and we measured KL up to 1e6
-nats. So the policy is *no jitter*; the accurate fix is never to form ``P``.
+nats. So the policy is *no jitter* anywhere in blr or here; the accurate fix is
+never to form ``P``.
 
 How. Keep an upper-triangular root ``R`` with ``R^T R = P`` and ``r`` with
 ``R^T r = h`` (so the mean is ``R^{-1} r``), start from the prior
@@ -28,7 +33,11 @@ posterior; rounding now scales with ``eps * sqrt(lambda / p0)`` instead of
 ``eps * lambda / p0``. Measured: finite everywhere and KL(float64 || float32) <=
 4e-3 nats per unit at ratio 1e8 (D = 33). Batches of points are sequential
 updates (SPEC section 6, exact in real arithmetic); padded points
-(``lambda = 0``) add zero rows, which change nothing.
+(``lambda = 0``) add zero rows, which change nothing. ``sqrt(lambda)`` is taken
+as ``0`` with zero derivative at ``lambda = 0``, so gradients stay finite with
+padding; the reported derivative with respect to a zero precision is therefore
+0 (the derivative of the posterior with respect to a padding weight is not
+available from this form).
 
 Cost per unit and batch: a QR of ``[D + B, D]`` (``O((D + B) D^2)``), the same
 order as forming the statistics. With a shared prior root and per-point
@@ -75,10 +84,17 @@ def _qr_step(r: Array, rhs: Array, rows: Array, rows_rhs: Array) -> tuple[Array,
     return sign[:, None] * r_new, sign[:, None] * rhs_new
 
 
+def _sqrt_weights(precision: Array) -> Array:
+    """``sqrt(lambda)``, with value and derivative 0 at ``lambda = 0`` (padding):
+    ``jnp.sqrt``'s infinite slope there would turn the zero rows' gradients into NaN."""
+    positive = precision > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, precision, 1)), 0)
+
+
 def root_update(state: RootStats, features: Array, targets: Array, precision: Array) -> RootStats:
     """Condition on a batch: ``features [B, D]``, ``targets [B, O]``, ``precision [B, O]``
     (or ``[B, 1]`` shared by the units; with a shared ``root [1, D, D]`` that is one QR)."""
-    s = jnp.sqrt(precision)
+    s = _sqrt_weights(precision)
     if state.root.shape[0] == 1 and precision.shape[1] == 1:
         r, rhs = _qr_step(state.root[0], state.rhs.T, s * features, s * targets)
         return RootStats(r[None], rhs.T)
