@@ -47,7 +47,7 @@ def test_markdown_and_plot_from_records(tmp_path):
     ]
     md = kl_table.markdown_table(recs, ("givi", "mfvi"))
     assert "| 0.1 | 1 .. 1.5* | 30 .. 31* |" in md
-    assert "| 1 | 0.5 .. 0.4 | 0.004 |" in md
+    assert "| 1 | 0.5 .. 0.4† | 0.004 |" in md  # lower > upper: a crossed AIS sandwich is marked
     kl_table.plot(recs, ("givi", "mfvi"), tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
 

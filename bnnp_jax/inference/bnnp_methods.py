@@ -79,12 +79,12 @@ def per_task_init(key, model: bnn.BNNModel, x: Array, final_layer: str = "learne
 def per_task_path(key, model: bnn.BNNModel, params: PerTaskParams, x_c: Array, y_c: Array, x: Array | None):
     """One posterior path given the dataset ``(x_c, y_c)``: ``f`` at ``x`` (default ``x_c``) and the KL."""
 
-    def layer(l, phi_c, prior):
+    def layer(l, phi_c):
         last = l == model.num_layers - 1
         targets = y_c if last else params.yhat[l]
         lam = (jnp.broadcast_to(model.sigma_y**-2, y_c.shape) if len(params.log_s) < model.num_layers and last
                else _precision(params.log_s[l]))
-        return blr.posterior(phi_c, targets, lam, prior)
+        return blr.natural_stats(phi_c, targets, lam)
 
     return givi.layerwise_path(key, model, x_c, x, layer)
 

@@ -33,23 +33,29 @@ import jax.numpy as jnp
 import optax
 
 from bnnp_jax import blr
-from bnnp_jax.gaussian import Gaussian, kl_divergence
+from bnnp_jax.gaussian import Gaussian
 from bnnp_jax.inference import evidence
 from bnnp_jax.inference import model as bnn
 from bnnp_jax.inference.vi import adam_linear_decay, run_steps
 from bnnp_jax.networks import activation_fn
 
 Array = jax.Array
-LayerFn = Callable[[int, Array, Gaussian], Gaussian]
+LayerFn = Callable[[int, Array], blr.NaturalStats]
 
 
-def layerwise_path(key, model: bnn.BNNModel, pseudo_x: Array, x: Array, layer_posterior: LayerFn):
+def layerwise_path(key, model: bnn.BNNModel, pseudo_x: Array, x: Array, layer_stats: LayerFn):
     """One sample path of a layer-wise conditional Gaussian posterior.
+
+    Each layer is drawn by :func:`blr.sample_posterior` (one Cholesky and two
+    chained triangular solves give the draw and the KL), the BNNP's own sampler:
+    with separate sample and KL solves, XLA may run batched LAPACK calls
+    concurrently, which deadlocks jaxlib 0.10's CPU kernels on 2 cores (seen
+    with a [32, 32] network; :mod:`bnnp_jax.blr` module docstring).
 
     Args:
       pseudo_x: ``[M, D_0]`` inputs that condition the layers (inducing inputs, or context points).
       x: ``[N, D_0]`` inputs at which to return the network output, or ``None`` for ``pseudo_x``.
-      layer_posterior: ``(l, Phi_u [M, D], prior) -> q(W_l | earlier)`` in unit layout.
+      layer_stats: ``(l, Phi_u [M, D]) ->`` :class:`blr.NaturalStats` of ``q(W_l | earlier)``'s likelihood.
 
     Returns:
       ``f [N, D_L]`` and this path's ``sum_l sum_d KL(q || p)``.
@@ -58,13 +64,16 @@ def layerwise_path(key, model: bnn.BNNModel, pseudo_x: Array, x: Array, layer_po
     m = 0 if x is None else pseudo_x.shape[0]
     h = pseudo_x if x is None else jnp.concatenate([pseudo_x, x])  # one matmul per layer for both point sets
     kl = 0.0
-    priors_ = model.prior_gaussians()
-    for l, (k, prior) in enumerate(zip(jax.random.split(key, model.num_layers), priors_)):
+    factors = [blr.PriorFactors.from_gaussian(p) for p in model.prior_gaussians()]
+    for l, k in enumerate(jax.random.split(key, model.num_layers)):
         a = h if l == 0 else act(h)
         phi = jnp.concatenate([a, jnp.ones_like(a[:, :1])], axis=1)
-        q = layer_posterior(l, phi[: m or None], prior)
-        h = phi @ q.sample(k).T
-        kl = kl + jnp.sum(kl_divergence(q, prior))
+        stats = layer_stats(l, phi[: m or None])
+        if l == 0:  # the prior's LAPACK calls before every path's (and after them in the VJP)
+            factors, stats = jax.lax.optimization_barrier((factors, stats))
+        w, kl_units = blr.sample_posterior(k, factors[l], stats)
+        h = phi @ w.T
+        kl = kl + jnp.sum(kl_units)
     return h[m:], kl
 
 
@@ -97,10 +106,20 @@ def prec_tril(raw: Array) -> Array:
     return jnp.tril(raw, -1) + jnp.diag(jnp.exp(jnp.diagonal(raw)))
 
 
+def _whitened(phi_u: Array, pseudo_y: Array, raw: Array) -> tuple[Array, Array]:
+    r = prec_tril(raw)
+    return r.T @ phi_u, r.T @ pseudo_y
+
+
+def layer_stats(phi_u: Array, pseudo_y: Array, raw: Array) -> blr.NaturalStats:
+    """Natural statistics of the whitened pseudo-data (what :func:`layerwise_path` samples from)."""
+    feats, targets = _whitened(phi_u, pseudo_y, raw)
+    return blr.natural_stats(feats, targets, jnp.ones_like(targets))
+
+
 def layer_posterior(phi_u: Array, pseudo_y: Array, raw: Array, prior: Gaussian) -> Gaussian:
     """``q(W_l | U_{l-1})`` by BLR on the whitened design (module docstring)."""
-    r = prec_tril(raw)
-    feats, targets = r.T @ phi_u, r.T @ pseudo_y
+    feats, targets = _whitened(phi_u, pseudo_y, raw)
     return blr.posterior(feats, targets, jnp.ones_like(targets), prior)
 
 
@@ -130,7 +149,7 @@ def init(key, model: bnn.BNNModel, x: Array, y: Array, num_inducing: int = 10, *
 
 def sample_path(key, model: bnn.BNNModel, params: GIVIParams, x: Array):
     """``f [N, D_L]`` at ``x`` and the path's KL, for one joint draw of all layers."""
-    fn = lambda l, phi_u, prior: layer_posterior(phi_u, params.pseudo_y[l], params.prec_raw[l], prior)
+    fn = lambda l, phi_u: layer_stats(phi_u, params.pseudo_y[l], params.prec_raw[l])
     return layerwise_path(key, model, params.z, x, fn)
 
 
