@@ -19,7 +19,7 @@ STUDIES = {
     # subcommand: (module, help)
     "compare": ("bnnp_jax.studies.kl_table", "KL(q || posterior) table over a sigma_y grid (SPEC section 11)"),
     "nfl": ("bnnp_jax.studies.nfl", "no-free-lunch comparison of inference methods under a learned prior"),
-    "metaprior": ("bnnp_jax.studies.metaprior_experiments", "MetaPrior experiments (cubic, moons, digits, fewshot)"),
+    "metaprior": ("bnnp_jax.studies.metaprior_experiments", "MetaPrior experiments (cubic, moons, digits, fewshot, prior)"),
     "goldilocks": ("bnnp_jax.studies.goldilocks", "small meta-dataset study over the trainable prior fraction"),
 }
 
