@@ -70,7 +70,8 @@ def posterior_predictive(tasks, grid, f_grid, sigma, path: Path, num: int = 4) -
 
 
 def image_grid(images, path: Path, title: str, cols: int = 8) -> None:
-    images = np.asarray(images)
+    """``images``: a sequence of 2-D arrays, which may differ in size (a coarse context beside a fine prediction)."""
+    images = [np.asarray(im) for im in images]
     rows = -(-len(images) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.4 * rows))
     for ax in np.ravel(axes):

@@ -170,3 +170,20 @@ def test_embedded_default_config_is_the_shipped_quick_config():
     assert cli.DEFAULT_CONFIG.read_text() == shipped.read_text()
     args = cli.build_parser().parse_args(["train"])
     assert args.config is None
+
+
+def test_digits_report_writes_image_plots(tmp_path):
+    """The digits branch of the run report: prior draws as 8x8 images and 8x8 -> 16x16 super-resolution."""
+    from bnnp_jax.run_report import write_report
+
+    cfg = tmp_path / "digits.yaml"
+    cfg.write_text("model: bnnp\ndata: {family: digits}\nbnnp: {x_dim: 2, y_dim: 1, hidden: [4], inference_hidden: [8]}\n"
+                   "training: {steps: 2, tasks_per_step: 2, num_samples: 2, steps_per_call: 2, checkpoint_every: 2,\n"
+                   "           eval_every: 1000, eval_tasks: 4, eval_samples: 4, plot_samples: 8}\n")
+    config = run_config.load(cfg)
+    state, history = train.fit(config, tmp_path / "run", progress=False)
+    untrained, _ = train.init_state(config)
+    metrics = write_report(tmp_path / "run", config, state.params, untrained.params, history)
+    assert np.isfinite(metrics["heldout"]["log_predictive_density"])
+    for name in ("prior_samples.png", "super_resolution.png", "training_curve.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 1000, name
