@@ -82,6 +82,8 @@ def test_configs_load_strictly_and_contenders_dedupe_the_endpoints():
     assert names.count("bnnp_p0.00_front") == 1 and "bnnp_p0.00_back" not in names and "bnnp_p1.00_back" not in names
     assert {"bnnp_p0.25_front", "bnnp_p0.25_back", "cnp", "np", "anp", "tnp", "mfvi", "givi"} <= set(names)
     assert quick.training.steps < full.training.steps
+    medium = load_yaml(gl.GoldilocksConfig, CONFIGS / "goldilocks_medium.yaml")  # the committed results' config
+    assert len(medium.study.seeds) == 4 and medium.training.steps < full.training.steps
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['seedz'\] in 'study'"):
         from_dict(gl.GoldilocksConfig, {"study": {"seedz": [1]}})
     with pytest.raises(ConfigError, match="bnnp.x_dim/y_dim"):
