@@ -171,14 +171,9 @@ def layer_priors(params: BNAMParams) -> list[Gaussian]:
 
 
 def prior_factors(params: BNAMParams) -> list[blr.PriorFactors]:
-    """All layers' prior roots in one LAPACK call, broadcast to one per unit."""
-    kind = params.config.prior_kind
-    if kind == "diagonal":
-        roots = [jax.vmap(jnp.diag)(jnp.exp(-p.scale)) for p in params.prior]
-    else:
-        roots = blr.inverse_trils([priors.scale_tril(p, kind) for p in params.prior])
-    return [blr.PriorFactors(p.mean, jnp.broadcast_to(r, p.mean.shape + r.shape[-1:]))
-            for p, r in zip(params.prior, roots)]
+    """All layers' prior roots in one LAPACK call (:func:`priors.layer_factors`), broadcast to one per unit."""
+    return [blr.PriorFactors(f.mean, jnp.broadcast_to(f.root, f.mean.shape + f.root.shape[-1:]))
+            for f in priors.layer_factors(params.prior, params.config.prior_kind)]
 
 
 def pseudo_observations(params: BNAMParams, x: Array, y: Array) -> list[tuple[Array, Array]]:

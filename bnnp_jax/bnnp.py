@@ -247,13 +247,8 @@ def layer_priors(params: BNNPParams) -> list[Gaussian]:
 
 
 def prior_factors(params: BNNPParams) -> list[blr.PriorFactors]:
-    """The prior of every layer as :class:`blr.PriorFactors` (``root = L^{-1}``), with
-    all layers' triangular inverses in one LAPACK call (none for ``diagonal``)."""
-    kind = params.config.prior_kind
-    if kind == "diagonal":
-        return [blr.PriorFactors(p.mean, jax.vmap(jnp.diag)(jnp.exp(-p.scale))) for p in params.prior]
-    roots = blr.inverse_trils([priors.scale_tril(p, kind) for p in params.prior])
-    return [blr.PriorFactors(p.mean, r) for p, r in zip(params.prior, roots)]
+    """The prior of every layer as :class:`blr.PriorFactors` (:func:`priors.layer_factors`)."""
+    return priors.layer_factors(params.prior, params.config.prior_kind)
 
 
 def _cast(params: BNNPParams, *arrays):

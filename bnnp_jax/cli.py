@@ -31,26 +31,24 @@ class UsageError(Exception):
     """Raised for user mistakes; reported without a traceback, exit 2."""
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse reports the failure, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _int_in(low: int, high: float, what: str):
+    """argparse type: an integer in ``[low, high)``; argparse reports a failure (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value < high:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+
+    return parse
 
 
-def _seed(text: str) -> int:
-    """argparse type: a seed in [0, 2**32); PRNGKey keeps the low 32 bits, so larger seeds alias smaller ones."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
-    return value
+_positive_int = _int_in(1, float("inf"), "a positive integer")
+# PRNGKey keeps the low 32 bits, so larger seeds would alias smaller ones (run_config.SEED_LIMIT).
+_seed = _int_in(0, 2**32, "in [0, 2**32)")
 
 
 def _cmd_train(args) -> int:

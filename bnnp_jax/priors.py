@@ -131,3 +131,15 @@ def trainable_mask(
         budget -= take
         masks[i] = _layer_mask(priors[i], kind, selected.reshape(shape))
     return masks
+
+
+def layer_factors(layers: Sequence[PriorParams], kind: str) -> list:
+    """Every layer's prior as :class:`bnnp_jax.blr.PriorFactors` (``root = L^{-1}``,
+    ``[O|1, D, D]``), with all layers' triangular inverses in one LAPACK call
+    (none for ``diagonal``)."""
+    from bnnp_jax import blr  # blr does not import priors; kept local so priors stays a leaf module
+
+    if kind == "diagonal":
+        return [blr.PriorFactors(p.mean, jax.vmap(jnp.diag)(jnp.exp(-p.scale))) for p in layers]
+    roots = blr.inverse_trils([scale_tril(p, kind) for p in layers])
+    return [blr.PriorFactors(p.mean, r) for p, r in zip(layers, roots)]

@@ -58,7 +58,7 @@ def _check_family_params(data: "DataConfig") -> None:
     if unknown:
         raise ConfigError(f"data.params: unknown parameter(s) {unknown} for family {data.family!r}; "
                           f"valid: {sorted(valid)}")
-    if data.family in registry._PREPARE:
+    if registry.reads_dataset(data.family):
         return
     kw = dict(data.params)
     if data.n_range is not None:

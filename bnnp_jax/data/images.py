@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bnnp_jax.data.synthetic import float_dtype, jit_sampler, sample_from_pool
+from bnnp_jax.validation import check_finite
 
 Array = jax.Array
 
@@ -114,16 +115,6 @@ def _read_idx(raw: bytes, path: str) -> np.ndarray:
     return data.reshape(shape)
 
 
-def _check_finite(images: np.ndarray, where: str) -> None:
-    """NaN or inf pixels would reach training as NaN losses: name the first one."""
-    if np.issubdtype(images.dtype, np.floating):
-        bad = ~np.isfinite(images)
-        if bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"{where} holds {int(bad.sum())} non-finite (NaN or inf) pixel value(s), "
-                             f"first at index {first} (image, row, column)")
-
-
 def load_mnist(path: str, split: str = "train", dtype=None) -> np.ndarray:
     """Images ``[I, H, W]`` in ``[0, 1]`` from a user-supplied MNIST file.
 
@@ -152,7 +143,8 @@ def load_mnist(path: str, split: str = "train", dtype=None) -> np.ndarray:
         source = f"{path}: IDX data"
     if images.ndim != 3:
         raise ValueError(f"{path}: images must have 3 dims [I, H, W], got shape {images.shape}")
-    _check_finite(images, source)
+    if np.issubdtype(images.dtype, np.floating):  # NaN pixels would reach training as NaN losses
+        check_finite(source, images)
     is_int = np.issubdtype(images.dtype, np.integer)
     images = images.astype(np.float64)
     if is_int or images.max() > 1.0:

@@ -88,6 +88,11 @@ FAMILIES: dict[str, Callable] = {
 _PREPARE = {"digits": _prepare_digits, "era5": _prepare_era5}
 
 
+def reads_dataset(name: str) -> bool:
+    """Whether building ``name``'s sampler reads a dataset (so config checks stop at parameter names)."""
+    return name in _PREPARE
+
+
 def _check_name(name: str, valid) -> None:
     if name not in valid:
         raise ValueError(f"unknown task family {name!r}; valid families: {sorted(valid)}")
