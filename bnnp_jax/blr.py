@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -286,3 +286,27 @@ def sample_posterior(key: Array, prior: PriorFactors, stats: NaturalStats) -> tu
     maha = jnp.sum(jnp.einsum("...ij,...j->...i", root, mean - prior.mean) ** 2, -1)
     kl = 0.5 * (trace + maha - h.shape[-1]) + _log_diag(chol) - _log_diag(root)
     return w, kl
+
+
+def sample_layers(key: Array, factors: Sequence[PriorFactors],
+                  layer_stats: Callable[[int, list[Array]], NaturalStats]) -> tuple[list[Array], Array]:
+    """One path of a layer-wise conditional Gaussian posterior (SPEC section 4), the
+    sampler shared by the BNNP, GIVI and the per-task BNNP.
+
+    For ``l = 0..L-1``: ``stats = layer_stats(l, [w_0, ..., w_{l-1}])`` (the earlier
+    draws of this path), then ``w_l ~ q(W_l | earlier)`` by :func:`sample_posterior`.
+
+    Returns:
+      ``w_l [D_l, D_{l-1}+1]`` per layer and the path's ``sum_l sum_d KL(q || p)``.
+    """
+    factors, weights, kl = list(factors), [], 0.0
+    for l, k in enumerate(jax.random.split(key, len(factors))):
+        stats = layer_stats(l, weights)
+        if l == 0:
+            # Order the prior's LAPACK calls before every path's, and their VJPs after
+            # (module docstring: concurrent batched LAPACK calls can deadlock on CPU).
+            factors, stats = jax.lax.optimization_barrier((factors, stats))
+        w, kl_units = sample_posterior(k, factors[l], stats)
+        weights.append(w)
+        kl = kl + jnp.sum(kl_units)
+    return weights, kl

@@ -52,6 +52,9 @@ class BNNPConfig:
         trunk with rank-``r`` adapters per layer.
       final_layer: ``learned`` (``g_L`` emits ``log s``) or ``exact`` (use ``sigma_y``).
       sigma_y_init: initial observation noise.
+      hinge_range: ``(low, high)`` to start the first layer's prior mean with ReLU
+        hinges spread over that input range (:func:`priors.spread_hinges`); ``None``
+        keeps the zero mean.
       sigma_y_bound: if set, ``sigma_y = bound * sigmoid(raw)``; else ``exp(raw)``.
       dtype: ``float32`` or ``float64`` (the latter needs ``jax_enable_x64``).
       pseudo_precision: ``per_unit`` (``g_l`` emits ``log s_{n,d}`` for every unit, the
@@ -70,6 +73,7 @@ class BNNPConfig:
     lora_rank: int = 0
     final_layer: str = "learned"
     sigma_y_init: float = 0.1
+    hinge_range: tuple[float, float] | None = None
     sigma_y_bound: float | None = None
     dtype: str = "float32"
     pseudo_precision: str = "per_unit"
@@ -78,6 +82,8 @@ class BNNPConfig:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if self.inference_hidden is not None:
             object.__setattr__(self, "inference_hidden", tuple(int(h) for h in self.inference_hidden))
+        if self.hinge_range is not None:
+            object.__setattr__(self, "hinge_range", tuple(float(v) for v in self.hinge_range))
         _validate_config(self)
 
     @property
@@ -119,6 +125,9 @@ def _validate_config(c: BNNPConfig) -> None:
         bad("sigma_y_init", f"must be > 0 and finite, got {c.sigma_y_init}")
     if c.sigma_y_bound is not None and not c.sigma_y_bound > c.sigma_y_init:
         bad("sigma_y_bound", f"must exceed sigma_y_init={c.sigma_y_init}, got {c.sigma_y_bound}")
+    if c.hinge_range is not None and not (len(c.hinge_range) == 2 and math.isfinite(c.hinge_range[0])
+                                          and math.isfinite(c.hinge_range[1]) and c.hinge_range[0] < c.hinge_range[1]):
+        bad("hinge_range", f"must be [low, high] with finite low < high, got {list(c.hinge_range)}")
     if c.pseudo_precision not in PSEUDO_PRECISIONS:
         bad("pseudo_precision", f"must be one of {PSEUDO_PRECISIONS}, got {c.pseudo_precision!r}")
     if c.dtype not in ("float32", "float64"):
@@ -154,7 +163,8 @@ class Prediction(NamedTuple):
 
 
 def init(key: Array, config: BNNPConfig) -> BNNPParams:
-    """Prior at ``N(0, I/(D_in+1))``, fresh inference networks, ``sigma_y = sigma_y_init``."""
+    """Prior at ``N(0, I/(D_in+1))`` (first-layer mean per ``hinge_range``), fresh
+    inference networks, ``sigma_y = sigma_y_init``."""
     dtype = jnp.dtype(config.dtype)
     if dtype == jnp.float64 and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
         raise ValueError("BNNPConfig.dtype='float64' needs jax.config.update('jax_enable_x64', True) first")
@@ -164,8 +174,11 @@ def init(key: Array, config: BNNPConfig) -> BNNPParams:
         r = config.sigma_y_init / config.sigma_y_bound
         raw = math.log(r / (1 - r))
     inference = amortised_layer.init(key, config.specs, config.net_hidden, config.lora_rank, dtype)
+    prior = priors.init(config.widths, config.prior_kind, dtype)
+    if config.hinge_range is not None:
+        prior[0] = priors.spread_hinges(jax.random.fold_in(key, 1), prior[0], *config.hinge_range)
     return BNNPParams(
-        prior=priors.init(config.widths, config.prior_kind, dtype),
+        prior=prior,
         inference=inference,
         likelihood={"raw_sigma": jnp.full((config.y_dim,), raw, dtype)},
         config=config,
@@ -228,17 +241,9 @@ def _sample_path(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, batch
     are :class:`blr.PriorFactors` (or Gaussians). Returns weights
     ``[D_{l-1}+1, D_l]`` per layer and the path's KL."""
     factors = [p if isinstance(p, blr.PriorFactors) else blr.PriorFactors.from_gaussian(p) for p in layer_priors]
-    weights, kl = [], 0.0
-    for l, k in enumerate(jax.random.split(key, len(factors))):
-        stats = _layer_stats(params, l, weights, x, y, ctx_w, batch_size)
-        if l == 0:
-            # Order the prior's LAPACK call before every path's, and its VJP after theirs
-            # (blr module docstring: concurrent batched LAPACK calls can deadlock).
-            factors, stats = jax.lax.optimization_barrier((factors, stats))
-        w, kl_units = blr.sample_posterior(k, factors[l], stats)
-        weights.append(w.T)
-        kl = kl + jnp.sum(kl_units)
-    return weights, kl
+    stats = lambda l, ws: _layer_stats(params, l, [w.T for w in ws], x, y, ctx_w, batch_size)  # noqa: E731
+    weights, kl = blr.sample_layers(key, factors, stats)
+    return [w.T for w in weights], kl
 
 
 def layer_priors(params: BNNPParams) -> list[Gaussian]:

@@ -21,6 +21,7 @@ STUDIES = {
     "nfl": ("bnnp_jax.studies.nfl", "no-free-lunch comparison of inference methods under a learned prior"),
     "metaprior": ("bnnp_jax.studies.metaprior_experiments", "MetaPrior experiments (cubic, moons, digits, fewshot, prior)"),
     "goldilocks": ("bnnp_jax.studies.goldilocks", "small meta-dataset study over the trainable prior fraction"),
+    "large-meta": ("bnnp_jax.studies.large_meta", "sawtooth contrast: BNNP vs neural processes as the meta-dataset grows"),
 }
 
 

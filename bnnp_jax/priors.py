@@ -62,6 +62,34 @@ def init(widths: Sequence[int], kind: str = "unitwise", dtype=jnp.float32) -> li
     return [init_layer(a, b, kind, dtype) for a, b in zip(widths[:-1], widths[1:])]
 
 
+def spread_hinges(key: Array, layer: PriorParams, low: float, high: float, gain: float = 1.0) -> PriorParams:
+    """First-layer prior means whose ReLU hinges tile the input box ``[low, high]^x_dim``.
+
+    Unit ``d`` gets mean weights ``gain * u_d`` and bias ``-gain * u_d . c_d``, so its
+    hinge ``{x : u_d . x = u_d . c_d}`` passes through ``c_d``. In 1-D the centres are
+    evenly spaced and the directions alternate in sign (deterministic); otherwise
+    ``u_d`` is a random unit vector and ``c_d`` uniform in the box (``key``).
+
+    Why: with zero-mean ``N(0, I/(D+1))`` weights the hinges ``-b/w`` pile up near the
+    origin, and a ReLU network then needs tens of thousands of steps to place the
+    kinks a piecewise function such as the sawtooth needs (docs/results/sawtooth_hinges).
+    Only the mean changes; the prior scale stays at its initialisation.
+    """
+    d_out, d = layer.mean.shape
+    dtype = layer.mean.dtype
+    if d == 2:
+        u = jnp.where(jnp.arange(d_out) % 2 == 0, 1.0, -1.0)[:, None].astype(dtype)
+        c = (low + (high - low) * (jnp.arange(d_out) + 0.5) / d_out)[:, None].astype(dtype)
+    else:
+        k_u, k_c = jax.random.split(key)
+        u = jax.random.normal(k_u, (d_out, d - 1), dtype)
+        u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
+        c = jax.random.uniform(k_c, (d_out, d - 1), dtype, low, high)
+    w = gain * u
+    b = -jnp.sum(w * c, axis=-1, keepdims=True)
+    return layer._replace(mean=jnp.concatenate([w, b], axis=-1))
+
+
 def scale_tril(params: PriorParams, kind: str) -> Array:
     """Covariance Cholesky factor, ``[O, D, D]`` (``[1, D, D]`` for ``shared``)."""
     _check_kind(kind)

@@ -152,7 +152,31 @@ def test_float64_requires_x64_switch():
 
 
 @pytest.mark.parametrize("field,value", [("hidden", (0,)), ("activation", "swish2"), ("prior_kind", "full"),
-                                         ("final_layer", "fixed"), ("sigma_y_init", -1.0), ("lora_rank", -1)])
+                                         ("final_layer", "fixed"), ("sigma_y_init", -1.0), ("lora_rank", -1),
+                                         ("hinge_range", (1.0, -1.0)), ("hinge_range", (0.0, float("nan")))])
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         bnnp.BNNPConfig(**{field: value})
+
+
+@pytest.mark.parametrize("x_dim", [1, 3])
+def test_spread_hinges_place_each_hinge_in_the_box(x_dim):
+    """Each first-layer unit's prior-mean hinge passes through a point of the box, in 1-D
+    at evenly spaced centres; only the first layer's mean changes."""
+    cfg = bnnp.BNNPConfig(x_dim=x_dim, hidden=(8, 4), hinge_range=(-2.0, 3.0))
+    key = jax.random.PRNGKey(0)
+    spread, plain = bnnp.init(key, cfg), bnnp.init(key, bnnp.BNNPConfig(x_dim=x_dim, hidden=(8, 4)))
+    m = np.asarray(spread.prior[0].mean)
+    w, b = m[:, :-1], m[:, -1]
+    np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0, rtol=1e-6)
+    if x_dim == 1:
+        np.testing.assert_allclose(np.sort(-b / w[:, 0]), -2.0 + 5.0 * (np.arange(8) + 0.5) / 8, rtol=1e-6)
+        assert set(np.sign(w[:, 0])) == {-1.0, 1.0}
+    else:
+        # the point on each hinge nearest the origin lies in the box's bounding ball
+        foot = -b[:, None] * w
+        assert np.all(np.linalg.norm(foot, axis=1) <= np.sqrt(x_dim) * 3.0)
+    np.testing.assert_array_equal(spread.prior[0].scale, plain.prior[0].scale)
+    np.testing.assert_array_equal(spread.prior[1].mean, plain.prior[1].mean)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, c: bool(jnp.all(a == c)), spread.inference,
+                                                         plain.inference))

@@ -62,19 +62,22 @@ def layerwise_path(key, model: bnn.BNNModel, pseudo_x: Array, x: Array, layer_st
     """
     act = activation_fn(model.activation)
     m = 0 if x is None else pseudo_x.shape[0]
-    h = pseudo_x if x is None else jnp.concatenate([pseudo_x, x])  # one matmul per layer for both point sets
-    kl = 0.0
+    h0 = pseudo_x if x is None else jnp.concatenate([pseudo_x, x])  # one matmul per layer for both point sets
+
+    def features(ws):
+        """``[act(h_{l-1}), 1]`` after the layers ``ws`` (XLA merges the repeated prefixes)."""
+        h = h0
+        for l, w in enumerate(ws):
+            h = _augment(h if l == 0 else act(h)) @ w.T
+        return _augment(h if not ws else act(h))
+
     factors = [blr.PriorFactors.from_gaussian(p) for p in model.prior_gaussians()]
-    for l, k in enumerate(jax.random.split(key, model.num_layers)):
-        a = h if l == 0 else act(h)
-        phi = jnp.concatenate([a, jnp.ones_like(a[:, :1])], axis=1)
-        stats = layer_stats(l, phi[: m or None])
-        if l == 0:  # the prior's LAPACK calls before every path's (and after them in the VJP)
-            factors, stats = jax.lax.optimization_barrier((factors, stats))
-        w, kl_units = blr.sample_posterior(k, factors[l], stats)
-        h = phi @ w.T
-        kl = kl + jnp.sum(kl_units)
-    return h[m:], kl
+    weights, kl = blr.sample_layers(key, factors, lambda l, ws: layer_stats(l, features(ws)[: m or None]))
+    return (features(weights[:-1]) @ weights[-1].T)[m:], kl
+
+
+def _augment(a: Array) -> Array:
+    return jnp.concatenate([a, jnp.ones_like(a[:, :1])], axis=1)
 
 
 class GIVIParams(NamedTuple):

@@ -8,7 +8,7 @@ for growing ``K``, and on an unlimited stream of fresh tasks (``K = 0`` in the
 config, shown as "inf"). All are scored on the same held-out tasks from the
 generator: mean log predictive density per target point and MAE.
 
-Run: ``python -m bnnp_jax.studies.large_meta configs/goldilocks_sawtooth.yaml --out DIR``
+Run: ``bnnp large-meta configs/large_meta_sawtooth.yaml --out DIR``
 (writes ``results.json``, resumable, ``summary.md`` and ``large_meta.png``).
 """
 
@@ -187,22 +187,25 @@ def plot(summary: dict, ks: list[int], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bnnp_jax.studies.large_meta", description=__doc__.split("\n\n")[0])
-    p.add_argument("config")
-    p.add_argument("--out", required=True)
-    p.add_argument("--report-only", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config, e.g. configs/large_meta_sawtooth.yaml")
+    parser.add_argument("--out", required=True, help="output directory (results.json, summary.md, large_meta.png)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override study.seeds")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the table and plot from results.json")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args) -> int:
     cfg = load_yaml(LargeMetaConfig, args.config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
-    tasks = heldout(cfg)
+    seeds = tuple(args.seeds) if args.seeds else cfg.study.seeds
+    tasks = None if args.report_only else heldout(cfg)
     for k in [] if args.report_only else cfg.study.num_datasets:
         sampler = fixed_datasets_sampler(cfg, k)
-        for seed in cfg.study.seeds:
+        for seed in seeds:
             for name in cfg.study.models:
                 key = f"{name}/K{_k_label(k)}/seed{seed}"
                 if key in results:
@@ -212,14 +215,22 @@ def main(argv=None) -> int:
                 path.write_text(json.dumps(results, indent=1))
                 print(f"{key}: lpd {rec['log_predictive_density']:.3f} mae {rec['mae']:.3f} "
                       f"({rec['seconds']:.0f} s)", flush=True)
+    if not results:
+        raise ValueError(f"no results in {path}: run without --report-only first")
     summary = summarise(results)
-    ks = list(cfg.study.num_datasets)
+    ks = [k for k in cfg.study.num_datasets if any(k in by_k for by_k in summary.values())]
     text = ["## Log predictive density per target point (higher is better)", markdown_table(summary, ks,
             "log_predictive_density"), "", "## MAE (lower is better)", markdown_table(summary, ks, "mae")]
     (out / "summary.md").write_text("\n".join(text) + "\n")
     plot(summary, ks, out / "large_meta.png")
     print("\n".join(text))
     return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bnnp_jax.studies.large_meta", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
