@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -154,19 +155,23 @@ def run_worker(script: str, config: dict, device: str, timeout: float = 1800.0, 
     cmd = [sys.executable, "-c", _WRAPPER, sys.executable, str(script), "--device", device,
            "--worker", json.dumps(config)]
     t0 = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                           env={**os.environ, **(env or {})})
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s", "wall_s": time.perf_counter() - t0}
-    lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
+    # A session of its own, so that a timeout kills the worker too, not only the wrapper.
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, start_new_session=True) as p:
+        try:
+            stdout, stderr = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+            return {"error": f"timed out after {timeout:.0f} s", "wall_s": time.perf_counter() - t0}
+    lines = [l for l in stdout.splitlines() if l.startswith("{")]
     meta = json.loads(lines[-1]) if lines else {}
     out = json.loads(lines[-2]) if len(lines) >= 2 else {}
     out.update(rc=meta.get("__rc__", p.returncode), wall_s=time.perf_counter() - t0)
     if "__maxrss_kb__" in meta:
         out["maxrss_bytes"] = int(meta["__maxrss_kb__"]) * 1024
     if out["rc"] != 0 or not lines:
-        out["error"] = (p.stderr or "")[-1500:]
+        out["error"] = (stderr or "")[-1500:]
     return out
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -165,6 +166,10 @@ def make_mesh(config: RunConfig):
     if config.training.tasks_per_step % len(devices):
         raise ValueError(f"training.tasks_per_step={config.training.tasks_per_step} must be divisible by "
                          f"the number of devices ({len(devices)}) when training.shard is true")
+    if len(devices) > 1 and devices[0].platform == "cpu":
+        warnings.warn("training.shard over CPU host devices: jaxlib's batched LAPACK kernels on concurrent virtual "
+                      "devices can deadlock on machines with few cores (benchmarks/README.md, devices.py); "
+                      "sharding is meant for accelerators", RuntimeWarning, stacklevel=2)
     return jax.sharding.Mesh(devices, ("tasks",))
 
 
