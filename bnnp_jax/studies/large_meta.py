@@ -180,6 +180,7 @@ def plot(summary: dict, ks: list[int], path: Path) -> None:
                         lw=2.5 if m.startswith("bnnp") else 1.2)
         ax.set_xticks(list(pos.values()), [_k_label(k) for k in pos])
         ax.set(xlabel="number of meta-training datasets K", ylabel=label)
+    axes[0].set_yscale("symlog", linthresh=1.0)  # overfitted NPs reach -50; keep [-1, 1] linear
     axes[0].legend(fontsize=8)
     fig.suptitle("Sawtooth: meta-dataset size vs held-out performance (same training steps)")
     fig.tight_layout()
