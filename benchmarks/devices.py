@@ -19,8 +19,8 @@ from pathlib import Path
 
 import _common as C
 
-SETTINGS = {"config": "configs/sawtooth_quick.yaml", "hidden": [32, 32], "S": 8, "tasks": 8, "steps_per_call": 5,
-            "dtype": "float32", "family": "sawtooth"}
+# family and dtype come from the config (sawtooth, float32)
+SETTINGS = {"config": "configs/sawtooth_quick.yaml", "hidden": [32, 32], "S": 8, "tasks": 8, "steps_per_call": 5}
 
 
 DEADLOCK = (" (jaxlib 0.10 CPU: each virtual device's batched Cholesky/triangular-solve kernel waits in"

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from bnnp_jax import amortised_layer, blr, priors
 from bnnp_jax.bnnp import FINAL_LAYER_MODES, Prediction
 from bnnp_jax.gaussian import Gaussian
-from bnnp_jax.networks import ACTIVATIONS, activation_fn
+from bnnp_jax.networks import ACTIVATIONS, activation_fn, with_bias
 from bnnp_jax.objectives import TaskTerms
 
 Array = jax.Array
@@ -184,10 +184,6 @@ def pseudo_observations(params: BNAMParams, x: Array, y: Array) -> list[tuple[Ar
             for l, s in enumerate(c.specs)]
 
 
-def _with_bias(h: Array) -> Array:
-    return jnp.concatenate([h, jnp.ones(h.shape[:-1] + (1,), h.dtype)], -1)
-
-
 def _layer_norm(h: Array) -> Array:
     """Deterministic LayerNorm over the token width (no learned affine)."""
     mu = jnp.mean(h, -1, keepdims=True)
@@ -227,7 +223,7 @@ class _Path:
 
     def apply(self, h: Array, count: int = 1) -> list[Array]:
         """Sample the next ``count`` layers (all fed ``h [N, D_in]``) and apply them."""
-        phi = _with_bias(h)
+        phi = with_bias(h)
         sl = slice(self.next, self.next + count)
         if self.next == 0:
             # Order the prior's LAPACK call before the paths' (see bnnp._sample_path).

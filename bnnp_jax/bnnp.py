@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from bnnp_jax import amortised_layer, blr, priors
 from bnnp_jax.gaussian import Gaussian, kl_divergence
 from bnnp_jax.minibatch import batched_map, batched_sum
-from bnnp_jax.networks import ACTIVATIONS, activation_fn
+from bnnp_jax.networks import ACTIVATIONS, activation_fn, with_bias
 
 Array = jax.Array
 FINAL_LAYER_MODES = ("learned", "exact")
@@ -194,8 +194,7 @@ def sigma_y(params: BNNPParams) -> Array:
 
 def _features(a: Array, l: int, activation: str) -> Array:
     """``Phi_l = [act(a_{l-1}), 1]`` (identity for the first layer): ``[N, D] -> [N, D+1]``."""
-    h = a if l == 0 else activation_fn(activation)(a)
-    return jnp.concatenate([h, jnp.ones(h.shape[:-1] + (1,), h.dtype)], axis=-1)
+    return with_bias(a if l == 0 else activation_fn(activation)(a))
 
 
 def _forward_one(weights: Sequence[Array], x: Array, activation: str, upto: int | None = None) -> Array:

@@ -24,6 +24,11 @@ def activation_fn(name: str) -> Callable:
     return ACTIVATIONS[name]
 
 
+def with_bias(h: jax.Array) -> jax.Array:
+    """Append the bias feature: ``[..., D] -> [..., D+1]`` (``Phi = [h, 1]``)."""
+    return jnp.concatenate([h, jnp.ones(h.shape[:-1] + (1,), h.dtype)], axis=-1)
+
+
 class MLP(nn.Module):
     """``[..., in] -> [..., out]`` with ``hidden`` widths and a linear output layer.
 

@@ -72,7 +72,7 @@ def spread_hinges(key: Array, layer: PriorParams, low: float, high: float, gain:
 
     Why: with zero-mean ``N(0, I/(D+1))`` weights the hinges ``-b/w`` pile up near the
     origin, and a ReLU network then needs tens of thousands of steps to place the
-    kinks a piecewise function such as the sawtooth needs (docs/results/sawtooth_hinges).
+    kinks a piecewise function such as the sawtooth needs (docs/sawtooth.md).
     Only the mean changes; the prior scale stays at its initialisation.
     """
     d_out, d = layer.mean.shape

@@ -37,7 +37,7 @@ from bnnp_jax.gaussian import Gaussian
 from bnnp_jax.inference import evidence
 from bnnp_jax.inference import model as bnn
 from bnnp_jax.inference.vi import adam_linear_decay, run_steps
-from bnnp_jax.networks import activation_fn
+from bnnp_jax.networks import activation_fn, with_bias
 
 Array = jax.Array
 LayerFn = Callable[[int, Array], blr.NaturalStats]
@@ -46,7 +46,7 @@ LayerFn = Callable[[int, Array], blr.NaturalStats]
 def layerwise_path(key, model: bnn.BNNModel, pseudo_x: Array, x: Array, layer_stats: LayerFn):
     """One sample path of a layer-wise conditional Gaussian posterior.
 
-    Each layer is drawn by :func:`blr.sample_posterior` (one Cholesky and two
+    Each layer is drawn by :func:`blr.sample_layers` (one Cholesky and two
     chained triangular solves give the draw and the KL), the BNNP's own sampler:
     with separate sample and KL solves, XLA may run batched LAPACK calls
     concurrently, which deadlocks jaxlib 0.10's CPU kernels on 2 cores (seen
@@ -63,21 +63,16 @@ def layerwise_path(key, model: bnn.BNNModel, pseudo_x: Array, x: Array, layer_st
     act = activation_fn(model.activation)
     m = 0 if x is None else pseudo_x.shape[0]
     h0 = pseudo_x if x is None else jnp.concatenate([pseudo_x, x])  # one matmul per layer for both point sets
+    phis = [with_bias(h0)]  # [act(h_{l-1}), 1] per layer, extended as each layer is drawn
 
-    def features(ws):
-        """``[act(h_{l-1}), 1]`` after the layers ``ws`` (XLA merges the repeated prefixes)."""
-        h = h0
-        for l, w in enumerate(ws):
-            h = _augment(h if l == 0 else act(h)) @ w.T
-        return _augment(h if not ws else act(h))
+    def stats(l, ws):
+        if l > 0:
+            phis.append(with_bias(act(phis[-1] @ ws[-1].T)))
+        return layer_stats(l, phis[l][: m or None])
 
     factors = [blr.PriorFactors.from_gaussian(p) for p in model.prior_gaussians()]
-    weights, kl = blr.sample_layers(key, factors, lambda l, ws: layer_stats(l, features(ws)[: m or None]))
-    return (features(weights[:-1]) @ weights[-1].T)[m:], kl
-
-
-def _augment(a: Array) -> Array:
-    return jnp.concatenate([a, jnp.ones_like(a[:, :1])], axis=1)
+    weights, kl = blr.sample_layers(key, factors, stats)
+    return (phis[-1] @ weights[-1].T)[m:], kl
 
 
 class GIVIParams(NamedTuple):

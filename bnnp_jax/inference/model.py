@@ -34,7 +34,7 @@ from jax.scipy.linalg import solve_triangular
 
 from bnnp_jax import blr, priors
 from bnnp_jax.gaussian import Gaussian
-from bnnp_jax.networks import activation_fn
+from bnnp_jax.networks import activation_fn, with_bias
 
 Array = jax.Array
 
@@ -245,7 +245,7 @@ def numpyro_model(model: BNNModel, x: Array, y: Array | None = None, mask: Array
 def _linear_case(model: BNNModel, x: Array, y: Array):
     if model.num_layers != 1:
         raise ValueError(f"the exact posterior needs a model with no hidden layer, got widths {list(model.widths)}")
-    features = jnp.concatenate([x, jnp.ones_like(x[:, :1])], axis=1)  # [N, D]
+    features = with_bias(x)  # [N, D]
     precision = jnp.broadcast_to(model.sigma_y**-2, y.shape)  # [N, O]
     return features, precision, model.prior_gaussians()[0]
 

@@ -43,6 +43,7 @@ from bnnp_jax.config import ConfigError, from_dict, load_yaml
 from bnnp_jax.data.tasks import TaskBatch, split
 from bnnp_jax.neural_processes import NPConfig
 from bnnp_jax.run_config import TrainingConfig
+from bnnp_jax.studies import study_runs
 
 NP_KINDS = ("cnp", "np", "anp", "tnp")
 BASELINES = ("mfvi", "givi")
@@ -336,34 +337,23 @@ def write_outputs(out: Path, cfg: GoldilocksConfig, results: dict) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML config, e.g. configs/goldilocks_quick.yaml")
-    parser.add_argument("--out", required=True, help="output directory (results.json, summary.md, goldilocks.png)")
-    parser.add_argument("--seeds", type=int, nargs="+", help="override study.seeds")
-    parser.add_argument("--report-only", action="store_true", help="rebuild the table and plot from results.json")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    study_runs.add_arguments(parser, "configs/goldilocks_quick.yaml", "results.json, summary.md, goldilocks.png")
 
 
 def run(args) -> int:
     cfg = load_yaml(GoldilocksConfig, args.config)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
+    store = study_runs.Results(out)
     seeds = tuple(args.seeds) if args.seeds else cfg.study.seeds
     for seed in [] if args.report_only else seeds:
         meta = make_metadataset(seed, cfg.data)
         sampler = make_sampler(meta, cfg.data)
         for name, settings in contenders(cfg):
             key = f"{name}/seed{seed}"
-            if key in results:
-                continue
-            rec = run_one(cfg, meta, sampler, settings, seed, not args.no_progress)
-            results[key] = {"method": name, "seed": seed, **rec}
-            path.write_text(json.dumps(results, indent=1))
-            print(f"{key}: lpd {rec['log_predictive_density']:.3f}  mae {rec['mae']:.3f}  "
-                  f"({rec['seconds']:.0f} s)", flush=True)
-    if not results:
-        raise ValueError(f"no results in {path}: run without --report-only first")
+            if key not in store:
+                rec = run_one(cfg, meta, sampler, settings, seed, not args.no_progress)
+                store.add(key, {"method": name, "seed": seed, **rec})
+    results = store.require()
     summary = write_outputs(out, cfg, results)
     print(markdown_table(summary, [n for n, _ in contenders(cfg)]))
     return 0

@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bnnp_jax.bnnp import BNNPConfig
 from bnnp_jax.config import ConfigError, from_dict, load_yaml
 from bnnp_jax.neural_processes import NPConfig
 from bnnp_jax.run_config import DataConfig, TrainingConfig
+from bnnp_jax.studies import study_runs
 
 DATA_STREAM = 2**31 - 3  # fold_in index of the fixed training datasets' key
 
@@ -189,19 +188,13 @@ def plot(summary: dict, ks: list[int], path: Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML config, e.g. configs/large_meta_sawtooth.yaml")
-    parser.add_argument("--out", required=True, help="output directory (results.json, summary.md, large_meta.png)")
-    parser.add_argument("--seeds", type=int, nargs="+", help="override study.seeds")
-    parser.add_argument("--report-only", action="store_true", help="rebuild the table and plot from results.json")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    study_runs.add_arguments(parser, "configs/large_meta_sawtooth.yaml", "results.json, summary.md, large_meta.png")
 
 
 def run(args) -> int:
     cfg = load_yaml(LargeMetaConfig, args.config)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
+    store = study_runs.Results(out)
     seeds = tuple(args.seeds) if args.seeds else cfg.study.seeds
     tasks = None if args.report_only else heldout(cfg)
     for k in [] if args.report_only else cfg.study.num_datasets:
@@ -209,15 +202,10 @@ def run(args) -> int:
         for seed in seeds:
             for name in cfg.study.models:
                 key = f"{name}/K{_k_label(k)}/seed{seed}"
-                if key in results:
-                    continue
-                rec = run_one(cfg, name, k, seed, sampler, tasks, not args.no_progress)
-                results[key] = {"model": name, "num_datasets": k, "seed": seed, **rec}
-                path.write_text(json.dumps(results, indent=1))
-                print(f"{key}: lpd {rec['log_predictive_density']:.3f} mae {rec['mae']:.3f} "
-                      f"({rec['seconds']:.0f} s)", flush=True)
-    if not results:
-        raise ValueError(f"no results in {path}: run without --report-only first")
+                if key not in store:
+                    rec = run_one(cfg, name, k, seed, sampler, tasks, not args.no_progress)
+                    store.add(key, {"model": name, "num_datasets": k, "seed": seed, **rec})
+    results = store.require()
     summary = summarise(results)
     ks = [k for k in cfg.study.num_datasets if any(k in by_k for by_k in summary.values())]
     text = ["## Log predictive density per target point (higher is better)", markdown_table(summary, ks,
