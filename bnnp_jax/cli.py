@@ -63,11 +63,11 @@ def _cmd_train(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     if not args.resume and list((out / "checkpoints").glob("ckpt_*.pkl")):
         raise UsageError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
-    from bnnp_jax import evaluation
+    from bnnp_jax.run_report import training_evaluator
 
-    evaluate = evaluation.make_evaluator(run_report_heldout(config), config.training.eval_samples, config.training.seed)
-    state, history = train.fit(config, out, resume=args.resume, progress=not args.no_progress, evaluate_fn=evaluate)
     untrained, _ = train.init_state(config)
+    evaluate = training_evaluator(config, untrained.params)
+    state, history = train.fit(config, out, resume=args.resume, progress=not args.no_progress, evaluate_fn=evaluate)
     metrics = write_report(out, config, state.params, untrained.params, history)
     print(json.dumps({"run_dir": str(out), "heldout": metrics["heldout"], "prior_mmd": metrics.get("prior_mmd"),
                       "tasks_per_second": metrics["tasks_per_second"]}, indent=2))
@@ -89,12 +89,6 @@ def _load_run(run_dir):
     if cfg_path.is_file():
         _enable_dtype(run_config.load(cfg_path))
     return train.load_run(run_dir)
-
-
-def run_report_heldout(config):
-    from bnnp_jax.run_report import heldout
-
-    return heldout(config)
 
 
 def _cmd_evaluate(args) -> int:

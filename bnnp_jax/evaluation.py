@@ -73,23 +73,33 @@ def grid_for(family: str, size: int = 64) -> jax.Array:
     return jnp.linspace(lo, hi, size)[:, None]
 
 
-def prior_mmd(key, params, untrained, family: str, num: int, family_params: dict | None = None) -> dict:
-    """MMD^2 (RBF on function values over a grid) between generator draws and
-    the learned prior's draws, beside the same statistic for the untrained prior."""
+def prior_mmd_tracker(key, untrained, family: str, num: int,
+                      family_params: dict | None = None) -> tuple[Callable, dict]:
+    """``(learned, reference)``: ``learned(params)`` is the MMD^2 (RBF on function values
+    over a grid) between ``params``'s prior draws and fixed generator draws; ``reference``
+    holds the same statistic for the ``untrained`` prior, the lengthscale (median
+    heuristic on generator and untrained draws) and the number of draws. The generator
+    draws and the lengthscale are fixed once, so values along a run are comparable."""
     grid = grid_for(family)
     k1, k2, k3 = jax.random.split(key, 3)
     draw_params = {k: v for k, v in (family_params or {}).items() if k in _draw_params(family)}
-    truth = registry.true_function_samples(k1, family, grid, num, **draw_params)[..., 0]
-    learned = prior_function_samples(k2, params, grid, num)[..., 0]
     init = prior_function_samples(k3, untrained, grid, num)[..., 0]
-    truth = truth.astype(learned.dtype)
+    truth = registry.true_function_samples(k1, family, grid, num, **draw_params)[..., 0].astype(init.dtype)
     ls = metrics.median_lengthscale(None, jnp.concatenate([truth, init]))
-    return {
-        "mmd2_learned_prior": float(metrics.mmd(None, learned, truth, ls)),
-        "mmd2_untrained_prior": float(metrics.mmd(None, init, truth, ls)),
-        "mmd_lengthscale": float(ls),
-        "mmd_num_samples": int(num),
-    }
+
+    def learned(params) -> float:
+        return float(metrics.mmd(None, prior_function_samples(k2, params, grid, num)[..., 0], truth, ls))
+
+    reference = {"mmd2_untrained_prior": float(metrics.mmd(None, init, truth, ls)), "mmd_lengthscale": float(ls),
+                 "mmd_num_samples": int(num)}
+    return learned, reference
+
+
+def prior_mmd(key, params, untrained, family: str, num: int, family_params: dict | None = None) -> dict:
+    """MMD^2 between generator draws and the learned prior's draws, beside the same
+    statistic for the untrained prior (:func:`prior_mmd_tracker`)."""
+    learned, reference = prior_mmd_tracker(key, untrained, family, num, family_params)
+    return {"mmd2_learned_prior": learned(params), **reference}
 
 
 def _draw_params(family: str) -> list[str]:

@@ -50,10 +50,13 @@ class Adapter(NamedTuple):
 
 
 def weight_prior_mask(params, training) -> Any:
-    """Prior entries by ``(prior_fraction, prior_side, seed)``, ``sigma_y`` by
+    """Prior entries by ``(prior_fraction, prior_side, seed)`` (means only if
+    ``train_prior_mean``), ``sigma_y`` by
     ``learn_sigma_y``, inference networks always (for BNNPParams / BNAMParams)."""
     t = training
     prior_mask = priors.trainable_mask(params.prior, params.config.prior_kind, t.prior_fraction, t.prior_side, t.seed)
+    if not t.train_prior_mean:  # scales only: the mean stays where init or the warm start put it
+        prior_mask = [m._replace(mean=jnp.zeros_like(m.mean)) for m in prior_mask]
     as_float = lambda m, ref: jnp.asarray(m, ref.dtype)
     return params.replace(
         prior=jax.tree.map(as_float, prior_mask, params.prior),

@@ -101,6 +101,24 @@ def scale_tril(params: PriorParams, kind: str) -> Array:
     return strict + jax.vmap(jnp.diag)(diag)
 
 
+def scale_std(params: PriorParams, kind: str, factor: float) -> PriorParams:
+    """The same layer prior with every standard deviation times ``factor > 0``
+    (covariance times ``factor**2``; the mean is unchanged).
+
+    The raw scale stores a Cholesky factor with a log diagonal, so the diagonal
+    gains ``log factor`` and the strict lower triangle is multiplied by ``factor``.
+    """
+    _check_kind(kind)
+    if not factor > 0:
+        raise ValueError(f"factor must be > 0, got {factor}")
+    log_f = math.log(factor)
+    if kind == "diagonal":
+        return params._replace(scale=params.scale + log_f)
+    eye = jnp.eye(params.scale.shape[-1], dtype=bool)
+    scaled = jnp.where(eye, params.scale + log_f, jnp.tril(params.scale, -1) * factor)
+    return params._replace(scale=scaled.astype(params.scale.dtype))
+
+
 def to_gaussian(params: PriorParams, kind: str) -> Gaussian:
     """The layer prior as a precision-form :class:`Gaussian` (``prec_tril`` may have a
     leading unit dim of 1 for ``shared``)."""

@@ -70,6 +70,42 @@ def _check_family_params(data: "DataConfig") -> None:
 
 
 @dataclass(frozen=True)
+class WarmStartConfig:
+    """``training.warm_start``: empirical-Bayes warm start of the BNNP prior mean
+    (:mod:`bnnp_jax.warm_start`, docs/sawtooth.md).
+
+    A deterministic network is fitted to the pooled points of ``tasks``
+    meta-training tasks (``fit_steps`` of full-batch Adam at ``fit_lr``, first-layer
+    hinges spread over ``bnnp.hinge_range`` or else the family's input range); its
+    weights become the prior means and the prior standard deviations are scaled by
+    ``hidden_std_scale`` / ``output_std_scale``. Then the inference networks (and
+    sigma_y) train for ``warmup_steps`` with the prior frozen, learning rate
+    ``warmup_lr`` decaying linearly to ``training.lr_end``.
+    """
+
+    tasks: int = 256
+    fit_steps: int = 3000
+    fit_lr: float = 3e-3
+    hidden_std_scale: float = 0.1
+    output_std_scale: float = 0.3
+    warmup_steps: int = 600
+    warmup_lr: float = 1e-3
+
+    def __post_init__(self):
+        def bad(name, problem):
+            raise ConfigError(f"training.warm_start.{name}: {problem}")
+
+        for name in ("tasks", "fit_steps"):
+            if getattr(self, name) < 1:
+                bad(name, f"must be a positive integer, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            bad("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        for name in ("fit_lr", "hidden_std_scale", "output_std_scale", "warmup_lr"):
+            if not 0 < getattr(self, name) < math.inf:
+                bad(name, f"must be > 0 and finite, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """Optimisation, evaluation and checkpointing settings (SPEC section 5).
 
@@ -98,6 +134,8 @@ class TrainingConfig:
     batch_size: int | None = None
     shard: bool = False
     plot_samples: int = 200
+    train_prior_mean: bool = True
+    warm_start: WarmStartConfig | None = None
 
     def __post_init__(self):
         def bad(name, problem):
@@ -147,9 +185,14 @@ class RunConfig:
             if t.prior_fraction != 1.0:
                 raise ConfigError(f"training.prior_fraction: model {self.model!r} has no weight prior; "
                                   f"leave it at 1.0 (got {t.prior_fraction})")
+            if not t.train_prior_mean:
+                raise ConfigError(f"training.train_prior_mean: model {self.model!r} has no weight prior; leave it true")
             if not t.learn_sigma_y:
                 raise ConfigError(f"training.learn_sigma_y: model {self.model!r} predicts its own noise; "
                                   "leave it true")
+        if self.training.warm_start is not None and self.model != "bnnp":
+            raise ConfigError(f"training.warm_start: only the bnnp model has a warm start, got model {self.model!r}; "
+                              "set it to null")
         if self.data is None:
             return
         from bnnp_jax.data import registry

@@ -27,6 +27,28 @@ def heldout(config: RunConfig):
     return evaluation.heldout_tasks(make_sampler(config), config.training.seed, config.training.eval_tasks)
 
 
+def mmd_key(config: RunConfig):
+    return jax.random.PRNGKey(config.training.seed + 7)
+
+
+def has_prior_mmd(config: RunConfig) -> bool:
+    """The BNNP on a 1-D family with a function generator gets the prior MMD."""
+    fam = config.data.family if config.data is not None else None
+    return (config.model == "bnnp" and fam in _draw_families() and registry.family_info(fam)["x_dim"] == 1)
+
+
+def training_evaluator(config: RunConfig, untrained):
+    """``evaluate(params) -> dict`` for the training loop: the held-out metrics, plus
+    ``mmd2_prior`` (the number ``metrics.json`` reports at the end) where the run has one."""
+    t = config.training
+    evaluate = evaluation.make_evaluator(heldout(config), t.eval_samples, t.seed)
+    if not has_prior_mmd(config):
+        return evaluate
+    learned, _ = evaluation.prior_mmd_tracker(mmd_key(config), untrained, config.data.family, t.plot_samples,
+                                              config.data.params)
+    return lambda params: {**evaluate(params), "mmd2_prior": learned(params)}
+
+
 def write_report(run_dir: Path, config: RunConfig, params, untrained, history: dict) -> dict:
     """Evaluate, compute the prior MMD (BNNP), write ``metrics.json`` and the figures."""
     run_dir = Path(run_dir)
@@ -47,14 +69,15 @@ def write_report(run_dir: Path, config: RunConfig, params, untrained, history: d
         "tasks_per_second": (t.steps * t.tasks_per_step / history["seconds"]) if history.get("seconds") else None,
         **evaluation.summarise(history),
         "eval_history": history.get("eval", []),
+        "warm_start": history.get("warm_start"),
         "device": jax.devices()[0].device_kind,
     }
-    key = jax.random.PRNGKey(t.seed + 7)
+    key = mmd_key(config)
     one_d = registry.family_info(config.data.family)["x_dim"] == 1
     if config.model != "bnnp":
         if one_d:
             _model_predictive_plot(run_dir, config, params, tasks, key)
-    elif one_d and config.data.family in _draw_families():
+    elif has_prior_mmd(config):
         out["prior_mmd"] = evaluation.prior_mmd(key, params, untrained, config.data.family, t.plot_samples,
                                                 config.data.params)
         _one_d_plots(run_dir, config, params, untrained, tasks, key)

@@ -38,6 +38,7 @@ from bnnp_jax.run_config import RunConfig
 Array = jax.Array
 INIT_STREAM = 2**31 - 1  # fold_in index of the initialisation key (steps use 0, 1, ...)
 EVAL_STREAM = 2**31 - 2
+WARM_STREAM = 2**31 - 3  # the warm start's tasks and warm-up steps
 
 
 class TrainingDiverged(RuntimeError):
@@ -122,12 +123,14 @@ def _step_fn(config: RunConfig, opt: optax.GradientTransformation, base_key: Arr
 
 
 def make_train_chunk(config: RunConfig, opt: optax.GradientTransformation, mesh=None,
-                     sampler: Callable | None = None) -> Callable:
+                     sampler: Callable | None = None, base_key: Array | None = None) -> Callable:
     """``chunk(state, num_steps) -> (state, losses [num_steps])``, jitted; one
     ``lax.scan`` over steps, tasks generated on device inside each step (by
-    ``sampler``, default: the config's family)."""
+    ``sampler``, default: the config's family) from ``fold_in(base_key, step)``
+    (default base key: ``PRNGKey(training.seed)``)."""
     sampler = make_sampler(config) if sampler is None else sampler
-    one_step = _step_fn(config, opt, jax.random.PRNGKey(config.training.seed), sampler, mesh)
+    base_key = jax.random.PRNGKey(config.training.seed) if base_key is None else base_key
+    one_step = _step_fn(config, opt, base_key, sampler, mesh)
 
     def chunk(state, num_steps):
         return jax.lax.scan(one_step, state, None, length=num_steps)
@@ -173,6 +176,57 @@ def make_mesh(config: RunConfig):
     return jax.sharding.Mesh(devices, ("tasks",))
 
 
+def warm_start_params(config: RunConfig, params: Any, sampler: Callable | None = None,
+                      progress: bool = True) -> tuple[Any, dict]:
+    """Apply ``training.warm_start`` (:mod:`bnnp_jax.warm_start`) to fresh BNNP parameters:
+    the prior mean from a pooled fit, then ``warmup_steps`` of meta-training with the
+    prior frozen. Deterministic in ``training.seed`` (its own key stream, ``WARM_STREAM``).
+    Returns the parameters and a summary for the history."""
+    from bnnp_jax import warm_start
+
+    ws = config.training.warm_start
+    sampler = make_sampler(config) if sampler is None else sampler
+    k_tasks, k_fit, k_steps = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.training.seed),
+                                                                  WARM_STREAM), 3)
+    hinge_range = config.arch.hinge_range
+    if hinge_range is None:
+        if config.data is None:
+            raise ValueError("training.warm_start needs bnnp.hinge_range when config.data is null")
+        hinge_range = registry.family_info(config.data.family)["x_range"]
+    tic = time.perf_counter()
+    params, info = warm_start.warm_prior(k_fit, params, sampler(k_tasks, ws.tasks), hinge_range=tuple(hinge_range),
+                                         steps=ws.fit_steps, learning_rate=ws.fit_lr,
+                                         hidden_std_scale=ws.hidden_std_scale, output_std_scale=ws.output_std_scale)
+    if ws.warmup_steps:
+        params, losses = _warm_up(config, params, sampler, k_steps, progress)
+        info["warmup_loss_last_10pct"] = float(np.mean(losses[-max(1, len(losses) // 10):]))
+    info["seconds"] = time.perf_counter() - tic
+    return params, info
+
+
+def _warm_up(config: RunConfig, params: Any, sampler: Callable, base_key: Array, progress: bool):
+    """``warmup_steps`` of training with every prior entry frozen (the inference networks
+    and sigma_y learn to work with the warm-started prior before it moves)."""
+    from bnnp_jax.run_config import override
+
+    ws = config.training.warm_start
+    cfg = override(config, steps=ws.warmup_steps, lr_start=ws.warmup_lr, prior_fraction=0.0)
+    opt = make_optimizer(cfg, gradient_mask(cfg, params))
+    chunk = make_train_chunk(cfg, opt, make_mesh(cfg), sampler, base_key)
+    state, losses = TrainState(params, opt.init(params), jnp.zeros((), jnp.int32)), []
+    with tqdm(total=ws.warmup_steps, disable=not progress, desc="warm-up", unit="step", dynamic_ncols=True) as bar:
+        while int(state.step) < ws.warmup_steps:
+            n = min(cfg.training.steps_per_call, ws.warmup_steps - int(state.step))
+            new_state, chunk_losses = chunk(state, n)
+            chunk_losses = np.asarray(jax.block_until_ready(chunk_losses))
+            _check_finite(chunk_losses, int(state.step), None)
+            state = new_state
+            losses.extend(chunk_losses.tolist())
+            bar.update(n)
+            bar.set_postfix(loss=f"{chunk_losses.mean():.3f}")
+    return state.params, losses
+
+
 def _check_finite(losses: np.ndarray, first_step: int, run_dir: Path | None) -> None:
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
@@ -200,6 +254,9 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, resume: bool = Fal
         if resume and checkpoint.list_checkpoints(run_dir / "checkpoints"):
             _, state, extra = checkpoint.restore_latest(run_dir / "checkpoints", state)
             history = extra.get("history", history)
+    if t.warm_start is not None and int(state.step) == 0:
+        params, history["warm_start"] = warm_start_params(config, state.params, sampler, progress)
+        state = TrainState(params, opt.init(params), state.step)
     if shared_compile:
         shared = shared_train_chunk(config, make_mesh(config), sampler)
         mask, base_key = gradient_mask(config, state.params), jax.random.PRNGKey(t.seed)
@@ -207,6 +264,8 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, resume: bool = Fal
     else:
         chunk = make_train_chunk(config, opt, make_mesh(config), sampler)
     start = int(state.step)
+    if evaluate_fn is not None and start == 0:
+        history["eval"].append({"step": 0, **evaluate_fn(state.params)})
     bar = tqdm(total=t.steps, initial=start, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
     while int(state.step) < t.steps:
         step0 = int(state.step)

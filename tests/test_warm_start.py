@@ -1,0 +1,175 @@
+"""Empirical-Bayes warm start of the prior mean (bnnp_jax.warm_start): the pieces
+against dense or closed-form references, then the training-loop integration
+(frozen means stay put, resume is bit-identical, config errors)."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnnp_jax import bnnp, checkpoint, priors, run_config, train, warm_start
+from bnnp_jax.config import ConfigError, from_dict
+from bnnp_jax.data.tasks import TaskBatch
+
+TINY = """
+model: bnnp
+data: {family: sawtooth, n_range: [20, 30]}
+bnnp: {x_dim: 1, y_dim: 1, hidden: [8, 8], inference_hidden: [16]}
+training:
+  steps: 6
+  tasks_per_step: 4
+  num_samples: 4
+  steps_per_call: 2
+  checkpoint_every: 2
+  eval_every: 1000
+  lr_start: 0.001
+  lr_end: 0.0001
+  seed: 5
+  warm_start: {tasks: 8, fit_steps: 50, warmup_steps: 4, warmup_lr: 0.001}
+"""
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "warm.yaml"
+    path.write_text(TINY)
+    return run_config.load(path)
+
+
+def _dense_cov(layer, kind):
+    l = priors.scale_tril(layer, kind)
+    return np.asarray(l @ jnp.swapaxes(l, -1, -2))
+
+
+@pytest.mark.parametrize("kind", priors.PRIOR_KINDS)
+def test_scale_std_scales_the_dense_covariance(x64, kind):
+    layer = priors.init_layer(3, 2, kind, jnp.float64)
+    noise = jax.random.normal(jax.random.PRNGKey(0), layer.scale.shape, jnp.float64)
+    layer = layer._replace(scale=layer.scale + 0.3 * (jnp.tril(noise) if kind != "diagonal" else noise),
+                           mean=jnp.arange(8.0, dtype=jnp.float64).reshape(2, 4))
+    scaled = priors.scale_std(layer, kind, 0.2)
+    np.testing.assert_allclose(_dense_cov(scaled, kind), 0.04 * _dense_cov(layer, kind), rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(scaled.mean, layer.mean)
+    assert scaled.scale.dtype == layer.scale.dtype
+    with pytest.raises(ValueError, match="factor must be > 0"):
+        priors.scale_std(layer, kind, 0.0)
+
+
+def _linear_batch(dtype=jnp.float64, pad=0):
+    """Two tasks of y = 2 x - 1 + noise; ``pad`` extra masked-out points with wild values."""
+    key = jax.random.PRNGKey(1)
+    x = jax.random.uniform(key, (2, 30, 1), dtype, -2, 2)
+    y = 2.0 * x - 1.0 + 0.1 * jax.random.normal(jax.random.fold_in(key, 1), x.shape, dtype)
+    mask = jnp.ones((2, 30), dtype)
+    if pad:
+        x = jnp.concatenate([x, jnp.full((2, pad, 1), 5.0, dtype)], 1)
+        y = jnp.concatenate([y, jnp.full((2, pad, 1), 100.0, dtype)], 1)
+        mask = jnp.concatenate([mask, jnp.zeros((2, pad), dtype)], 1)
+    return TaskBatch(x, y, mask, mask, mask)
+
+
+def test_fit_network_without_hidden_layer_is_least_squares(x64):
+    batch = _linear_batch()
+    start = [jnp.zeros((2, 1), jnp.float64)]
+    fitted, mse = warm_start.fit_network(start, batch, "relu", steps=3000, learning_rate=0.05)
+    design = np.concatenate([np.asarray(batch.x).reshape(-1, 1), np.ones((60, 1))], 1)
+    exact, *_ = np.linalg.lstsq(design, np.asarray(batch.y).reshape(-1, 1), rcond=None)
+    np.testing.assert_allclose(fitted[0], exact, atol=1e-4)
+    resid = design @ exact - np.asarray(batch.y).reshape(-1, 1)
+    np.testing.assert_allclose(float(mse), float(np.mean(resid**2)), rtol=1e-6)
+    assert fitted[0].dtype == jnp.float64
+
+
+def test_fit_network_ignores_padding(x64):
+    start = [jnp.zeros((2, 1), jnp.float64)]
+    plain, _ = warm_start.fit_network(start, _linear_batch(), "relu", steps=200, learning_rate=0.05)
+    padded, _ = warm_start.fit_network(start, _linear_batch(pad=7), "relu", steps=200, learning_rate=0.05)
+    np.testing.assert_allclose(padded[0], plain[0], rtol=1e-10)
+
+
+def test_initial_weights_put_hinges_in_range_and_prior_from_fit_uses_them():
+    cfg = bnnp.BNNPConfig(hidden=(6, 5), dtype="float32")
+    params = bnnp.init(jax.random.PRNGKey(0), cfg)
+    weights = warm_start.initial_weights(jax.random.PRNGKey(1), params, (-2.0, 2.0))
+    assert [w.shape for w in weights] == [(2, 6), (7, 5), (6, 1)]
+    hinges = -weights[0][1] / weights[0][0]
+    assert np.all((hinges > -2) & (hinges < 2)) and len(np.unique(np.round(hinges, 5))) == 6
+    new = warm_start.prior_from_fit(params.prior, weights, cfg.prior_kind, 0.1, 0.5)
+    for l, (layer, w) in enumerate(zip(new, weights)):
+        np.testing.assert_array_equal(layer.mean, w.T)
+        factor = 0.5 if l == 2 else 0.1
+        np.testing.assert_allclose(_dense_cov(layer, "unitwise"), factor**2 * _dense_cov(params.prior[l], "unitwise"),
+                                   rtol=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        warm_start.prior_from_fit(params.prior, [w.T for w in weights], cfg.prior_kind, 0.1, 0.5)
+
+
+@pytest.fixture(scope="module")
+def frozen_run(config, tmp_path_factory):
+    """A finished warm-started run with the prior means frozen (checkpoints at steps 4 and 6)."""
+    frozen = run_config.override(config, train_prior_mean=False)
+    run_dir = tmp_path_factory.mktemp("frozen")
+    state, history = train.fit(frozen, run_dir, progress=False)
+    return frozen, run_dir, state, history
+
+
+def test_warm_start_then_training_moves_only_prior_scales_when_means_are_frozen(frozen_run):
+    frozen, _, state, history = frozen_run
+    fresh, _ = train.init_state(frozen)
+    warm, info = train.warm_start_params(frozen, fresh.params, progress=False)
+    assert history["warm_start"]["pooled_points"] == info["pooled_points"] > 0
+    assert history["warm_start"]["pooled_fit_mse"] == info["pooled_fit_mse"]
+    assert math.isfinite(history["warm_start"]["warmup_loss_last_10pct"])
+    for before, warmed, after in zip(fresh.params.prior, warm.prior, state.params.prior):
+        assert not np.allclose(warmed.mean, before.mean)
+        np.testing.assert_array_equal(after.mean, warmed.mean)  # frozen through warm-up and training
+        assert not np.array_equal(after.scale, warmed.scale)
+
+
+def test_warm_started_resume_is_bit_identical(frozen_run, tmp_path):
+    """Drop the last checkpoint (as if killed after step 4) and resume: restoring the
+    checkpoint, not warming up again (which would reset Adam), gives the same result."""
+    import shutil
+
+    frozen, src, full, _ = frozen_run
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(src, run_dir)
+    checkpoint.list_checkpoints(run_dir / "checkpoints")[-1].unlink()
+    assert checkpoint.list_checkpoints(run_dir / "checkpoints")[-1].name.endswith("000000004.pkl")
+    resumed, history = train.fit(frozen, run_dir, resume=True, progress=False)
+    assert "warm_start" in history and len(history["loss"]) == 6
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_warm_start_config_errors(config):
+    raw = dataclasses.asdict(config.training)
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['stepz'\].*valid keys are"):
+        from_dict(run_config.TrainingConfig, {**raw, "warm_start": {"stepz": 3}}, "training")
+    with pytest.raises(ConfigError, match="warm_start.warmup_steps: must be >= 0"):
+        from_dict(run_config.TrainingConfig, {**raw, "warm_start": {"warmup_steps": -1}}, "training")
+    with pytest.raises(ConfigError, match="warm_start.hidden_std_scale: must be > 0"):
+        from_dict(run_config.TrainingConfig, {**raw, "warm_start": {"hidden_std_scale": 0}}, "training")
+    with pytest.raises(ConfigError, match="only the bnnp model has a warm start"):
+        dataclasses.replace(config, model="cnp")
+    no_warm = dataclasses.replace(config.training, warm_start=None, train_prior_mean=False)
+    with pytest.raises(ConfigError, match="train_prior_mean"):
+        dataclasses.replace(config, model="cnp", training=no_warm)
+
+
+def test_training_evaluator_tracks_the_reported_prior_mmd(config):
+    """The MMD logged at each evaluation is the statistic metrics.json reports at the end."""
+    from bnnp_jax import evaluation, run_report
+
+    fresh, _ = train.init_state(config)
+    warm, _ = warm_start.warm_prior(jax.random.PRNGKey(0), fresh.params, train.make_sampler(config)(
+        jax.random.PRNGKey(1), 4), hinge_range=(-2.0, 2.0), steps=20, learning_rate=3e-3,
+        hidden_std_scale=0.1, output_std_scale=0.3)
+    row = run_report.training_evaluator(config, fresh.params)(warm)
+    report = evaluation.prior_mmd(run_report.mmd_key(config), warm, fresh.params, "sawtooth",
+                                  config.training.plot_samples)
+    assert row["mmd2_prior"] == report["mmd2_learned_prior"] != report["mmd2_untrained_prior"]
+    assert {"log_predictive_density", "mae", "coverage"} <= set(row)
