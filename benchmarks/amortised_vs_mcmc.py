@@ -1,10 +1,12 @@
 """Time to a posterior for one new task, next to the predictive log density
-it reaches: amortised BNNP (zero-shot), per-task BNNP, MFVI, GIVI and NUTS on
+it reaches: amortised BNNP (zero-shot; also its width-scalable fast path, with its
+own learned prior), per-task BNNP, MFVI, GIVI and NUTS on
 the KL-table network (1 -> 20 -> 20 -> 1, ReLU), N = 30 context points,
 100 held-out points from the same function (noise 0.1).
 
-All methods use the same model: the BNNP's learned prior and ``sigma_y``
-(``inference.model.from_bnnp``). The BNNP is trained here for a few hundred
+All methods except the fast-path row use the same model: the BNNP's learned
+prior and ``sigma_y`` (``inference.model.from_bnnp``); the fast path is trained
+the same way and uses its own learned prior. The BNNP is trained here for a few hundred
 PP-AVI steps on BNN-prior tasks; ``--run DIR`` loads a meta-training run's newest
 checkpoint instead and draws the new task from that run's family.
 "log_density" is the mean over held-out points of the log of the posterior
@@ -50,13 +52,29 @@ def _bnnp(args, key):
         config, params, _ = train.load_run(args.run)
         return params, {"source": f"checkpoint {args.run}", "family": config.data.family,
                         "family_params": dict(config.data.params or {})}
+    params, info = _train_here(args, key, bnnp.BNNPConfig(hidden=(20, 20), activation="relu"))
+    return params, {"source": "trained here", **info}
+
+
+def _train_here(args, key, cfg):
+    """A short PP-AVI run on BNN-prior tasks: ``(params, {steps, ..., train_seconds, final_loss})``."""
     steps = 150 if args.quick else 400
-    cfg = bnnp.BNNPConfig(hidden=(20, 20), activation="relu")
     t0 = time.perf_counter()
     params, losses = C.train_bnnp(key, cfg, "bnn_prior", steps, num_tasks=5, num_samples=8, lr=3e-3,
                                   hidden=(20, 20), x_range=(-4.0, 4.0), noise=0.1, n_range=(5, 50))
-    return params, {"source": "trained here", "steps": steps, "tasks_per_step": 5, "S": 8,
-                    "train_seconds": time.perf_counter() - t0, "final_loss": float(losses[-20:].mean())}
+    return params, {"steps": steps, "tasks_per_step": 5, "S": 8, "train_seconds": time.perf_counter() - t0,
+                    "final_loss": float(losses[-20:].mean())}
+
+
+def _bnnp_fast(args, key):
+    """The width-scalable fast path (shared prior covariance, one pseudo-precision per
+    point; SPEC section 9), trained like :func:`_bnnp`; ``(None, {})`` with ``--run``."""
+    from bnnp_jax import bnnp
+
+    if args.run:
+        return None, {}
+    return _train_here(args, key, bnnp.BNNPConfig(hidden=(20, 20), activation="relu", prior_kind="shared",
+                                                  pseudo_precision="per_point"))
 
 
 def _timed(fn):
@@ -65,7 +83,7 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
-def run_methods(args, key, params, data) -> list[dict]:
+def run_methods(args, key, params, data, fast=None) -> list[dict]:
     import jax
 
     from bnnp_jax import bnnp, metrics
@@ -79,8 +97,8 @@ def run_methods(args, key, params, data) -> list[dict]:
     k = iter(jax.random.split(key, 20))
     rows = []
 
-    def add(method, seconds, f, **extra):
-        ld = float(metrics.log_predictive_density(f, sig, y_t, mask))
+    def add(method, seconds, f, noise=sig, **extra):
+        ld = float(metrics.log_predictive_density(f, noise, y_t, mask))
         rows.append({"method": method, "n": int(x_c.shape[0]), "seconds": seconds, "log_density": ld, **extra})
         C.print_table(rows[-1:], ["method", "n", "seconds", "log_density"])
 
@@ -88,6 +106,11 @@ def run_methods(args, key, params, data) -> list[dict]:
     pred = lambda: bnnp.predict(kp, params, x_c, y_c, x_t, NUM_DRAWS).samples
     t = C.time_fn(pred, repeats=5)
     add("bnnp_amortised", t["run_median_s"], pred(), first_call_s=t["first_call_s"], compile_s_est=t["compile_s_est"])
+    if fast is not None:  # its own learned prior and noise: the log density is still of the same held-out data
+        pred_fast = lambda: bnnp.predict(kp, fast, x_c, y_c, x_t, NUM_DRAWS).samples
+        t = C.time_fn(pred_fast, repeats=5)
+        add("bnnp_amortised_fast", t["run_median_s"], pred_fast(), noise=bnnp.sigma_y(fast),
+            first_call_s=t["first_call_s"], compile_s_est=t["compile_s_est"])
 
     try:
         from bnnp_jax.inference import bnnp_methods, givi, nuts, vi
@@ -118,8 +141,11 @@ def main(argv=None):
 
     k_train, k_data, k_methods = jax.random.split(jax.random.PRNGKey(0), 3)
     params, training = _bnnp(args, k_train)
+    fast, fast_training = _bnnp_fast(args, k_train)
+    if fast_training:
+        training["fast_path"] = fast_training
     data = _data(k_data, 30, 100, training.get("family", "bnn_prior"), training.get("family_params"))
-    rows = run_methods(args, k_methods, params, data)
+    rows = run_methods(args, k_methods, params, data, fast)
     by = {r["method"]: r for r in rows if "seconds" in r}
     summary = {}
     if "nuts" in by and "bnnp_amortised" in by:
@@ -130,6 +156,10 @@ def main(argv=None):
             "log_density_relative_gap_to_nuts": abs(a["log_density"] - n["log_density"]) / abs(n["log_density"]),
             "targets": {"speedup": 1000, "log_density_gap": 0.10},
         }
+        if "bnnp_amortised_fast" in by:
+            f = by["bnnp_amortised_fast"]
+            summary["nuts_over_amortised_fast_run"] = n["seconds"] / f["seconds"]
+            summary["fast_log_density_relative_gap_to_nuts"] = abs(f["log_density"] - n["log_density"]) / abs(n["log_density"])
     C.print_table(rows, ["method", "n", "seconds", "log_density", "first_call_s"], "time to a posterior, one task")
     print(summary)
     C.write_json("amortised_vs_mcmc", args, rows, summary=summary, training=training,

@@ -56,6 +56,8 @@ class BNNPConfig:
         hinges spread over that input range (:func:`priors.spread_hinges`); ``None``
         keeps the zero mean.
       sigma_y_bound: if set, ``sigma_y = bound * sigmoid(raw)``; else ``exp(raw)``.
+      prior_min_std: floor on the prior's standard deviation in every direction
+        (covariance ``L L^T + prior_min_std^2 I``, :func:`priors.scale_tril`); 0 is off.
       dtype: ``float32`` or ``float64`` (the latter needs ``jax_enable_x64``).
       pseudo_precision: ``per_unit`` (``g_l`` emits ``log s_{n,d}`` for every unit, the
         paper's layer) or ``per_point`` (one ``log s_n`` per point shared by the units of
@@ -75,6 +77,7 @@ class BNNPConfig:
     sigma_y_init: float = 0.1
     hinge_range: tuple[float, float] | None = None
     sigma_y_bound: float | None = None
+    prior_min_std: float = 0.0
     dtype: str = "float32"
     pseudo_precision: str = "per_unit"
 
@@ -128,6 +131,8 @@ def _validate_config(c: BNNPConfig) -> None:
     if c.hinge_range is not None and not (len(c.hinge_range) == 2 and math.isfinite(c.hinge_range[0])
                                           and math.isfinite(c.hinge_range[1]) and c.hinge_range[0] < c.hinge_range[1]):
         bad("hinge_range", f"must be [low, high] with finite low < high, got {list(c.hinge_range)}")
+    if not 0 <= c.prior_min_std < math.inf:
+        bad("prior_min_std", f"must be >= 0 and finite, got {c.prior_min_std}")
     if c.pseudo_precision not in PSEUDO_PRECISIONS:
         bad("pseudo_precision", f"must be one of {PSEUDO_PRECISIONS}, got {c.pseudo_precision!r}")
     if c.dtype not in ("float32", "float64"):
@@ -247,12 +252,12 @@ def _sample_path(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, batch
 
 def layer_priors(params: BNNPParams) -> list[Gaussian]:
     """The prior of every layer as precision-form Gaussians."""
-    return [priors.to_gaussian(p, params.config.prior_kind) for p in params.prior]
+    return [priors.to_gaussian(p, params.config.prior_kind, params.config.prior_min_std) for p in params.prior]
 
 
 def prior_factors(params: BNNPParams) -> list[blr.PriorFactors]:
     """The prior of every layer as :class:`blr.PriorFactors` (:func:`priors.layer_factors`)."""
-    return priors.layer_factors(params.prior, params.config.prior_kind)
+    return priors.layer_factors(params.prior, params.config.prior_kind, params.config.prior_min_std)
 
 
 def _cast(params: BNNPParams, *arrays):

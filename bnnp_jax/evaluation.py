@@ -74,12 +74,15 @@ def grid_for(family: str, size: int = 64) -> jax.Array:
 
 
 def prior_mmd_tracker(key, untrained, family: str, num: int,
-                      family_params: dict | None = None) -> tuple[Callable, dict]:
-    """``(learned, reference)``: ``learned(params)`` is the MMD^2 (RBF on function values
-    over a grid) between ``params``'s prior draws and fixed generator draws; ``reference``
-    holds the same statistic for the ``untrained`` prior, the lengthscale (median
-    heuristic on generator and untrained draws) and the number of draws. The generator
-    draws and the lengthscale are fixed once, so values along a run are comparable."""
+                      family_params: dict | None = None) -> tuple[Callable, Callable, dict]:
+    """``(learned, score, reference)`` for the prior MMD^2 (RBF on function values over
+    :func:`grid_for`'s grid) against fixed generator draws.
+
+    ``score(samples [num, G]) -> float`` is the MMD^2 of any function samples on the
+    grid; ``learned(params)`` scores ``params``'s prior draws; ``reference`` holds the
+    untrained prior's score, the lengthscale (median heuristic on generator and
+    untrained draws) and the number of draws. The generator draws and the lengthscale
+    are fixed once, so values along a run, and reference samples, are comparable."""
     grid = grid_for(family)
     k1, k2, k3 = jax.random.split(key, 3)
     draw_params = {k: v for k, v in (family_params or {}).items() if k in _draw_params(family)}
@@ -87,18 +90,20 @@ def prior_mmd_tracker(key, untrained, family: str, num: int,
     truth = registry.true_function_samples(k1, family, grid, num, **draw_params)[..., 0].astype(init.dtype)
     ls = metrics.median_lengthscale(None, jnp.concatenate([truth, init]))
 
-    def learned(params) -> float:
-        return float(metrics.mmd(None, prior_function_samples(k2, params, grid, num)[..., 0], truth, ls))
+    def score(samples) -> float:
+        return float(metrics.mmd(None, jnp.asarray(samples, truth.dtype), truth, ls))
 
-    reference = {"mmd2_untrained_prior": float(metrics.mmd(None, init, truth, ls)), "mmd_lengthscale": float(ls),
-                 "mmd_num_samples": int(num)}
-    return learned, reference
+    def learned(params) -> float:
+        return score(prior_function_samples(k2, params, grid, num)[..., 0])
+
+    reference = {"mmd2_untrained_prior": score(init), "mmd_lengthscale": float(ls), "mmd_num_samples": int(num)}
+    return learned, score, reference
 
 
 def prior_mmd(key, params, untrained, family: str, num: int, family_params: dict | None = None) -> dict:
     """MMD^2 between generator draws and the learned prior's draws, beside the same
     statistic for the untrained prior (:func:`prior_mmd_tracker`)."""
-    learned, reference = prior_mmd_tracker(key, untrained, family, num, family_params)
+    learned, _, reference = prior_mmd_tracker(key, untrained, family, num, family_params)
     return {"mmd2_learned_prior": learned(params), **reference}
 
 

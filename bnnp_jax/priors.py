@@ -90,15 +90,30 @@ def spread_hinges(key: Array, layer: PriorParams, low: float, high: float, gain:
     return layer._replace(mean=jnp.concatenate([w, b], axis=-1))
 
 
-def scale_tril(params: PriorParams, kind: str) -> Array:
-    """Covariance Cholesky factor, ``[O, D, D]`` (``[1, D, D]`` for ``shared``)."""
+def scale_tril(params: PriorParams, kind: str, min_std: float = 0.0) -> Array:
+    """Covariance Cholesky factor, ``[O, D, D]`` (``[1, D, D]`` for ``shared``).
+
+    With ``min_std > 0`` it factorises ``L L^T + min_std^2 I`` instead of the raw
+    ``L L^T``: every direction keeps at least that standard deviation, which bounds
+    the covariance's condition number. Why: meta-training can shrink some prior
+    directions towards zero while others stay wide, and the precision-form Cholesky
+    then fails (docs/sawtooth.md, the warm-started runs that diverged).
+    """
     _check_kind(kind)
     if kind == "diagonal":
-        return jax.vmap(jnp.diag)(jnp.exp(params.scale))
+        return jax.vmap(jnp.diag)(_floored(jnp.exp(params.scale), min_std))
     raw = params.scale if kind == "unitwise" else params.scale[None]
     diag = jnp.exp(jnp.diagonal(raw, axis1=-2, axis2=-1))
     strict = jnp.tril(raw, -1)
-    return strict + jax.vmap(jnp.diag)(diag)
+    tril = strict + jax.vmap(jnp.diag)(diag)
+    if not min_std:
+        return tril
+    eye = jnp.eye(tril.shape[-1], dtype=tril.dtype)
+    return jnp.linalg.cholesky(tril @ jnp.swapaxes(tril, -1, -2) + min_std**2 * eye)
+
+
+def _floored(std: Array, min_std: float) -> Array:
+    return jnp.sqrt(std**2 + min_std**2) if min_std else std
 
 
 def scale_std(params: PriorParams, kind: str, factor: float) -> PriorParams:
@@ -119,13 +134,13 @@ def scale_std(params: PriorParams, kind: str, factor: float) -> PriorParams:
     return params._replace(scale=scaled.astype(params.scale.dtype))
 
 
-def to_gaussian(params: PriorParams, kind: str) -> Gaussian:
+def to_gaussian(params: PriorParams, kind: str, min_std: float = 0.0) -> Gaussian:
     """The layer prior as a precision-form :class:`Gaussian` (``prec_tril`` may have a
-    leading unit dim of 1 for ``shared``)."""
+    leading unit dim of 1 for ``shared``); ``min_std`` as in :func:`scale_tril`."""
     if kind == "diagonal":
         # Diagonal precision factor is exact and needs no solve.
-        return Gaussian(params.mean, jax.vmap(jnp.diag)(jnp.exp(-params.scale)))
-    return Gaussian.from_scale_tril(params.mean, scale_tril(params, kind))
+        return Gaussian(params.mean, jax.vmap(jnp.diag)(1.0 / _floored(jnp.exp(params.scale), min_std)))
+    return Gaussian.from_scale_tril(params.mean, scale_tril(params, kind, min_std))
 
 
 # ----- trainability masks --------------------------------------------------
@@ -179,13 +194,13 @@ def trainable_mask(
     return masks
 
 
-def layer_factors(layers: Sequence[PriorParams], kind: str) -> list:
+def layer_factors(layers: Sequence[PriorParams], kind: str, min_std: float = 0.0) -> list:
     """Every layer's prior as :class:`bnnp_jax.blr.PriorFactors` (``root = L^{-1}``,
     ``[O|1, D, D]``), with all layers' triangular inverses in one LAPACK call
-    (none for ``diagonal``)."""
+    (none for ``diagonal``); ``min_std`` as in :func:`scale_tril`."""
     from bnnp_jax import blr  # blr does not import priors; kept local so priors stays a leaf module
 
     if kind == "diagonal":
-        return [blr.PriorFactors(p.mean, jax.vmap(jnp.diag)(jnp.exp(-p.scale))) for p in layers]
-    roots = blr.inverse_trils([scale_tril(p, kind) for p in layers])
+        return [blr.PriorFactors(p.mean, jax.vmap(jnp.diag)(1.0 / _floored(jnp.exp(p.scale), min_std))) for p in layers]
+    roots = blr.inverse_trils([scale_tril(p, kind, min_std) for p in layers])
     return [blr.PriorFactors(p.mean, r) for p, r in zip(layers, roots)]

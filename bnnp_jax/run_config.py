@@ -112,7 +112,9 @@ class TrainingConfig:
     ``objective``, ``beta`` and ``batch_size`` apply to the models with a weight
     prior (bnnp, bnam; ``batch_size`` to the bnnp only); the neural processes
     train on their own ``np.objective``. ``num_samples`` is the number of
-    weight paths, or of latent draws for np/anp.
+    weight paths, or of latent draws for np/anp. ``train_prior_mean: false``
+    meta-learns only the prior covariances; ``warm_start`` (bnnp only,
+    :class:`WarmStartConfig`) sets the prior mean from a pooled fit first.
     """
 
     steps: int = 1000
@@ -160,6 +162,9 @@ class TrainingConfig:
             bad("prior_side", f"must be one of {priors.SIDES}, got {self.prior_side!r}")
         if self.batch_size is not None and self.batch_size < 1:
             bad("batch_size", f"must be a positive integer or null, got {self.batch_size}")
+        if self.warm_start is not None and self.warm_start.warmup_lr < self.lr_end:
+            bad("warm_start.warmup_lr", f"must be >= lr_end={self.lr_end} (the warm-up decays from warmup_lr to "
+                f"lr_end), got {self.warm_start.warmup_lr}")
         if self.checkpoint_every % self.steps_per_call:
             bad("checkpoint_every", f"must be a multiple of steps_per_call={self.steps_per_call} "
                 "(resumed runs then replay the same chunks), got {self.checkpoint_every}")
@@ -193,6 +198,9 @@ class RunConfig:
         if self.training.warm_start is not None and self.model != "bnnp":
             raise ConfigError(f"training.warm_start: only the bnnp model has a warm start, got model {self.model!r}; "
                               "set it to null")
+        if self.training.warm_start is not None and self.data is None and self.bnnp.hinge_range is None:
+            raise ConfigError("training.warm_start: with data: null, set bnnp.hinge_range (the input range the "
+                              "pooled fit spreads its first-layer hinges over)")
         if self.data is None:
             return
         from bnnp_jax.data import registry

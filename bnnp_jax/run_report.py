@@ -44,7 +44,7 @@ def training_evaluator(config: RunConfig, untrained):
     evaluate = evaluation.make_evaluator(heldout(config), t.eval_samples, t.seed)
     if not has_prior_mmd(config):
         return evaluate
-    learned, _ = evaluation.prior_mmd_tracker(mmd_key(config), untrained, config.data.family, t.plot_samples,
+    learned, _, _ = evaluation.prior_mmd_tracker(mmd_key(config), untrained, config.data.family, t.plot_samples,
                                               config.data.params)
     return lambda params: {**evaluate(params), "mmd2_prior": learned(params)}
 

@@ -188,11 +188,9 @@ def warm_start_params(config: RunConfig, params: Any, sampler: Callable | None =
     sampler = make_sampler(config) if sampler is None else sampler
     k_tasks, k_fit, k_steps = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.training.seed),
                                                                   WARM_STREAM), 3)
-    hinge_range = config.arch.hinge_range
+    hinge_range = config.arch.hinge_range  # RunConfig checks that one of the two is there
     if hinge_range is None:
-        if config.data is None:
-            raise ValueError("training.warm_start needs bnnp.hinge_range when config.data is null")
-        hinge_range = registry.family_info(config.data.family)["x_range"]
+        hinge_range = config.data.params.get("x_range", registry.family_info(config.data.family)["x_range"])
     tic = time.perf_counter()
     params, info = warm_start.warm_prior(k_fit, params, sampler(k_tasks, ws.tasks), hinge_range=tuple(hinge_range),
                                          steps=ws.fit_steps, learning_rate=ws.fit_lr,
@@ -236,6 +234,23 @@ def _check_finite(losses: np.ndarray, first_step: int, run_dir: Path | None) -> 
                                f"stopping without saving{where}")
 
 
+def _starting_state(config: RunConfig, run_dir: Path | None, resume: bool, sampler, progress: bool):
+    """``(state, opt, history)``: the newest checkpoint when resuming, else a fresh
+    state, warm-started (``training.warm_start``) only when training starts at step 0."""
+    state, opt = init_state(config)
+    history: dict = {"loss": [], "eval": [], "seconds": 0.0}
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(config, run_dir / "config.yaml")
+        if resume and checkpoint.list_checkpoints(run_dir / "checkpoints"):
+            _, state, extra = checkpoint.restore_latest(run_dir / "checkpoints", state)
+            history = extra.get("history", history)
+    if config.training.warm_start is not None and int(state.step) == 0:
+        params, history["warm_start"] = warm_start_params(config, state.params, sampler, progress)
+        state = TrainState(params, opt.init(params), state.step)
+    return state, opt, history
+
+
 def fit(config: RunConfig, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
         evaluate_fn: Callable | None = None, sampler: Callable | None = None,
         shared_compile: bool = False) -> tuple[TrainState, dict]:
@@ -245,18 +260,8 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, resume: bool = Fal
     ``sampler(key, num_tasks) -> TaskBatch`` replaces the config's task family;
     ``shared_compile`` trains through :func:`shared_train_chunk` (for sweeps)."""
     t = config.training
-    state, opt = init_state(config)
-    history: dict = {"loss": [], "eval": [], "seconds": 0.0}
     run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(config, run_dir / "config.yaml")
-        if resume and checkpoint.list_checkpoints(run_dir / "checkpoints"):
-            _, state, extra = checkpoint.restore_latest(run_dir / "checkpoints", state)
-            history = extra.get("history", history)
-    if t.warm_start is not None and int(state.step) == 0:
-        params, history["warm_start"] = warm_start_params(config, state.params, sampler, progress)
-        state = TrainState(params, opt.init(params), state.step)
+    state, opt, history = _starting_state(config, run_dir, resume, sampler, progress)
     if shared_compile:
         shared = shared_train_chunk(config, make_mesh(config), sampler)
         mask, base_key = gradient_mask(config, state.params), jax.random.PRNGKey(t.seed)

@@ -109,24 +109,56 @@ def test_initial_weights_put_hinges_in_range_and_prior_from_fit_uses_them():
 
 @pytest.fixture(scope="module")
 def frozen_run(config, tmp_path_factory):
-    """A finished warm-started run with the prior means frozen (checkpoints at steps 4 and 6)."""
+    """A finished warm-started run with the prior means frozen (checkpoints at steps 4 and 6),
+    evaluated as ``bnnp train`` does (held-out metrics and the prior MMD)."""
+    from bnnp_jax import run_report
+
     frozen = run_config.override(config, train_prior_mean=False)
     run_dir = tmp_path_factory.mktemp("frozen")
-    state, history = train.fit(frozen, run_dir, progress=False)
+    untrained = train.init_state(frozen)[0].params
+    state, history = train.fit(frozen, run_dir, progress=False,
+                               evaluate_fn=run_report.training_evaluator(frozen, untrained))
     return frozen, run_dir, state, history
 
 
-def test_warm_start_then_training_moves_only_prior_scales_when_means_are_frozen(frozen_run):
+def test_warm_up_freezes_the_prior_and_training_moves_only_its_scales(frozen_run):
     frozen, _, state, history = frozen_run
     fresh, _ = train.init_state(frozen)
     warm, info = train.warm_start_params(frozen, fresh.params, progress=False)
     assert history["warm_start"]["pooled_points"] == info["pooled_points"] > 0
     assert history["warm_start"]["pooled_fit_mse"] == info["pooled_fit_mse"]
     assert math.isfinite(history["warm_start"]["warmup_loss_last_10pct"])
-    for before, warmed, after in zip(fresh.params.prior, warm.prior, state.params.prior):
+    ws = frozen.training.warm_start
+    for l, (before, warmed, after) in enumerate(zip(fresh.params.prior, warm.prior, state.params.prior)):
+        factor = ws.output_std_scale if l == len(warm.prior) - 1 else ws.hidden_std_scale
+        # The warm-up left the prior exactly as the pooled fit set it ...
+        np.testing.assert_array_equal(warmed.scale, priors.scale_std(before, "unitwise", factor).scale)
         assert not np.allclose(warmed.mean, before.mean)
-        np.testing.assert_array_equal(after.mean, warmed.mean)  # frozen through warm-up and training
+        # ... and training with train_prior_mean=false moved the scales, not the means.
+        np.testing.assert_array_equal(after.mean, warmed.mean)
         assert not np.array_equal(after.scale, warmed.scale)
+    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(warm.inference),
+                                                       jax.tree.leaves(fresh.params.inference))]
+    assert all(moved)  # the warm-up trained the inference networks
+
+
+def test_step_zero_evaluation_and_reported_mmd_match_the_history(frozen_run, tmp_path):
+    """The first evaluation is of the warm-started state; the MMD logged at the last
+    evaluation is the number metrics.json reports."""
+    from bnnp_jax import evaluation, run_report
+
+    frozen, _, state, history = frozen_run
+    fresh, _ = train.init_state(frozen)
+    warm, _ = train.warm_start_params(frozen, fresh.params, progress=False)
+    first, last = history["eval"][0], history["eval"][-1]
+    assert first["step"] == 0 and last["step"] == frozen.training.steps
+    learned, _, _ = evaluation.prior_mmd_tracker(run_report.mmd_key(frozen), fresh.params, "sawtooth",
+                                                 frozen.training.plot_samples)
+    assert first["mmd2_prior"] == learned(warm)
+    report = run_report.write_report(tmp_path, frozen, state.params, fresh.params, history)
+    assert last["mmd2_prior"] == report["prior_mmd"]["mmd2_learned_prior"]
+    assert report["warm_start"] == history["warm_start"]
+    assert {"log_predictive_density", "mae", "coverage"} <= set(first)
 
 
 def test_warm_started_resume_is_bit_identical(frozen_run, tmp_path):
@@ -155,21 +187,29 @@ def test_warm_start_config_errors(config):
         from_dict(run_config.TrainingConfig, {**raw, "warm_start": {"hidden_std_scale": 0}}, "training")
     with pytest.raises(ConfigError, match="only the bnnp model has a warm start"):
         dataclasses.replace(config, model="cnp")
+    with pytest.raises(ConfigError, match="warm_start.warmup_lr: must be >= lr_end"):
+        from_dict(run_config.TrainingConfig, {**raw, "warm_start": {"warmup_lr": 1e-5}}, "training")
+    with pytest.raises(ConfigError, match="with data: null, set bnnp.hinge_range"):
+        dataclasses.replace(config, data=None)
     no_warm = dataclasses.replace(config.training, warm_start=None, train_prior_mean=False)
     with pytest.raises(ConfigError, match="train_prior_mean"):
         dataclasses.replace(config, model="cnp", training=no_warm)
 
 
-def test_training_evaluator_tracks_the_reported_prior_mmd(config):
-    """The MMD logged at each evaluation is the statistic metrics.json reports at the end."""
-    from bnnp_jax import evaluation, run_report
-
-    fresh, _ = train.init_state(config)
-    warm, _ = warm_start.warm_prior(jax.random.PRNGKey(0), fresh.params, train.make_sampler(config)(
-        jax.random.PRNGKey(1), 4), hinge_range=(-2.0, 2.0), steps=20, learning_rate=3e-3,
-        hidden_std_scale=0.1, output_std_scale=0.3)
-    row = run_report.training_evaluator(config, fresh.params)(warm)
-    report = evaluation.prior_mmd(run_report.mmd_key(config), warm, fresh.params, "sawtooth",
-                                  config.training.plot_samples)
-    assert row["mmd2_prior"] == report["mmd2_learned_prior"] != report["mmd2_untrained_prior"]
-    assert {"log_predictive_density", "mae", "coverage"} <= set(row)
+@pytest.mark.parametrize("kind", priors.PRIOR_KINDS)
+def test_prior_min_std_adds_a_variance_floor_in_every_direction(x64, kind):
+    layer = priors.init_layer(3, 2, kind, jnp.float64)
+    noise = jax.random.normal(jax.random.PRNGKey(2), layer.scale.shape, jnp.float64)
+    layer = layer._replace(scale=layer.scale - 3.0 + (jnp.tril(noise) if kind != "diagonal" else noise))
+    raw = _dense_cov(layer, kind)
+    floored = priors.scale_tril(layer, kind, 0.05)
+    np.testing.assert_allclose(np.asarray(floored @ jnp.swapaxes(floored, -1, -2)), raw + 0.0025 * np.eye(4),
+                               rtol=1e-10, atol=1e-14)
+    # The precision form and the BLR factors use the same floored covariance.
+    prec = priors.to_gaussian(layer, kind, 0.05).prec_tril
+    np.testing.assert_allclose(np.linalg.inv(np.asarray(prec @ jnp.swapaxes(prec, -1, -2))), raw + 0.0025 * np.eye(4),
+                               rtol=1e-8)
+    root = priors.layer_factors([layer], kind, 0.05)[0].root
+    np.testing.assert_allclose(np.asarray(root @ floored), np.broadcast_to(np.eye(4), floored.shape), atol=1e-10)
+    with pytest.raises(ValueError, match="prior_min_std: must be >= 0"):
+        bnnp.BNNPConfig(prior_min_std=-1.0)
