@@ -121,10 +121,18 @@ def frozen_run(config, tmp_path_factory):
     return frozen, run_dir, state, history
 
 
-def test_warm_up_freezes_the_prior_and_training_moves_only_its_scales(frozen_run):
-    frozen, _, state, history = frozen_run
+@pytest.fixture(scope="module")
+def warm_params(frozen_run):
+    """``(fresh, warm, info)``: the frozen run's initial parameters, warm-started again on their own."""
+    frozen = frozen_run[0]
     fresh, _ = train.init_state(frozen)
     warm, info = train.warm_start_params(frozen, fresh.params, progress=False)
+    return fresh, warm, info
+
+
+def test_warm_up_freezes_the_prior_and_training_moves_only_its_scales(frozen_run, warm_params):
+    frozen, _, state, history = frozen_run
+    fresh, warm, info = warm_params
     assert history["warm_start"]["pooled_points"] == info["pooled_points"] > 0
     assert history["warm_start"]["pooled_fit_mse"] == info["pooled_fit_mse"]
     assert math.isfinite(history["warm_start"]["warmup_loss_last_10pct"])
@@ -142,14 +150,13 @@ def test_warm_up_freezes_the_prior_and_training_moves_only_its_scales(frozen_run
     assert all(moved)  # the warm-up trained the inference networks
 
 
-def test_step_zero_evaluation_and_reported_mmd_match_the_history(frozen_run, tmp_path):
+def test_step_zero_evaluation_and_reported_mmd_match_the_history(frozen_run, warm_params, tmp_path):
     """The first evaluation is of the warm-started state; the MMD logged at the last
     evaluation is the number metrics.json reports."""
     from bnnp_jax import evaluation, run_report
 
     frozen, _, state, history = frozen_run
-    fresh, _ = train.init_state(frozen)
-    warm, _ = train.warm_start_params(frozen, fresh.params, progress=False)
+    fresh, warm, _ = warm_params
     first, last = history["eval"][0], history["eval"][-1]
     assert first["step"] == 0 and last["step"] == frozen.training.steps
     learned, _, _ = evaluation.prior_mmd_tracker(run_report.mmd_key(frozen), fresh.params, "sawtooth",
