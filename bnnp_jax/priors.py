@@ -116,6 +116,11 @@ def _floored(std: Array, min_std: float) -> Array:
     return jnp.sqrt(std**2 + min_std**2) if min_std else std
 
 
+def _diagonal_root(params: PriorParams, min_std: float) -> Array:
+    """``diag(1 / std)`` ``[O, D, D]`` of a ``diagonal`` prior: its exact precision factor, no solve."""
+    return jax.vmap(jnp.diag)(1.0 / _floored(jnp.exp(params.scale), min_std))
+
+
 def scale_std(params: PriorParams, kind: str, factor: float) -> PriorParams:
     """The same layer prior with every standard deviation times ``factor > 0``
     (covariance times ``factor**2``; the mean is unchanged).
@@ -139,7 +144,7 @@ def to_gaussian(params: PriorParams, kind: str, min_std: float = 0.0) -> Gaussia
     leading unit dim of 1 for ``shared``); ``min_std`` as in :func:`scale_tril`."""
     if kind == "diagonal":
         # Diagonal precision factor is exact and needs no solve.
-        return Gaussian(params.mean, jax.vmap(jnp.diag)(1.0 / _floored(jnp.exp(params.scale), min_std)))
+        return Gaussian(params.mean, _diagonal_root(params, min_std))
     return Gaussian.from_scale_tril(params.mean, scale_tril(params, kind, min_std))
 
 
@@ -201,6 +206,6 @@ def layer_factors(layers: Sequence[PriorParams], kind: str, min_std: float = 0.0
     from bnnp_jax import blr  # blr does not import priors; kept local so priors stays a leaf module
 
     if kind == "diagonal":
-        return [blr.PriorFactors(p.mean, jax.vmap(jnp.diag)(1.0 / _floored(jnp.exp(p.scale), min_std))) for p in layers]
+        return [blr.PriorFactors(p.mean, _diagonal_root(p, min_std)) for p in layers]
     roots = blr.inverse_trils([scale_tril(p, kind, min_std) for p in layers])
     return [blr.PriorFactors(p.mean, r) for p, r in zip(layers, roots)]
