@@ -250,29 +250,38 @@ def _log_diag(tril: Array) -> Array:
     return jnp.sum(jnp.log(jnp.diagonal(tril, axis1=-2, axis2=-1)), -1)
 
 
-def _solves(chol: Array, h: Array, root_t: Array, eps: Array):
+def _solves(chol: Array, h: Array, root_t: Array | None, eps: Array):
     """Mean ``m``, draw ``w`` ``[O, D]`` and ``tr(P0 Sigma_q)`` ``[O|1]`` from the
     posterior factor ``chol [O|1, D, D]``: ``z = C^{-1} h``, ``[m, w] = C^{-T} [z, z + eps]``
-    and ``||C^{-1} U^T||_F^2``, with all right-hand sides in two chained solves."""
-    o = h.shape[0]
+    and ``||C^{-1} U^T||_F^2``, with all right-hand sides in two chained solves.
+    ``root_t=None`` (a draw without its KL) solves for ``w`` alone; ``m`` and the
+    trace come back as ``None``."""
+    o, kl = h.shape[0], root_t is not None
     if chol.shape[0] == 1:  # shared factor: units are columns (SPEC section 9 fast path)
-        x = tri_solve(chol[0], jnp.concatenate([h.T, root_t[0]], -1))  # [D, O + D]
-        z, trace = x[:, :o], jnp.sum(x[:, o:] ** 2)[None]
+        x = tri_solve(chol[0], jnp.concatenate([h.T, root_t[0]], -1) if kl else h.T)  # [D, O (+ D)]
+        z = x[:, :o]
+        if not kl:
+            return None, tri_solve(chol[0], z + eps.T, 1).T, None
         y = tri_solve(chol[0], jnp.concatenate([z, z + eps.T], -1), 1)  # [D, 2 O]
-        return y[:, :o].T, y[:, o:].T, trace
-    rhs = jnp.concatenate([h[..., None], jnp.broadcast_to(root_t, chol.shape)], -1)  # [O, D, 1 + D]
-    x = tri_solve(chol, rhs)
-    z, trace = x[..., 0], jnp.sum(x[..., 1:] ** 2, (-2, -1))
+        return y[:, :o].T, y[:, o:].T, jnp.sum(x[:, o:] ** 2)[None]
+    rhs = jnp.concatenate([h[..., None], jnp.broadcast_to(root_t, chol.shape)], -1) if kl else h[..., None]
+    x = tri_solve(chol, rhs)  # [O, D, 1 (+ D)]
+    z = x[..., 0]
+    if not kl:
+        return None, tri_solve(chol, (z + eps)[..., None], 1)[..., 0], None
     y = tri_solve(chol, jnp.stack([z, z + eps], -1), 1)  # [O, D, 2]
-    return y[..., 0], y[..., 1], trace
+    return y[..., 0], y[..., 1], jnp.sum(x[..., 1:] ** 2, (-2, -1))
 
 
-def sample_posterior(key: Array, prior: PriorFactors, stats: NaturalStats) -> tuple[Array, Array]:
+def sample_posterior(key: Array, prior: PriorFactors, stats: NaturalStats,
+                     with_kl: bool = True) -> tuple[Array, Array | None]:
     """One draw of a layer's weights from the posterior of SPEC section 4 and its KL.
 
     Args:
       prior: :class:`PriorFactors` (``root [O|1, D, D]``).
       stats: :class:`NaturalStats` (``precision [O|1, D, D]``, ``shift [O, D]``).
+      with_kl: ``False`` skips the KL (returned as ``None``) and the ``D`` extra
+        right-hand sides its trace term needs: prediction only wants draws.
 
     Returns:
       ``w [O, D]`` (``w = m + C^{-T} eps``, ``P = C C^T``) and ``KL(q || p)`` per unit ``[O]``.
@@ -282,14 +291,17 @@ def sample_posterior(key: Array, prior: PriorFactors, stats: NaturalStats) -> tu
     h = jnp.einsum("...ij,...j->...i", p0, prior.mean) + stats.shift
     chol = cholesky(p0 + stats.precision)
     eps = jax.random.normal(key, h.shape, h.dtype)
-    mean, w, trace = _solves(chol, h, jnp.swapaxes(root, -1, -2), eps)
+    mean, w, trace = _solves(chol, h, jnp.swapaxes(root, -1, -2) if with_kl else None, eps)
+    if not with_kl:
+        return w, None
     maha = jnp.sum(jnp.einsum("...ij,...j->...i", root, mean - prior.mean) ** 2, -1)
     kl = 0.5 * (trace + maha - h.shape[-1]) + _log_diag(chol) - _log_diag(root)
     return w, kl
 
 
 def sample_layers(key: Array, factors: Sequence[PriorFactors],
-                  layer_stats: Callable[[int, list[Array]], NaturalStats]) -> tuple[list[Array], Array]:
+                  layer_stats: Callable[[int, list[Array]], NaturalStats],
+                  with_kl: bool = True) -> tuple[list[Array], Array | None]:
     """One path of a layer-wise conditional Gaussian posterior (SPEC section 4), the
     sampler shared by the BNNP, GIVI and the per-task BNNP.
 
@@ -297,7 +309,8 @@ def sample_layers(key: Array, factors: Sequence[PriorFactors],
     draws of this path), then ``w_l ~ q(W_l | earlier)`` by :func:`sample_posterior`.
 
     Returns:
-      ``w_l [D_l, D_{l-1}+1]`` per layer and the path's ``sum_l sum_d KL(q || p)``.
+      ``w_l [D_l, D_{l-1}+1]`` per layer and the path's ``sum_l sum_d KL(q || p)``
+      (``None`` when not ``with_kl``).
     """
     factors, weights, kl = list(factors), [], 0.0
     for l, k in enumerate(jax.random.split(key, len(factors))):
@@ -306,7 +319,7 @@ def sample_layers(key: Array, factors: Sequence[PriorFactors],
             # Order the prior's LAPACK calls before every path's, and their VJPs after
             # (module docstring: concurrent batched LAPACK calls can deadlock on CPU).
             factors, stats = jax.lax.optimization_barrier((factors, stats))
-        w, kl_units = sample_posterior(k, factors[l], stats)
+        w, kl_units = sample_posterior(k, factors[l], stats, with_kl)
         weights.append(w)
-        kl = kl + jnp.sum(kl_units)
+        kl = kl + jnp.sum(kl_units) if with_kl else None
     return weights, kl

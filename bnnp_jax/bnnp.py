@@ -207,7 +207,8 @@ def _forward_one(weights: Sequence[Array], x: Array, activation: str, upto: int 
     ``weights[l]`` is ``[D_{l-1}+1, D_l]``; ``x [N, x_dim]``."""
     a = x
     for l, w in enumerate(weights[:upto]):
-        a = _features(a, l, activation) @ w
+        h = a if l == 0 else activation_fn(activation)(a)
+        a = h @ w[:-1] + w[-1]  # == _features(a) @ w without materialising [N, D+1] per path
     return a
 
 
@@ -239,14 +240,14 @@ def _layer_stats(params: BNNPParams, l: int, earlier: list, x: Array, y: Array, 
     return blr.NaturalStats(*batched_sum(batch_stats, (x, y, ctx_w), batch_size))
 
 
-def _sample_path(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, batch_size):
+def _sample_path(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, batch_size, with_kl: bool = True):
     """One path of the hierarchical posterior: per layer, condition on this
     path's earlier samples, sample ``W_l``, add ``sum_d KL``. ``layer_priors``
     are :class:`blr.PriorFactors` (or Gaussians). Returns weights
-    ``[D_{l-1}+1, D_l]`` per layer and the path's KL."""
+    ``[D_{l-1}+1, D_l]`` per layer and the path's KL (``None`` without ``with_kl``)."""
     factors = [p if isinstance(p, blr.PriorFactors) else blr.PriorFactors.from_gaussian(p) for p in layer_priors]
     stats = lambda l, ws: _layer_stats(params, l, [w.T for w in ws], x, y, ctx_w, batch_size)  # noqa: E731
-    weights, kl = blr.sample_layers(key, factors, stats)
+    weights, kl = blr.sample_layers(key, factors, stats, with_kl)
     return [w.T for w in weights], kl
 
 
@@ -265,21 +266,23 @@ def _cast(params: BNNPParams, *arrays):
     return [jnp.asarray(a, dtype) for a in arrays]
 
 
-def masked_posterior(key, params: BNNPParams, x, y, ctx_w, num_samples: int, batch_size=None) -> PosteriorSamples:
+def masked_posterior(key, params: BNNPParams, x, y, ctx_w, num_samples: int, batch_size=None,
+                     with_kl: bool = True) -> PosteriorSamples:
     """Posterior from the points of ``x [N, x_dim], y [N, y_dim]`` with context
-    weights ``ctx_w [N]`` (0 removes a point exactly: padding, targets)."""
+    weights ``ctx_w [N]`` (0 removes a point exactly: padding, targets). Without
+    ``with_kl`` the draws are the same and ``kl`` is ``None`` (cheaper: prediction)."""
     x, y, ctx_w = _cast(params, x, y, ctx_w)
     lp = prior_factors(params)
     keys = jax.random.split(key, num_samples)
-    path = lambda k: _sample_path(k, params, lp, x, y, ctx_w, batch_size)
+    path = lambda k: _sample_path(k, params, lp, x, y, ctx_w, batch_size, with_kl)
     weights, kl = jax.vmap(path)(keys)
-    return PosteriorSamples(weights, jnp.mean(kl))
+    return PosteriorSamples(weights, jnp.mean(kl) if with_kl else None)
 
 
-def _posterior_samples(key, params, x_c, y_c, num_samples, batch_size=None):
+def _posterior_samples(key, params, x_c, y_c, num_samples, batch_size=None, with_kl=True):
     """Per-layer weight samples ``[S, D_{l-1}+1, D_l]`` and the KL term given a
     context set ``x_c [N_c, x_dim]``, ``y_c [N_c, y_dim]`` (SPEC section 4)."""
-    return masked_posterior(key, params, x_c, y_c, jnp.ones(x_c.shape[0]), num_samples, batch_size)
+    return masked_posterior(key, params, x_c, y_c, jnp.ones(x_c.shape[0]), num_samples, batch_size, with_kl)
 
 
 def log_likelihood_sums(params: BNNPParams, weights: list, x, y, point_w, batch_size=None) -> Array:
@@ -299,7 +302,7 @@ def log_likelihood_sums(params: BNNPParams, weights: list, x, y, point_w, batch_
 def _predict(key, params, x_c, y_c, x_t, num_samples, batch_size=None) -> Prediction:
     """Posterior predictive at ``x_t [N_t, x_dim]``: function samples
     ``[S, N_t, y_dim]``, predictive mean and variance (incl. ``sigma_y^2``)."""
-    post = _posterior_samples(key, params, x_c, y_c, num_samples, batch_size)
+    post = _posterior_samples(key, params, x_c, y_c, num_samples, batch_size, with_kl=False)
     (x_t,) = _cast(params, x_t)
     f = batched_map(lambda xb: forward(post.weights, xb, params.config.activation), x_t, batch_size)
     return Prediction(f, jnp.mean(f, 0), jnp.var(f, 0) + sigma_y(params) ** 2)
@@ -311,6 +314,6 @@ def _prior_samples(key, params, num_samples) -> list:
     return [jnp.swapaxes(g.sample(k, (num_samples,)), -1, -2) for k, g in zip(keys, layer_priors(params))]
 
 
-posterior_samples = jax.jit(_posterior_samples, static_argnames=("num_samples", "batch_size"))
+posterior_samples = jax.jit(_posterior_samples, static_argnames=("num_samples", "batch_size", "with_kl"))
 predict = jax.jit(_predict, static_argnames=("num_samples", "batch_size"))
 prior_samples = jax.jit(_prior_samples, static_argnames=("num_samples",))

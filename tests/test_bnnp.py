@@ -115,6 +115,26 @@ def test_vmapped_terms_equal_loop(x64):
             np.testing.assert_allclose(a[t], b, rtol=1e-10)
 
 
+@pytest.mark.parametrize("kw", [{}, {"prior_kind": "shared", "pseudo_precision": "per_point"}])
+def test_predict_equals_posterior_draws_through_feature_form(x64, kw):
+    """``predict`` (draws without the KL, bias split off the weights) gives the functions
+    of ``posterior_samples``'s draws pushed through ``[act(a), 1] @ W`` layer by layer."""
+    from bnnp_jax.networks import activation_fn, with_bias
+
+    p = _params(**kw)
+    x, y = _data(9)
+    key = jax.random.PRNGKey(7)
+    post = bnnp.posterior_samples(key, p, x, y, 4)
+    assert post.kl.shape == () and np.isfinite(post.kl)
+    f = []
+    for s in range(4):
+        a = x
+        for l, w in enumerate(post.weights):
+            a = with_bias(a if l == 0 else activation_fn(p.config.activation)(a)) @ w[s]
+        f.append(a)
+    np.testing.assert_allclose(bnnp.predict(key, p, x, y, x, 4).samples, np.stack(f), rtol=1e-10, atol=1e-12)
+
+
 def test_options_shapes_and_lora_parameter_count():
     x, y = _data(10, x_dim=2, y_dim=2, dtype=jnp.float32)
     for kw in [{"prior_kind": "diagonal"}, {"prior_kind": "shared"}, {"final_layer": "exact"},

@@ -56,6 +56,20 @@ def test_sample_posterior_matches_dense(x64, shared_prec, shared_prior):
     np.testing.assert_allclose(kl, kl_ref, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_draw_without_kl_is_the_same_draw(x64, shared):
+    """``with_kl=False`` (prediction) skips the mean, trace and KL but draws the same ``w``."""
+    phi, yhat, lam, mu, cov = _layer(np.random.default_rng(6), 12, 5, 4, shared, shared)
+    key = jax.random.PRNGKey(2)
+    stats = blr.natural_stats(jnp.array(phi), jnp.array(yhat), jnp.array(lam))
+    w_kl, kl = blr.sample_posterior(key, _factors(mu, cov), stats)
+    w, none = blr.sample_posterior(key, _factors(mu, cov), stats, with_kl=False)
+    assert none is None and kl.shape == (4,)
+    eps = np.asarray(jax.random.normal(key, mu.shape, jnp.float64))
+    np.testing.assert_allclose(w, _dense(phi, yhat, lam, mu, cov, eps)[0], rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(w, w_kl, rtol=1e-12, atol=1e-12)
+
+
 def test_fast_path_equals_unitwise_computation_with_equal_precisions(x64):
     """Shared [1, D, D] factors give the same draw and KL as the per-unit path fed copies."""
     phi, yhat, lam, mu, cov = _layer(np.random.default_rng(4), 30, 7, 6, True, True)
