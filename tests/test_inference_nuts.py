@@ -60,3 +60,11 @@ def test_bad_settings_raise():
     model = bnn.fixed_prior_model([1, 1], "relu", 0.1)
     with pytest.raises(ValueError, match="num_chains"):
         nuts.fit(jax.random.PRNGKey(0), model, jnp.zeros((3, 1)), jnp.zeros((3, 1)), num_chains=0)
+
+
+def test_one_draw_reports_nan_diagnostics():
+    """A single kept draw has no ESS or R-hat: NaN diagnostics, not a crash in numpyro."""
+    model, x, y = _data([1, 1], 0.3, 5, seed=7)
+    res = nuts.fit(jax.random.PRNGKey(8), model, x, y, num_warmup=2, num_samples=1, num_chains=1, progress_bar=False)
+    assert res.samples.shape == (1, 1, model.num_weights)
+    assert np.all(np.isnan(res.diagnostics.ess)) and np.all(np.isnan(res.diagnostics.r_hat))

@@ -70,7 +70,7 @@ def summarise(samples: np.ndarray, extra: dict) -> NUTSDiagnostics:
     r_hat = split_gelman_rubin(samples) if samples.shape[1] >= 4 else np.full(samples.shape[-1], np.nan)
     return NUTSDiagnostics(
         r_hat=np.asarray(r_hat),
-        ess=np.asarray(effective_sample_size(samples)),
+        ess=np.asarray(effective_sample_size(samples)) if samples.shape[1] >= 2 else np.full(samples.shape[-1], np.nan),
         accept_rate=float(np.mean(extra["accept_prob"])),
         mean_tree_size=float(np.mean(extra["num_steps"])),
         num_divergent=int(np.sum(extra["diverging"])),
