@@ -7,6 +7,9 @@ SPEC section 9). Issue 2's acceptance benchmark.
 Each configuration runs in its own subprocess (fresh compile, own peak RSS);
 a baseline subprocess that imports jax and builds the same parameters and data
 is subtracted from the peak. Compile time and run time are reported apart.
+Each row also carries the call's matrix FLOPs (:func:`posterior_flops`, counted
+from the shapes) and the achieved FLOP/s; on a GPU in :data:`MATRIX_RATES` it
+adds the fraction of the card's TF32 and FP32 matrix rates.
 
     python benchmarks/layer_cost.py [--quick] [--device cpu|gpu]
 """
@@ -39,6 +42,39 @@ def _setup(cfg):
     return params, C.block((x, y))
 
 
+def posterior_flops(widths, n: int, S: int, layer: str) -> int:
+    """Matrix FLOPs of one ``posterior_samples`` call: per layer the features' forward
+    pass through earlier draws, the statistics ``Phi^T diag(lambda) Phi`` and
+    ``Phi^T (lambda yhat)``, the Cholesky factor (``D^3 / 3``) and the two triangular
+    solves (``D^2`` per right-hand side; the first carries the ``D`` trace columns).
+    Layer 1's statistics, factor and first solve do not depend on the path and
+    are counted once. The inference networks (per point, not per path) are left out."""
+    total = 0
+    for l in range(len(widths) - 1):
+        d, o = widths[l] + 1, widths[l + 1]
+        factors = o if layer == "unitwise" else 1
+        forward = sum(2 * n * (widths[j] + 1) * widths[j + 1] for j in range(l))
+        stats = 2 * n * d * d * factors + 2 * n * d * o
+        first = factors * d * d / 3 + d * d * (o + factors * d)  # Cholesky, then z and the trace columns
+        second = 2 * o * d * d  # [m, w]: two right-hand sides per unit
+        total += S * (forward + second) + (S if l > 0 else 1) * (stats + first)
+    return int(total)
+
+
+# Dense matrix rates (FLOP/s) for the card's float32 inputs, from the vendors' data
+# sheets: TF32 tensor cores (JAX's default precision for float32 matmuls on these
+# cards) and plain FP32. Cholesky and triangular solves run in FP32.
+MATRIX_RATES = {
+    "H100": {"tf32": 494.7e12, "fp32": 66.9e12},  # SXM
+    "H200": {"tf32": 494.7e12, "fp32": 66.9e12},
+    "A100": {"tf32": 156e12, "fp32": 19.5e12},
+}
+
+
+def matrix_rates(device_kind: str) -> dict | None:
+    return next((v for k, v in MATRIX_RATES.items() if k in device_kind), None)
+
+
 def worker(cfg: dict) -> dict:
     import jax
 
@@ -55,6 +91,11 @@ def worker(cfg: dict) -> dict:
         t["compile_s_est"] = max(t["first_call_s"] - t["run_median_s"], 0.0)
         t["compile_cpu_s_est"] = max(t["first_call_cpu_s"] - t["run_median_cpu_s"], 0.0)
     out = dict(t)
+    out["flops"] = posterior_flops(params.config.widths, cfg["n"], cfg["S"], cfg["layer"])
+    out["achieved_flops_per_s"] = out["flops"] / t["run_median_s"]
+    rates = matrix_rates(jax.devices()[0].device_kind)
+    if rates:
+        out.update({f"fraction_of_{k}_rate": out["achieved_flops_per_s"] / v for k, v in rates.items()})
     if cfg["device"] == "gpu":
         out["peak_memory_bytes"] = C.gpu_peak_bytes()
     return out
@@ -83,6 +124,7 @@ def measure(cfg: dict, device: str, baselines: dict) -> dict:
     if "error" in res:
         return {**row, "error": res["error"][-300:]}
     row.update(C.timing(res))
+    row.update({k: v for k, v in res.items() if k == "flops" or k.startswith(("achieved_", "fraction_of_"))})
     if device == "gpu":
         row["peak_memory_bytes"] = res.get("peak_memory_bytes")
     else:
@@ -107,6 +149,9 @@ def summarise(rows: list[dict]) -> dict:
     for layer, d in by.items():
         ws = sorted(d)
         out[f"width_exponent_{layer}"] = C.loglog_slope(ws, [d[w] for w in ws])
+    for r in rows:
+        if r["sweep"] == "width" and "achieved_flops_per_s" in r:
+            out.setdefault(f"achieved_flops_per_s_{r['layer']}", {})[r["width"]] = r["achieved_flops_per_s"]
     if "unitwise" in by and "fast" in by:
         out["fast_speedup_by_width"] = {w: by["unitwise"][w] / by["fast"][w] for w in by["fast"] if w in by["unitwise"]}
     return out
@@ -124,7 +169,7 @@ def main(argv=None):
         C.print_table(rows[-1:], ["sweep", "layer", "n", "width", "batch_size", "first_call_s", "run_median_s",
                                   "compile_s_est", "peak_memory_bytes", "error"])
     cols = ["sweep", "layer", "n", "width", "batch_size", "first_call_s", "run_median_s", "run_median_cpu_s",
-            "compile_s_est", "peak_memory_bytes"]
+            "compile_s_est", "peak_memory_bytes", "achieved_flops_per_s"]
     C.print_table(rows, cols, "posterior_samples: one call (S=8, float32)")
     summary = summarise(rows)
     print(summary)
