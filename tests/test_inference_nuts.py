@@ -64,7 +64,12 @@ def test_bad_settings_raise():
 
 def test_one_draw_reports_nan_diagnostics():
     """A single kept draw has no ESS or R-hat: NaN diagnostics, not a crash in numpyro."""
-    model, x, y = _data([1, 1], 0.3, 5, seed=7)
-    res = nuts.fit(jax.random.PRNGKey(8), model, x, y, num_warmup=2, num_samples=1, num_chains=1, progress_bar=False)
-    assert res.samples.shape == (1, 1, model.num_weights)
-    assert np.all(np.isnan(res.diagnostics.ess)) and np.all(np.isnan(res.diagnostics.r_hat))
+    from types import SimpleNamespace
+
+    extra = {"accept_prob": np.full((1, 1), 0.9), "num_steps": np.full((1, 1), 3), "diverging": np.zeros((1, 1), bool),
+             "adapt_state": SimpleNamespace(step_size=np.full((1, 1), 0.1))}
+    d = nuts.summarise(np.zeros((1, 1, 4)), extra)
+    assert d.ess.shape == d.r_hat.shape == (4,) and np.all(np.isnan(d.ess)) and np.all(np.isnan(d.r_hat))
+    assert d.accept_rate == pytest.approx(0.9) and d.mean_tree_size == 3.0
+    ok = nuts.summarise(np.random.default_rng(0).normal(size=(1, 8, 4)), {**extra, "accept_prob": np.full((1, 8), 0.9)})
+    assert np.all(np.isfinite(ok.ess))

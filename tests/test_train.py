@@ -117,7 +117,8 @@ def test_sharded_equals_unsharded(tmp_path):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
         print("SHARDED_OK")
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert "SHARDED_OK" in out.stdout, out.stderr[-3000:]
 
