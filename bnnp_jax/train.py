@@ -211,18 +211,34 @@ def _warm_up(config: RunConfig, params: Any, sampler: Callable, base_key: Array,
     cfg = override(config, steps=ws.warmup_steps, lr_start=ws.warmup_lr, prior_fraction=0.0)
     opt = make_optimizer(cfg, gradient_mask(cfg, params))
     chunk = make_train_chunk(cfg, opt, make_mesh(cfg), sampler, base_key)
-    state, losses = TrainState(params, opt.init(params), jnp.zeros((), jnp.int32)), []
-    with tqdm(total=ws.warmup_steps, disable=not progress, desc="warm-up", unit="step", dynamic_ncols=True) as bar:
-        while int(state.step) < ws.warmup_steps:
-            n = min(cfg.training.steps_per_call, ws.warmup_steps - int(state.step))
-            new_state, chunk_losses = chunk(state, n)
-            chunk_losses = np.asarray(jax.block_until_ready(chunk_losses))
-            _check_finite(chunk_losses, int(state.step), None)
-            state = new_state
-            losses.extend(chunk_losses.tolist())
-            bar.update(n)
-            bar.set_postfix(loss=f"{chunk_losses.mean():.3f}")
+    losses: list = []
+    state = _run_chunks(cfg, chunk, TrainState(params, opt.init(params), jnp.zeros((), jnp.int32)), "warm-up",
+                        progress, on_chunk=lambda _, chunk_losses, __: losses.extend(chunk_losses.tolist()))
     return state.params, losses
+
+
+def _run_chunks(config: RunConfig, chunk: Callable, state: TrainState, desc: str, progress: bool,
+                run_dir: Path | None = None, on_chunk: Callable | None = None) -> TrainState:
+    """Call ``chunk(state, n)`` (``n <= steps_per_call``) until ``state.step`` reaches
+    ``training.steps``. A chunk with a non-finite loss raises :class:`TrainingDiverged`
+    before its state is kept; after each kept chunk, ``on_chunk(state, losses, seconds)``."""
+    t = config.training
+    with tqdm(total=t.steps, initial=int(state.step), disable=not progress, desc=desc, unit="step",
+              dynamic_ncols=True) as bar:
+        while int(state.step) < t.steps:
+            step0 = int(state.step)
+            n = min(t.steps_per_call, t.steps - step0)
+            tic = time.perf_counter()
+            new_state, losses = chunk(state, n)
+            losses = np.asarray(jax.block_until_ready(losses))
+            elapsed = time.perf_counter() - tic
+            _check_finite(losses, step0, run_dir)
+            state = new_state
+            bar.update(n)
+            bar.set_postfix(loss=f"{losses.mean():.3f}", tasks_per_s=f"{n * t.tasks_per_step / elapsed:.1f}")
+            if on_chunk is not None:
+                on_chunk(state, losses, elapsed)
+    return state
 
 
 def _check_finite(losses: np.ndarray, first_step: int, run_dir: Path | None) -> None:
@@ -268,29 +284,19 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, resume: bool = Fal
         chunk = lambda s, n: shared(s, mask, base_key, n)
     else:
         chunk = make_train_chunk(config, opt, make_mesh(config), sampler)
-    start = int(state.step)
-    if evaluate_fn is not None and start == 0:
+    if evaluate_fn is not None and int(state.step) == 0:
         history["eval"].append({"step": 0, **evaluate_fn(state.params)})
-    bar = tqdm(total=t.steps, initial=start, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
-    while int(state.step) < t.steps:
-        step0 = int(state.step)
-        n = min(t.steps_per_call, t.steps - step0)
-        tic = time.perf_counter()
-        new_state, losses = chunk(state, n)
-        losses = np.asarray(jax.block_until_ready(losses))
-        elapsed = time.perf_counter() - tic
-        _check_finite(losses, step0, run_dir)
-        state = new_state
+
+    def after_chunk(state, losses, elapsed):
         history["loss"].extend(float(v) for v in losses)
         history["seconds"] += elapsed
-        bar.update(n)
-        bar.set_postfix(loss=f"{losses.mean():.3f}", tasks_per_s=f"{n * t.tasks_per_step / elapsed:.1f}")
         step = int(state.step)
         if evaluate_fn is not None and (step % t.eval_every == 0 or step == t.steps):
             history["eval"].append({"step": step, **evaluate_fn(state.params)})
         if run_dir is not None and (step % t.checkpoint_every == 0 or step == t.steps):
             checkpoint.save(run_dir / "checkpoints", step, state, {"history": history})
-    bar.close()
+
+    state = _run_chunks(config, chunk, state, "train", progress, run_dir, after_chunk)
     if run_dir is not None:
         (run_dir / "history.json").write_text(json.dumps(history))
     return state, history
