@@ -42,37 +42,55 @@ def _setup(cfg):
     return params, C.block((x, y))
 
 
-def posterior_flops(widths, n: int, S: int, layer: str) -> int:
-    """Matrix FLOPs of one ``posterior_samples`` call: per layer the features' forward
-    pass through earlier draws, the statistics ``Phi^T diag(lambda) Phi`` and
-    ``Phi^T (lambda yhat)``, the Cholesky factor (``D^3 / 3``) and the two triangular
-    solves (``D^2`` per right-hand side; the first carries the ``D`` trace columns).
-    Layer 1's statistics, factor and first solve do not depend on the path and
-    are counted once. The inference networks (per point, not per path) are left out."""
+def _mlp_flops(n: int, dims) -> int:
+    return 2 * n * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
+def posterior_flops(config, n: int, S: int) -> int:
+    """Matrix FLOPs of one ``posterior_samples`` call of a BNNP with ``config``
+    (independent inference networks, ``unitwise`` or ``shared`` prior), counted from the
+    shapes the code uses. Per layer (``D`` inputs with bias, ``O`` units, ``F`` = ``O``
+    factors unitwise or 1 shared):
+
+    - once: the inference network on the ``n`` points; the prior's triangular inverse
+      (all layers padded to the widest ``D_max`` in one call: ``F D_max^3``), its
+      precision ``U^T U`` (``2 F D^3``) and ``P0 mu`` (``2 O D^2``);
+    - per path: the features' forward pass through earlier draws, the statistics
+      ``Phi^T diag(lambda) Phi`` (``2 n D^2 F``) and ``Phi^T (lambda yhat)``, the Cholesky
+      (``F D^3 / 3``), the first solve (``D^2`` per right-hand side: ``O`` + the ``F D``
+      trace columns), the second (``2 O D^2``) and the KL's ``U (m - mu)`` (``2 O D^2``).
+
+    Layer 1's statistics, factor and first solve do not depend on the path (vmap
+    leaves them unbatched) and are counted once."""
+    widths, specs = config.widths, config.specs
+    d_max = max(widths[:-1]) + 1
     total = 0
-    for l in range(len(widths) - 1):
+    for l, spec in enumerate(specs):
         d, o = widths[l] + 1, widths[l + 1]
-        factors = o if layer == "unitwise" else 1
+        f = o if config.prior_kind == "unitwise" else 1
+        once = _mlp_flops(n, (spec.in_dim, *config.net_hidden, max(spec.out_dim, 1))) + f * d_max**3 \
+            + 2 * f * d**3 + 2 * o * d * d
         forward = sum(2 * n * (widths[j] + 1) * widths[j + 1] for j in range(l))
-        stats = 2 * n * d * d * factors + 2 * n * d * o
-        first = factors * d * d / 3 + d * d * (o + factors * d)  # Cholesky, then z and the trace columns
-        second = 2 * o * d * d  # [m, w]: two right-hand sides per unit
-        total += S * (forward + second) + (S if l > 0 else 1) * (stats + first)
+        shared = 2 * n * d * d * f + 2 * n * d * o + f * d**3 / 3 + d * d * (o + f * d)
+        per_path = forward + 2 * o * d * d + 2 * o * d * d
+        total += once + S * per_path + (S if l > 0 else 1) * shared
     return int(total)
 
 
-# Dense matrix rates (FLOP/s) for the card's float32 inputs, from the vendors' data
-# sheets: TF32 tensor cores (JAX's default precision for float32 matmuls on these
-# cards) and plain FP32. Cholesky and triangular solves run in FP32.
+# Dense matrix rates (FLOP/s) for float32 inputs, from the vendors' data sheets: TF32
+# tensor cores and plain FP32 (Cholesky and triangular solves run in FP32). The
+# first key found in the device kind wins, so the PCIe card comes before the SXM one.
 MATRIX_RATES = {
-    "H100": {"tf32": 494.7e12, "fp32": 66.9e12},  # SXM
+    "H100 PCIe": {"tf32": 378e12, "fp32": 51.2e12},
+    "H100": {"tf32": 494.7e12, "fp32": 66.9e12},  # SXM (HBM3)
     "H200": {"tf32": 494.7e12, "fp32": 66.9e12},
     "A100": {"tf32": 156e12, "fp32": 19.5e12},
 }
 
 
-def matrix_rates(device_kind: str) -> dict | None:
-    return next((v for k, v in MATRIX_RATES.items() if k in device_kind), None)
+def matrix_rates(device_kind: str) -> tuple[str, dict] | tuple[None, None]:
+    """``(card, rates)`` for the first :data:`MATRIX_RATES` key in ``device_kind``."""
+    return next(((k, v) for k, v in MATRIX_RATES.items() if k in device_kind), (None, None))
 
 
 def worker(cfg: dict) -> dict:
@@ -91,10 +109,11 @@ def worker(cfg: dict) -> dict:
         t["compile_s_est"] = max(t["first_call_s"] - t["run_median_s"], 0.0)
         t["compile_cpu_s_est"] = max(t["first_call_cpu_s"] - t["run_median_cpu_s"], 0.0)
     out = dict(t)
-    out["flops"] = posterior_flops(params.config.widths, cfg["n"], cfg["S"], cfg["layer"])
+    out["flops"] = posterior_flops(params.config, cfg["n"], cfg["S"])
     out["achieved_flops_per_s"] = out["flops"] / t["run_median_s"]
-    rates = matrix_rates(jax.devices()[0].device_kind)
+    card, rates = matrix_rates(jax.devices()[0].device_kind)
     if rates:
+        out["matrix_rate_card"] = card
         out.update({f"fraction_of_{k}_rate": out["achieved_flops_per_s"] / v for k, v in rates.items()})
     if cfg["device"] == "gpu":
         out["peak_memory_bytes"] = C.gpu_peak_bytes()
@@ -124,7 +143,8 @@ def measure(cfg: dict, device: str, baselines: dict) -> dict:
     if "error" in res:
         return {**row, "error": res["error"][-300:]}
     row.update(C.timing(res))
-    row.update({k: v for k, v in res.items() if k == "flops" or k.startswith(("achieved_", "fraction_of_"))})
+    row.update({k: v for k, v in res.items() if k in ("flops", "matrix_rate_card")
+                or k.startswith(("achieved_", "fraction_of_"))})
     if device == "gpu":
         row["peak_memory_bytes"] = res.get("peak_memory_bytes")
     else:

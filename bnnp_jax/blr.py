@@ -284,7 +284,8 @@ def sample_posterior(key: Array, prior: PriorFactors, stats: NaturalStats,
         right-hand sides its trace term needs: prediction only wants draws.
 
     Returns:
-      ``w [O, D]`` (``w = m + C^{-T} eps``, ``P = C C^T``) and ``KL(q || p)`` per unit ``[O]``.
+      ``w [O, D]`` (``w = m + C^{-T} eps``, ``P = C C^T``) and ``KL(q || p)`` per unit ``[O]``
+      (``None`` without ``with_kl``).
     """
     root = prior.root
     p0 = jnp.swapaxes(root, -1, -2) @ root

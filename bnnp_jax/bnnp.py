@@ -152,10 +152,11 @@ class BNNPParams:
 
 class PosteriorSamples(NamedTuple):
     """``weights``: list over layers of ``[S, D_{l-1}+1, D_l]``; ``kl``: scalar,
-    ``sum_l mean_s sum_d KL(q(w_d | W_{<l}^{(s)}) || p(w_d))``."""
+    ``sum_l mean_s sum_d KL(q(w_d | W_{<l}^{(s)}) || p(w_d))``, or ``None`` when drawn
+    with ``with_kl=False``."""
 
     weights: list
-    kl: Array
+    kl: Array | None
 
 
 class Prediction(NamedTuple):
@@ -280,8 +281,9 @@ def masked_posterior(key, params: BNNPParams, x, y, ctx_w, num_samples: int, bat
 
 
 def _posterior_samples(key, params, x_c, y_c, num_samples, batch_size=None, with_kl=True):
-    """Per-layer weight samples ``[S, D_{l-1}+1, D_l]`` and the KL term given a
-    context set ``x_c [N_c, x_dim]``, ``y_c [N_c, y_dim]`` (SPEC section 4)."""
+    """Per-layer weight samples ``[S, D_{l-1}+1, D_l]`` and the KL term (``None`` without
+    ``with_kl``) given a context set ``x_c [N_c, x_dim]``, ``y_c [N_c, y_dim]`` (SPEC section 4).
+    Compiled per context size: pad to a fixed size with :func:`masked_posterior` to reuse it."""
     return masked_posterior(key, params, x_c, y_c, jnp.ones(x_c.shape[0]), num_samples, batch_size, with_kl)
 
 

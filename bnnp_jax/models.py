@@ -72,7 +72,7 @@ def _bnnp_loss(key, params, batch, training, beta):
 
 def _bnnp_predictive(key, params, x, y, context, target, num_samples):
     del target
-    post = bnnp.masked_posterior(key, params, x, y, context, num_samples)
+    post = bnnp.masked_posterior(key, params, x, y, context, num_samples, with_kl=False)
     return bnnp.forward(post.weights, x.astype(params.config.dtype), params.config.activation), bnnp.sigma_y(params)
 
 

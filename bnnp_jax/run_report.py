@@ -144,7 +144,7 @@ def _one_d_plots(run_dir, config, params, untrained, tasks, key):
 def _predict_grid(keys, params, tasks, grid):
     """Posterior function draws ``[T, 32, G, y_dim]`` on ``grid`` for each task's context."""
     def one(key, x, y, c):
-        post = bnnp.masked_posterior(key, params, x, y, c, 32)
+        post = bnnp.masked_posterior(key, params, x, y, c, 32, with_kl=False)
         return bnnp.forward(post.weights, grid.astype(params.config.dtype), params.config.activation)
 
     return jax.vmap(one)(keys, tasks.x, tasks.y, tasks.context)
@@ -160,7 +160,8 @@ def _image_plots(run_dir, config, params, tasks, key):
     fine = images.fine_grid(8, 8, 2)
     rows = []
     for i in range(4):
-        post = bnnp.masked_posterior(jax.random.fold_in(key, i), params, tasks.x[i], tasks.y[i], tasks.context[i], 16)
+        post = bnnp.masked_posterior(jax.random.fold_in(key, i), params, tasks.x[i], tasks.y[i], tasks.context[i], 16,
+                                     with_kl=False)
         f = bnnp.forward(post.weights, fine.astype(params.config.dtype), params.config.activation)
         ctx = np.full(64, np.nan)
         xs = np.asarray(tasks.x[i]); c = np.asarray(tasks.context[i]) > 0

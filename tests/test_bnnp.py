@@ -133,6 +133,9 @@ def test_predict_equals_posterior_draws_through_feature_form(x64, kw):
             a = with_bias(a if l == 0 else activation_fn(p.config.activation)(a)) @ w[s]
         f.append(a)
     np.testing.assert_allclose(bnnp.predict(key, p, x, y, x, 4).samples, np.stack(f), rtol=1e-10, atol=1e-12)
+    # minibatched over context and test points (batch 4 of 9: a ragged last batch)
+    np.testing.assert_allclose(bnnp.predict(key, p, x, y, x, 4, batch_size=4).samples, np.stack(f),
+                               rtol=1e-9, atol=1e-11)
 
 
 def test_options_shapes_and_lora_parameter_count():

@@ -5,9 +5,9 @@ checkpoints exist, and is resumed; every checkpoint it left must be intact and
 the resumed run must end with exactly the parameters (and loss history) of an
 uninterrupted run with the same seed, run in yet another process. All the
 processes share a persistent JAX compilation cache in the test's directory,
-so the training step compiles once, and XLA's optimisation passes are off
-there (compile time dominates; every process uses the same flags, so the
-results are still bit-comparable).
+so the training step compiles once, and they inherit the suite's XLA flags
+(optimisation passes off, see conftest; every process uses the same flags, so
+the results are still bit-comparable).
 
 The default test resumes through ``train.fit(resume=True)`` (what ``bnnp train
 --resume`` calls) because the CLI's end-of-run report costs more than the
@@ -40,12 +40,10 @@ training: {steps: 300, tasks_per_step: 2, num_samples: 2, steps_per_call: 5, che
 STEPS = 300
 
 
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
 def _env(tmp):
+    # XLA_FLAGS come from conftest (optimisation passes off unless BNNP_TEST_FULL_OPT=1), the same in every process.
     return subprocess_env(JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                          JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", XLA_FLAGS=FAST_COMPILE)
+                          JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
 
 
 def _fit_in_subprocess(tmp, cfg, out, resume=False):
