@@ -86,8 +86,11 @@ def natural_stats(features: Array, targets: Array, precision: Array) -> NaturalS
       targets: ``[N, O]`` (pseudo-)targets.
       precision: ``[N, O]`` per-point, per-unit precisions ``lambda >= 0``.
     """
-    prec = jnp.einsum("no,nd,ne->ode", precision, features, features)
-    shift = jnp.einsum("no,nd->od", precision * targets, features)
+    # Full float32 products: JAX's default on recent GPUs is TF32 (10-bit mantissa),
+    # which the information form's Cholesky cannot afford (module docstring).
+    hi = jax.lax.Precision.HIGHEST
+    prec = jnp.einsum("no,nd,ne->ode", precision, features, features, precision=hi)
+    shift = jnp.einsum("no,nd->od", precision * targets, features, precision=hi)
     return NaturalStats(prec, shift)
 
 
@@ -288,7 +291,7 @@ def sample_posterior(key: Array, prior: PriorFactors, stats: NaturalStats,
       (``None`` without ``with_kl``).
     """
     root = prior.root
-    p0 = jnp.swapaxes(root, -1, -2) @ root
+    p0 = jnp.matmul(jnp.swapaxes(root, -1, -2), root, precision=jax.lax.Precision.HIGHEST)  # see natural_stats
     h = jnp.einsum("...ij,...j->...i", p0, prior.mean) + stats.shift
     chol = cholesky(p0 + stats.precision)
     eps = jax.random.normal(key, h.shape, h.dtype)
