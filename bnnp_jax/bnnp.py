@@ -198,9 +198,14 @@ def sigma_y(params: BNNPParams) -> Array:
     return jnp.exp(raw) if bound is None else bound * jax.nn.sigmoid(raw)
 
 
+def _layer_input(a: Array, l: int, activation: str) -> Array:
+    """``act(a_{l-1})``, the identity for the first layer: ``[N, D] -> [N, D]``."""
+    return a if l == 0 else activation_fn(activation)(a)
+
+
 def _features(a: Array, l: int, activation: str) -> Array:
-    """``Phi_l = [act(a_{l-1}), 1]`` (identity for the first layer): ``[N, D] -> [N, D+1]``."""
-    return with_bias(a if l == 0 else activation_fn(activation)(a))
+    """``Phi_l = [act(a_{l-1}), 1]``: ``[N, D] -> [N, D+1]``."""
+    return with_bias(_layer_input(a, l, activation))
 
 
 def _forward_one(weights: Sequence[Array], x: Array, activation: str, upto: int | None = None) -> Array:
@@ -208,8 +213,8 @@ def _forward_one(weights: Sequence[Array], x: Array, activation: str, upto: int 
     ``weights[l]`` is ``[D_{l-1}+1, D_l]``; ``x [N, x_dim]``."""
     a = x
     for l, w in enumerate(weights[:upto]):
-        h = a if l == 0 else activation_fn(activation)(a)
-        a = h @ w[:-1] + w[-1]  # == _features(a) @ w without materialising [N, D+1] per path
+        # == _features(a) @ w, without materialising [N, D+1] features per path
+        a = _layer_input(a, l, activation) @ w[:-1] + w[-1]
     return a
 
 
@@ -287,6 +292,15 @@ def _posterior_samples(key, params, x_c, y_c, num_samples, batch_size=None, with
     return masked_posterior(key, params, x_c, y_c, jnp.ones(x_c.shape[0]), num_samples, batch_size, with_kl)
 
 
+def masked_functions(key, params: BNNPParams, x, y, ctx_w, x_eval, num_samples: int, batch_size=None) -> Array:
+    """Posterior function draws ``[S, N_eval, y_dim]`` at ``x_eval [N_eval, x_dim]`` from the
+    context weights ``ctx_w [N]`` of :func:`masked_posterior`. Draws without the KL; with
+    ``batch_size``, minibatched over both the context and ``x_eval``."""
+    post = masked_posterior(key, params, x, y, ctx_w, num_samples, batch_size, with_kl=False)
+    (x_eval,) = _cast(params, x_eval)
+    return batched_map(lambda xb: forward(post.weights, xb, params.config.activation), x_eval, batch_size)
+
+
 def log_likelihood_sums(params: BNNPParams, weights: list, x, y, point_w, batch_size=None) -> Array:
     """``sum_n point_w[n, k] log N(y_n | f_s(x_n), sigma_y^2)`` for each path:
     ``point_w [N, K]`` -> ``[S, K]``. Batched over points when ``batch_size``."""
@@ -304,9 +318,7 @@ def log_likelihood_sums(params: BNNPParams, weights: list, x, y, point_w, batch_
 def _predict(key, params, x_c, y_c, x_t, num_samples, batch_size=None) -> Prediction:
     """Posterior predictive at ``x_t [N_t, x_dim]``: function samples
     ``[S, N_t, y_dim]``, predictive mean and variance (incl. ``sigma_y^2``)."""
-    post = _posterior_samples(key, params, x_c, y_c, num_samples, batch_size, with_kl=False)
-    (x_t,) = _cast(params, x_t)
-    f = batched_map(lambda xb: forward(post.weights, xb, params.config.activation), x_t, batch_size)
+    f = masked_functions(key, params, x_c, y_c, jnp.ones(x_c.shape[0]), x_t, num_samples, batch_size)
     return Prediction(f, jnp.mean(f, 0), jnp.var(f, 0) + sigma_y(params) ** 2)
 
 

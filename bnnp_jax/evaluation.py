@@ -29,8 +29,7 @@ def heldout_tasks(sampler: Callable, seed: int, num_tasks: int) -> TaskBatch:
 
 
 def _task_functions(key, params, x, y, context, num_samples):
-    post = bnnp.masked_posterior(key, params, x, y, context, num_samples, with_kl=False)
-    return bnnp.forward(post.weights, x.astype(params.config.dtype), params.config.activation)
+    return bnnp.masked_functions(key, params, x, y, context, x, num_samples)
 
 
 def make_evaluator(tasks: TaskBatch, num_samples: int, seed: int = 0) -> Callable:

@@ -72,8 +72,7 @@ def _bnnp_loss(key, params, batch, training, beta):
 
 def _bnnp_predictive(key, params, x, y, context, target, num_samples):
     del target
-    post = bnnp.masked_posterior(key, params, x, y, context, num_samples, with_kl=False)
-    return bnnp.forward(post.weights, x.astype(params.config.dtype), params.config.activation), bnnp.sigma_y(params)
+    return bnnp.masked_functions(key, params, x, y, context, x, num_samples), bnnp.sigma_y(params)
 
 
 def _bnnp_predict(key, params, x_c, y_c, x_t, num_samples):

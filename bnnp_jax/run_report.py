@@ -144,8 +144,7 @@ def _one_d_plots(run_dir, config, params, untrained, tasks, key):
 def _predict_grid(keys, params, tasks, grid):
     """Posterior function draws ``[T, 32, G, y_dim]`` on ``grid`` for each task's context."""
     def one(key, x, y, c):
-        post = bnnp.masked_posterior(key, params, x, y, c, 32, with_kl=False)
-        return bnnp.forward(post.weights, grid.astype(params.config.dtype), params.config.activation)
+        return bnnp.masked_functions(key, params, x, y, c, grid, 32)
 
     return jax.vmap(one)(keys, tasks.x, tasks.y, tasks.context)
 
@@ -160,9 +159,8 @@ def _image_plots(run_dir, config, params, tasks, key):
     fine = images.fine_grid(8, 8, 2)
     rows = []
     for i in range(4):
-        post = bnnp.masked_posterior(jax.random.fold_in(key, i), params, tasks.x[i], tasks.y[i], tasks.context[i], 16,
-                                     with_kl=False)
-        f = bnnp.forward(post.weights, fine.astype(params.config.dtype), params.config.activation)
+        f = bnnp.masked_functions(jax.random.fold_in(key, i), params, tasks.x[i], tasks.y[i], tasks.context[i],
+                                  fine, 16)
         ctx = np.full(64, np.nan)
         xs = np.asarray(tasks.x[i]); c = np.asarray(tasks.context[i]) > 0
         idx = np.round((xs[c] + 1) / 2 * 7).astype(int)
