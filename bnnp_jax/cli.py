@@ -75,8 +75,10 @@ def _cmd_train(args) -> int:
 
 
 def _enable_dtype(config) -> None:
-    """float64 configs switch JAX to 64-bit before anything is built."""
-    if config.bnnp.dtype == "float64":
+    """float64 configs switch JAX to 64-bit before anything is built. The dtype is
+    read from the section of the model the run trains (``config.arch``: ``bnnp``,
+    ``np`` or ``bnam``), not from ``bnnp`` alone, which other models leave at its default."""
+    if getattr(config.arch, "dtype", "float32") == "float64":
         import jax
 
         jax.config.update("jax_enable_x64", True)
@@ -185,9 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in STUDIES.items():
         try:
             mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        if not (hasattr(mod, "add_arguments") and hasattr(mod, "run")):
+            if not (hasattr(mod, "add_arguments") and hasattr(mod, "run")):
+                raise ImportError(f"{module} defines no add_arguments(parser) and run(args)")
+        except Exception as e:  # noqa: BLE001 - any import-time failure, reported when the subcommand is used
+            _add_broken_study(sub, name, module, help_text, e)
             continue
         sp = sub.add_parser(name, help=help_text, description=help_text)
         mod.add_arguments(sp)
@@ -195,9 +198,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_broken_study(sub, name: str, module: str, help_text: str, error: Exception) -> None:
+    """A study whose module failed to import keeps its subcommand: ``bnnp --help`` marks it
+    unavailable and running it prints the import error and exits 1 (it never just vanishes)."""
+    reason = f"{type(error).__name__}: {error}"
+    sp = sub.add_parser(name, help=f"{help_text} [UNAVAILABLE: {reason}]", add_help=False,
+                        description=f"{help_text}. Unavailable: importing {module} failed with {reason}")
+
+    def unavailable(args) -> int:
+        print(f"bnnp: error: the {name!r} study is unavailable: importing {module} failed with {reason}",
+              file=sys.stderr)
+        return 1
+
+    sp.set_defaults(func=unavailable, import_error=error)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and getattr(args, "import_error", None) is None:  # an unavailable study takes any arguments
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     from bnnp_jax.checkpoint import CheckpointError
     from bnnp_jax.config import ConfigError
     from bnnp_jax.train import TrainingDiverged
