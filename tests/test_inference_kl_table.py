@@ -1,9 +1,11 @@
-"""The KL-table study driver: strict configs, table and plot outputs, and (slow)
-an end-to-end run on the exact no-hidden-layer model."""
+"""The KL-table study driver: strict configs, table and plot outputs, the meta-BNNP
+column (a tiny meta-training run, then the table on it; errors naming the config field)
+and (slow) an end-to-end run on the exact no-hidden-layer model."""
 
 import argparse
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -67,3 +69,94 @@ def test_end_to_end_linear_table_matches_exact_evidence(tmp_path):
         assert r["log_evidence_upper"] + 4 * r["log_evidence_upper_stderr"] > r["log_evidence_exact"]
         assert r["kl_exact"] > -4 * r["elbo_stderr"]
     assert (tmp_path / "out" / "kl_table.md").exists() and (tmp_path / "out" / "kl_vs_sigma.png").exists()
+
+
+# ----- the meta-BNNP column (bnnp_amortised) ----------------------------------------
+
+
+def _tiny_meta_config(hidden=(8,)):
+    """configs/kl_meta_bnnp.yaml shrunk to a few steps of a 1-8-1 BNN."""
+    import yaml
+
+    from bnnp_jax import run_config
+    from bnnp_jax.config import from_dict
+
+    raw = yaml.safe_load(open("configs/kl_meta_bnnp.yaml"))
+    raw["bnnp"]["hidden"] = list(hidden)
+    raw["data"]["params"]["hidden"] = list(hidden)
+    raw["training"].update(steps=4, steps_per_call=2, checkpoint_every=2, eval_every=2, num_samples=2,
+                           eval_tasks=2, eval_samples=2)
+    return from_dict(run_config.RunConfig, raw)
+
+
+def test_meta_bnnp_config_is_the_table_recipe():
+    from bnnp_jax import run_config
+
+    cfg = run_config.load("configs/kl_meta_bnnp.yaml")
+    table = load_yaml(kl_table.KLTableConfig, "configs/kl_table.yaml")
+    assert (cfg.bnnp.x_dim, *cfg.bnnp.hidden, cfg.bnnp.y_dim) == tuple(table.widths)
+    assert cfg.bnnp.activation == table.activation == "relu"
+    assert cfg.data.family == "bnn_prior" and tuple(cfg.data.n_range) == (5, 50)
+    p = cfg.data.params
+    assert tuple(p["hidden"]) == (20, 20) and p["activation"] == "relu"
+    assert tuple(p["x_range"]) == tuple(table.x_range) and p["noise"] == table.data_noise
+    t = cfg.training
+    assert t.objective == "avi" and t.beta == 1.0
+    assert t.prior_fraction == 0.0 and not t.learn_sigma_y  # the fixed prior, sigma_y = the data noise
+    assert cfg.bnnp.sigma_y_init == 0.1 and cfg.bnnp.final_layer == "exact" and cfg.bnnp.dtype == "float64"
+    assert t.steps * t.tasks_per_step == 50_000  # the paper's 50,000 prior datasets
+
+
+def test_meta_bnnp_column_end_to_end(tmp_path, x64):
+    """A few meta-training steps into a run directory (prior frozen), then the table's
+    bnnp_amortised column loads it through train.load_run and scores it at each sigma_y."""
+    from bnnp_jax import train
+
+    meta = _tiny_meta_config()
+    run_dir = tmp_path / "meta"
+    state, _ = train.fit(meta, run_dir, progress=False)
+    untrained, _ = train.init_state(meta)
+    for a, b in zip(jax.tree.leaves(state.params.prior), jax.tree.leaves(untrained.params.prior)):
+        np.testing.assert_array_equal(a, b)  # prior_fraction: 0 kept the table's prior
+
+    cfg = tmp_path / "table.yaml"
+    cfg.write_text(
+        f"widths: [1, 8, 1]\nsigma_y_values: [0.1, 1.0]\nmethods: [bnnp_amortised]\nmode: certified\n"
+        f"elbo_samples: 64\nbnnp_checkpoint: {run_dir}\nais: {{num_temps: 5, num_particles: 4, num_leapfrog: 2}}\n"
+    )
+    assert kl_table.run(argparse.Namespace(config=str(cfg), out=str(tmp_path / "out"))) == 0
+    recs = json.loads((tmp_path / "out" / "results.json").read_text())["records"]
+    assert [r["method"] for r in recs] == ["bnnp_amortised"] * 2
+    assert [r["sigma_y"] for r in recs] == [0.1, 1.0]
+    assert all(np.isfinite([r["elbo"], r["kl_lower"], r["kl_upper"]]).all() for r in recs)
+    assert recs[0]["elbo"] != recs[1]["elbo"]  # the table's sigma_y replaced the trained one
+    assert "bnnp_amortised" in (tmp_path / "out" / "kl_table.md").read_text()
+
+
+def test_meta_bnnp_bad_paths_name_the_field(tmp_path, x64):
+    from bnnp_jax import checkpoint, train
+    from bnnp_jax.config import dump_yaml
+
+    def table(path, widths=(1, 8, 1)):
+        return kl_table.KLTableConfig(widths=widths, methods=("bnnp_amortised",), bnnp_checkpoint=str(path))
+
+    with pytest.raises(ConfigError, match="bnnp_checkpoint: .*does not exist"):
+        kl_table.load_meta_bnnp(table(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="bnnp_checkpoint: .*not a BNNP run directory"):
+        kl_table.load_meta_bnnp(table(tmp_path / "empty"))
+    # a run directory whose checkpoint has a learned (moved) prior, or the wrong widths
+    meta = _tiny_meta_config()
+    state, _ = train.init_state(meta)
+    prior = [p._replace(mean=p.mean + 0.5) for p in state.params.prior]
+    state = state._replace(params=state.params.replace(prior=prior))
+    run_dir = tmp_path / "learned"
+    run_dir.mkdir()
+    dump_yaml(meta, run_dir / "config.yaml")
+    with pytest.raises(ConfigError, match="bnnp_checkpoint: .*no checkpoint"):
+        kl_table.load_meta_bnnp(table(run_dir))
+    checkpoint.save(run_dir / "checkpoints", 1, state)
+    with pytest.raises(ConfigError, match="bnnp_checkpoint: .*not the table's fixed prior"):
+        kl_table.load_meta_bnnp(table(run_dir))
+    with pytest.raises(ConfigError, match="bnnp_checkpoint: .*widths"):
+        kl_table.load_meta_bnnp(table(run_dir, (1, 6, 1)))

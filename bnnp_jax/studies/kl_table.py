@@ -15,6 +15,10 @@ by bidirectional Monte Carlo, giving ``KL(q || p(W | D))`` in
   ``sigma_y``; reverse AIS starts from a NUTS run, so the upper value is an
   approximate upper estimate (``upper_is_bound: false`` in the records).
 - Without hidden layers the evidence is exact and reported too.
+- ``bnnp_amortised`` (the meta-BNNP column) is not trained per ``sigma_y``: it is the
+  zero-shot posterior of a BNNP meta-trained on prior datasets with the prior frozen
+  (``configs/kl_meta_bnnp.yaml``), read from the run directory ``bnnp_checkpoint``
+  (:func:`load_meta_bnnp`) with its ``sigma_y`` set to the model's.
 
 Outputs in ``DIR``: ``results.json`` (config and one record per method and
 ``sigma_y``; rewritten after every ``sigma_y`` so a long run can be inspected
@@ -36,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnnp_jax.config import load_yaml, to_dict
+from bnnp_jax.config import ConfigError, load_yaml, to_dict
 
 METHODS = ("bnnp_per_task", "bnnp_amortised", "givi", "ucvi", "fcvi", "mfvi")
 MODES = ("paper", "certified")
@@ -71,7 +75,8 @@ class KLTableConfig:
     """Settings of the KL table (defaults: SPEC section 11).
 
     ``sigma_y_values`` overrides the log-spaced grid ``sigma_y_min .. sigma_y_max``
-    (``num_sigma_y`` points). ``bnnp_checkpoint`` is needed for ``bnnp_amortised``.
+    (``num_sigma_y`` points). ``bnnp_checkpoint`` is needed for ``bnnp_amortised``: the run
+    directory of a BNNP meta-trained with the table's fixed prior (``configs/kl_meta_bnnp.yaml``).
     """
 
     seed: int = 69
@@ -100,7 +105,8 @@ class KLTableConfig:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if "bnnp_amortised" in self.methods and not self.bnnp_checkpoint:
-            raise ValueError("methods: bnnp_amortised needs bnnp_checkpoint (a meta-trained BNNP)")
+            raise ValueError("methods: bnnp_amortised needs bnnp_checkpoint (the run directory of a meta-trained "
+                             "BNNP, e.g. `bnnp train configs/kl_meta_bnnp.yaml --out DIR`)")
         if len(self.x_range) != 2 or len(self.n_range) != 2 or not self.n_range[0] < self.n_range[1]:
             raise ValueError(f"x_range and n_range need two entries, n_range increasing; got {self.x_range}, {self.n_range}")
 
@@ -129,8 +135,9 @@ def simulate(cfg: KLTableConfig):
 # ----- methods ------------------------------------------------------------------
 
 
-def _fit_and_elbo(method: str, key, model, x, y, cfg: KLTableConfig):
-    """Train ``method`` on ``(x, y)`` and estimate its ELBO -> ELBOEstimate."""
+def _fit_and_elbo(method: str, key, model, x, y, cfg: KLTableConfig, meta_bnnp=None):
+    """Train ``method`` on ``(x, y)`` and estimate its ELBO -> ELBOEstimate. ``meta_bnnp``:
+    the BNNP for ``bnnp_amortised`` (:func:`load_meta_bnnp`; loaded here when None)."""
     from bnnp_jax.inference import bnnp_methods, givi, vi
 
     t = cfg.train
@@ -147,28 +154,69 @@ def _fit_and_elbo(method: str, key, model, x, y, cfg: KLTableConfig):
     if method == "bnnp_per_task":
         res = bnnp_methods.per_task_fit(kf, model, x, y, num_steps=t.num_steps, lr=lr, num_samples=t.num_particles)
         return bnnp_methods.per_task_elbo(ke, res, s)
-    return _amortised_elbo(ke, model, x, y, cfg)
+    if meta_bnnp is None:
+        meta_bnnp = load_meta_bnnp(cfg)
+    return _amortised_elbo(ke, meta_bnnp, model, x, y, cfg)
 
 
-def _amortised_elbo(key, model, x, y, cfg: KLTableConfig):
-    """Zero-shot ELBO of a meta-trained BNNP. ``KL = log p(D) - ELBO`` needs the ELBO under
-    the table's model, so the BNNP's prior must be the table's fixed prior (meta-train with
-    the prior frozen) and its ``sigma_y`` is set to the model's."""
-    from bnnp_jax import checkpoint  # the lead's checkpoint module
-    from bnnp_jax.inference import bnnp_methods
+def load_meta_bnnp(cfg: KLTableConfig):
+    """The meta-trained BNNP of ``cfg.bnnp_checkpoint`` (a ``bnnp train`` run directory, e.g.
+    one trained on ``configs/kl_meta_bnnp.yaml``): its newest checkpoint's parameters,
+    checked against the table's model. Errors name the config field.
+
+    ``KL = log p(D) - ELBO`` needs the ELBO under the table's model, so the BNNP must have
+    the table's widths and activation and its prior must still be the table's fixed prior
+    ``N(0, I / (D_in + 1))`` (meta-train with ``training.prior_fraction: 0``)."""
+    from bnnp_jax import checkpoint, run_config, train
     from bnnp_jax.inference import model as bnn
 
-    params = checkpoint.load(cfg.bnnp_checkpoint)
-    if params.config.sigma_y_bound is not None:
-        raise ValueError("bnnp_amortised: a BNNP with a bounded sigma_y cannot be set to the table's values")
+    field = "bnnp_checkpoint"
+    if not cfg.bnnp_checkpoint:
+        raise ConfigError(f"{field}: bnnp_amortised needs the run directory of a meta-trained BNNP "
+                          "(`bnnp train configs/kl_meta_bnnp.yaml --out DIR`)")
+    run_dir = Path(cfg.bnnp_checkpoint).expanduser()
+    if not run_dir.exists():
+        raise ConfigError(f"{field}: {run_dir} does not exist (give the --out directory of "
+                          "`bnnp train configs/kl_meta_bnnp.yaml`)")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{field}: {run_dir} is not a BNNP run directory (no config.yaml; give the --out "
+                          "directory of `bnnp train`, not a checkpoint file)")
+    try:
+        run_cfg = run_config.load(run_dir / "config.yaml")
+    except ConfigError as e:
+        raise ConfigError(f"{field}: {run_dir}/config.yaml: {e}") from e
+    if run_cfg.model != "bnnp":
+        raise ConfigError(f"{field}: {run_dir} holds a {run_cfg.model!r} run; bnnp_amortised needs a bnnp run")
+    if run_cfg.bnnp.dtype == "float64" and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
+        raise ConfigError(f"{field}: {run_dir} is a float64 run; set float64: true in the table config")
+    try:
+        _, params, _ = train.load_run(run_dir)
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"{field}: {e}") from e
+    table = bnn.fixed_prior_model(cfg.widths, cfg.activation, 1.0)
     own = bnn.from_bnnp(params)
-    same = own.widths == model.widths and own.activation == model.activation and all(
-        np.allclose(a, b) for a, b in zip(own.prior_means + own.prior_scale_trils,
-                                          model.prior_means + model.prior_scale_trils))
-    if not same:
-        raise ValueError("bnnp_amortised: the checkpoint's architecture or prior differs from the table's model")
-    raw = jnp.log(model.sigma_y).astype(params.likelihood["raw_sigma"].dtype)
-    params = params.replace(likelihood={"raw_sigma": raw})
+    if tuple(own.widths) != tuple(table.widths) or own.activation != table.activation:
+        raise ConfigError(f"{field}: {run_dir} has widths {list(own.widths)} and activation {own.activation!r}; "
+                          f"the table's model has {list(table.widths)} and {table.activation!r}")
+    same_prior = all(np.allclose(a, b) for a, b in zip(own.prior_means + own.prior_scale_trils,
+                                                       table.prior_means + table.prior_scale_trils))
+    if not same_prior:
+        raise ConfigError(f"{field}: the prior of {run_dir} is not the table's fixed prior N(0, I/(D_in+1)); "
+                          "meta-train with training.prior_fraction: 0 (and no hinge_range or prior_min_std)")
+    return params
+
+
+def _amortised_elbo(key, params, model, x, y, cfg: KLTableConfig):
+    """Zero-shot ELBO of the meta-trained BNNP ``params`` (:func:`load_meta_bnnp`) on ``(x, y)``
+    under the table's model: the BNNP's ``sigma_y`` is set to the model's (an unbounded one,
+    whatever bound it trained with, since the grid runs past any such bound)."""
+    from bnnp_jax.inference import bnnp_methods
+
+    dtype = params.likelihood["raw_sigma"].dtype
+    raw = jnp.broadcast_to(jnp.log(jnp.asarray(model.sigma_y, dtype)), params.likelihood["raw_sigma"].shape)
+    params = params.replace(config=dataclasses.replace(params.config, sigma_y_bound=None),
+                            likelihood={"raw_sigma": raw})
+    x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
     return bnnp_methods.amortised_elbo(key, bnnp_methods.amortised_fit(key, params, x, y), cfg.elbo_samples)
 
 
@@ -193,8 +241,9 @@ def _evidence(key, model, x, y, w_true, cfg: KLTableConfig):
     return evidence.estimate(ke, model, x, y, "paper", posterior_init=starts, **settings), diag
 
 
-def run_sigma(key, sigma: float, data, cfg: KLTableConfig) -> list[dict]:
-    """All methods and the evidence bounds at one ``sigma_y`` -> records."""
+def run_sigma(key, sigma: float, data, cfg: KLTableConfig, meta_bnnp=None) -> list[dict]:
+    """All methods and the evidence bounds at one ``sigma_y`` -> records (``meta_bnnp``:
+    see :func:`_fit_and_elbo`)."""
     from bnnp_jax.inference import evidence
     from bnnp_jax.inference import model as bnn
 
@@ -215,7 +264,7 @@ def run_sigma(key, sigma: float, data, cfg: KLTableConfig) -> list[dict]:
     records = []
     for method, k in zip(cfg.methods, jax.random.split(k_m, len(cfg.methods))):
         t0 = time.perf_counter()
-        est = _fit_and_elbo(method, k, model, x, y, cfg)
+        est = _fit_and_elbo(method, k, model, x, y, cfg, meta_bnnp)
         kl = evidence.kl_interval(est.value, ev)
         rec = dict(base, method=method, elbo=float(est.value), elbo_stderr=float(est.stderr),
                    kl_lower=kl.lower, kl_upper=kl.upper, seconds=time.perf_counter() - t0)
@@ -301,12 +350,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(cfg: KLTableConfig, out: Path) -> int:
+    # loaded and checked before the long evidence runs, so a bad path fails at once
+    meta_bnnp = load_meta_bnnp(cfg) if "bnnp_amortised" in cfg.methods else None
     out.mkdir(parents=True, exist_ok=True)
     data = simulate(cfg)
     records: list[dict] = []
     keys = jax.random.split(jax.random.PRNGKey(cfg.seed + 1), len(cfg.sigma_grid()))
     for k, sigma in zip(keys, cfg.sigma_grid()):
-        records += run_sigma(k, float(sigma), data, cfg)
+        records += run_sigma(k, float(sigma), data, cfg, meta_bnnp)
         _write(out, cfg, records)
     print((out / "kl_table.md").read_text())
     return 0
