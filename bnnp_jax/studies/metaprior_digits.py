@@ -2,8 +2,9 @@
 few-shot adaptation to permuted inputs / classes by illation of input, output or all codes
 against a fine-tuned mean-field BNN.
 
-Data: sklearn's bundled 8x8 digits (offline) or a user-supplied MNIST ``.npz`` with arrays
-``x_train, y_train, x_test, y_test`` (the Keras layout).
+Data: sklearn's bundled 8x8 digits (offline) or user-supplied MNIST: a ``.npz`` with arrays
+``x_train, y_train, x_test, y_test`` (the Keras layout) or a directory holding MNIST's four
+IDX files (``train-images-idx3-ubyte`` ... ``t10k-labels-idx1-ubyte``, plain or ``.gz``).
 """
 
 from __future__ import annotations
@@ -21,35 +22,34 @@ from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from bnnp_jax import metaprior as mp
+from bnnp_jax.data.images import MNIST_KEYS, load_mnist_dataset  # noqa: F401 (MNIST_KEYS re-exported)
 from bnnp_jax.metaprior_fit import FitConfig, illate
 from bnnp_jax.studies import mfvi_bnn as mf
 from bnnp_jax.studies.metaprior_common import classification_metrics, final_elbo, train_metaprior, train_mfvi
 from bnnp_jax.studies.metaprior_experiments import ExperimentConfig
 
 Array = jax.Array
-MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def load_data(seed: int, n_train: int, n_test: int, mnist: str | None = None) -> tuple[np.ndarray, ...]:
+def load_data(seed: int, n_train: int, n_test: int, mnist: str | None = None,
+              what: str = "--mnist") -> tuple[np.ndarray, ...]:
     """``(x_tr [N, D], y_tr [N], x_te, y_te, side)`` with pixels in [0, 1]; ``n_* = 0`` keeps all
-    (digits: a stratified split with ``n_test`` test points)."""
+    (digits: a stratified split with ``n_test`` test points). ``mnist``: a Keras-layout ``.npz``
+    or a directory of MNIST's four IDX files (:func:`bnnp_jax.data.images.load_mnist_dataset`);
+    a seeded random ``n_train`` / ``n_test`` subset of its training / test images is kept.
+    Errors name ``what`` (the command-line option) and the file."""
     if mnist is None:
         d = load_digits()
         x_tr, x_te, y_tr, y_te = train_test_split(d.data / 16.0, d.target, test_size=n_test or 360,
                                                   random_state=seed, stratify=d.target)
         side = 8
     else:
-        path = Path(mnist)
-        if not path.exists():
-            raise ValueError(f"mnist file {str(path)!r} does not exist")
-        with np.load(path) as f:
-            missing = [k for k in MNIST_KEYS if k not in f]
-            if missing:
-                raise ValueError(f"mnist file {str(path)!r} lacks arrays {missing}; expected {list(MNIST_KEYS)}")
-            x_tr, y_tr, x_te, y_te = (f[k] for k in MNIST_KEYS)
-        side = int(round(np.sqrt(np.prod(x_tr.shape[1:]))))
-        scale = 255.0 if x_tr.max() > 1 else 1.0
-        x_tr, x_te = x_tr.reshape(len(x_tr), -1) / scale, x_te.reshape(len(x_te), -1) / scale
+        x_tr, y_tr, x_te, y_te = load_mnist_dataset(mnist, what)
+        side = x_tr.shape[1]
+        if x_tr.shape[1] != x_tr.shape[2]:
+            raise ValueError(f"{what} {str(mnist)!r}: images must be square (the code maps are drawn side x side), "
+                             f"got {x_tr.shape[1]} x {x_tr.shape[2]}")
+        x_tr, x_te = x_tr.reshape(len(x_tr), -1), x_te.reshape(len(x_te), -1)
         rng = np.random.default_rng(seed)
         tr = rng.permutation(len(x_tr))[: n_train or None]
         te = rng.permutation(len(x_te))[: n_test or None]

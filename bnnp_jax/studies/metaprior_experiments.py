@@ -139,9 +139,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="short run (the config's quick: overrides)")
     parser.add_argument("--out", default=None, help="output folder (default runs/metaprior/EXPERIMENT)")
     parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    parser.add_argument("--mnist", default=None, metavar="FILE",
-                        help="MNIST .npz (x_train, y_train, x_test, y_test) for digits/fewshot; "
-                             "default: sklearn's bundled 8x8 digits")
+    parser.add_argument("--mnist", default=None, metavar="FILE_OR_DIR",
+                        help="real MNIST for digits/fewshot: a Keras-layout .npz (x_train, y_train, x_test, "
+                             "y_test) or a directory holding the four IDX files (train-images-idx3-ubyte, "
+                             "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; "
+                             "plain or .gz); default: sklearn's bundled 8x8 digits")
     parser.add_argument("--config", default=None, help="YAML config (default configs/metaprior_EXPERIMENT.yaml)")
 
 
