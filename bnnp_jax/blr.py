@@ -303,6 +303,89 @@ def sample_posterior(key: Array, prior: PriorFactors, stats: NaturalStats,
     return w, kl
 
 
+class DualPrior(NamedTuple):
+    """A layer prior for :func:`sample_posterior_dual`.
+
+    Attributes:
+      mean: ``[O, D]``.
+      tril: ``[O|1, D, D]`` lower-triangular covariance factor ``L`` (``Sigma = L L^T``).
+    """
+
+    mean: Array
+    tril: Array
+
+
+def sample_posterior_dual(key: Array, prior: DualPrior, features: Array, targets: Array, precision: Array,
+                          with_kl: bool = True) -> tuple[Array, Array | None]:
+    """One draw of a layer's weights and its KL in the dual (``N x N``) form.
+
+    The same posterior as :func:`sample_posterior`, written in the space of the
+    ``N`` points instead of the ``D`` weights; cheaper when ``N < D`` (a context
+    smaller than the layer input). Per unit ``d``, with ``B = Lambda^{1/2} Phi L``:
+
+        K   = I + B B^T                                    [N, N]   (C C^T = K)
+        w   = w0 + L B^T K^{-1} (Lambda^{1/2} (yhat - Phi w0) - eps1),   w0 = mu + L eps0
+        KL  = 1/2 [tr K^{-1} - N + ||B^T v||^2 + log|K|],  v = K^{-1} Lambda^{1/2} (yhat - Phi mu)
+
+    The draw is Matheron's rule (a prior draw corrected by the pseudo-data), so it
+    has the posterior's distribution but is not the primal form's draw for the same
+    key; ``log|P| - log|P0| = log|K|`` is the matrix determinant lemma and
+    ``tr(P0 Sigma_q) = D - N + tr K^{-1}``. A point with ``lambda = 0`` (padding) is
+    an identity row of ``K`` and drops out exactly. Like the primal sampler, the
+    LAPACK calls form one chain (factor, solve, solve).
+
+    Args:
+      prior: :class:`DualPrior` (``tril [O|1, D, D]``).
+      features: ``[N, D]`` design ``Phi``.
+      targets: ``[N, O]`` pseudo-targets.
+      precision: ``[N, O]`` or ``[N, 1]`` pseudo-precisions ``lambda >= 0``.
+      with_kl: ``False`` skips the trace and the KL (returned as ``None``).
+
+    Returns:
+      ``w [O, D]`` and ``KL(q || p)`` per unit ``[O]`` (``None`` without ``with_kl``).
+    """
+    k_prior, k_data = jax.random.split(key)
+    eps0 = jax.random.normal(k_prior, prior.mean.shape, prior.mean.dtype)  # w0 = mu + L eps0
+    eps1 = jax.random.normal(k_data, targets.shape[::-1], prior.mean.dtype)  # [O, N]
+    return dual_draw(prior, features, targets, precision, eps0, eps1, with_kl)
+
+
+def dual_draw(prior: DualPrior, features: Array, targets: Array, precision: Array, eps0: Array, eps1: Array,
+              with_kl: bool = True) -> tuple[Array, Array | None]:
+    """:func:`sample_posterior_dual` for given standard normals ``eps0 [O, D]`` (the
+    prior draw) and ``eps1 [O, N]`` (the pseudo-data noise). The draw is affine in them,
+    so its distribution is checked exactly by its value at zero (the posterior mean)
+    and its Jacobian (a square root of the posterior covariance)."""
+    hi = jax.lax.Precision.HIGHEST  # see natural_stats
+    n, o = targets.shape
+    tril = prior.tril
+    lam = jnp.broadcast_to(precision, targets.shape).T  # [O, N]
+    # sqrt'(0) is infinite: a padded point (lambda = 0) reports a zero gradient instead,
+    # which is what it gets from any mask that zeroes it (lambda = lambda_net * 0).
+    root_lam = jnp.where(lam > 0, jnp.sqrt(jnp.where(lam > 0, lam, 1.0)), 0.0)
+    phi_l = jnp.einsum("nd,ode->one", features, tril, precision=hi)  # Phi L  [O|1, N, D]
+    b = root_lam[:, :, None] * phi_l  # [O, N, D]
+    k = jnp.eye(n, dtype=b.dtype) + jnp.einsum("ond,omd->onm", b, b, precision=hi)
+    chol = cholesky(k)
+    resid0 = root_lam * (targets.T - jnp.einsum("nd,od->on", features, prior.mean, precision=hi))
+    resid = resid0 - jnp.einsum("ond,od->on", b, eps0, precision=hi) - eps1  # B eps0 = Lambda^{1/2} Phi (w0 - mu)
+    if with_kl:
+        rhs = jnp.concatenate([resid0[..., None], resid[..., None], jnp.broadcast_to(jnp.eye(n, dtype=b.dtype),
+                                                                                      (o, n, n))], -1)
+        x = tri_solve(chol, rhs)  # [O, N, 2 + N]: C^{-1} r0, C^{-1} r, C^{-1}
+        vu = tri_solve(chol, x[..., :2], 1)  # K^{-1} [r0, r]
+        v, u = vu[..., 0], vu[..., 1]
+    else:
+        u = tri_solve(chol, tri_solve(chol, resid[..., None]), 1)[..., 0]
+    w = prior.mean + jnp.matmul(tril, (eps0 + jnp.einsum("ond,on->od", b, u, precision=hi))[..., None],
+                                precision=hi)[..., 0]
+    if not with_kl:
+        return w, None
+    trace = jnp.sum(x[..., 2:] ** 2, (-2, -1))  # tr K^{-1} = ||C^{-1}||_F^2
+    maha = jnp.sum(jnp.einsum("ond,on->od", b, v, precision=hi) ** 2, -1)
+    return w, 0.5 * (trace - n + maha) + _log_diag(chol)
+
+
 def sample_layers(key: Array, factors: Sequence[PriorFactors],
                   layer_stats: Callable[[int, list[Array]], NaturalStats],
                   with_kl: bool = True) -> tuple[list[Array], Array | None]:

@@ -35,6 +35,7 @@ from bnnp_jax.networks import ACTIVATIONS, activation_fn, with_bias
 Array = jax.Array
 FINAL_LAYER_MODES = ("learned", "exact")
 PSEUDO_PRECISIONS = ("per_unit", "per_point")
+LAYER_FORMS = ("auto", "primal", "dual")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,11 @@ class BNNPConfig:
         paper's layer) or ``per_point`` (one ``log s_n`` per point shared by the units of
         a hidden layer; with ``prior_kind="shared"`` every layer then factorises one
         ``[D, D]`` matrix per path instead of ``D_l`` of them: SPEC section 9).
+      layer_form: how each layer's posterior is computed: ``primal`` (the ``D x D``
+        precision, :func:`blr.sample_posterior`), ``dual`` (the ``N x N`` form,
+        :func:`blr.sample_posterior_dual`) or ``auto``: dual when the context holds
+        fewer points than the layer has inputs (``N < D_{l-1} + 1``) and the layer is
+        neither minibatched nor the shared fast path. Same posterior and KL either way.
     """
 
     x_dim: int = 1
@@ -80,6 +86,7 @@ class BNNPConfig:
     prior_min_std: float = 0.0
     dtype: str = "float32"
     pseudo_precision: str = "per_unit"
+    layer_form: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -135,6 +142,8 @@ def _validate_config(c: BNNPConfig) -> None:
         bad("prior_min_std", f"must be >= 0 and finite, got {c.prior_min_std}")
     if c.pseudo_precision not in PSEUDO_PRECISIONS:
         bad("pseudo_precision", f"must be one of {PSEUDO_PRECISIONS}, got {c.pseudo_precision!r}")
+    if c.layer_form not in LAYER_FORMS:
+        bad("layer_form", f"must be one of {LAYER_FORMS}, got {c.layer_form!r}")
     if c.dtype not in ("float32", "float64"):
         bad("dtype", f"must be 'float32' or 'float64', got {c.dtype!r}")
 
@@ -246,12 +255,62 @@ def _layer_stats(params: BNNPParams, l: int, earlier: list, x: Array, y: Array, 
     return blr.NaturalStats(*batched_sum(batch_stats, (x, y, ctx_w), batch_size))
 
 
+def _minibatched(n: int, batch_size) -> bool:
+    return batch_size is not None and batch_size < n
+
+
+def layer_forms(config: BNNPConfig, num_points: int, batch_size=None) -> tuple[str, ...]:
+    """The static form (``primal`` or ``dual``) of each layer's posterior for a
+    context of ``num_points`` rows (``BNNPConfig.layer_form``). Minibatching and the
+    shared fast path (SPEC sections 6 and 9) need the primal form's statistics."""
+    if _minibatched(num_points, batch_size):
+        return ("primal",) * len(config.specs)
+    fast = config.prior_kind == "shared" and config.pseudo_precision == "per_point"
+    d_in = config.widths[:-1]
+    if config.layer_form != "auto":
+        return (config.layer_form,) * len(d_in)
+    return tuple("dual" if (num_points < d + 1 and not fast) else "primal" for d in d_in)
+
+
+def _walk(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, with_kl: bool):
+    """One path through all the points at once: each layer's input is the previous
+    layer's output on this path, computed once. A :class:`blr.DualPrior` layer is
+    drawn in the dual form, a :class:`blr.PriorFactors` layer in the primal form."""
+    cfg = params.config
+    final_prec = _final_precision(params)
+    # Order the prior's LAPACK calls before every path's, and their VJPs after
+    # (blr's module docstring: concurrent batched LAPACK calls can deadlock on CPU).
+    layer_priors, x = jax.lax.optimization_barrier((layer_priors, x))
+    a, weights, kl = x, [], 0.0
+    for l, (k, prior) in enumerate(zip(jax.random.split(key, len(layer_priors)), layer_priors)):
+        h = _layer_input(a, l, cfg.activation)  # act(a_{l-1}) [N, D_{l-1}]
+        seen = h if (cfg.inference_sees_activations and l > 0) else None
+        yhat, lam = amortised_layer.pseudo_observations(params.inference, l, cfg.specs[l], cfg.net_hidden, x, y,
+                                                        seen, final_prec)
+        phi, lam = with_bias(h), lam * ctx_w[:, None]
+        if isinstance(prior, blr.DualPrior):
+            w, kl_units = blr.sample_posterior_dual(k, prior, phi, yhat, lam, with_kl)
+        else:
+            w, kl_units = blr.sample_posterior(k, prior, blr.natural_stats(phi, yhat, lam), with_kl)
+        weights.append(w.T)  # [D_{l-1}+1, D_l]
+        a = h @ w.T[:-1] + w.T[-1]
+        kl = kl + jnp.sum(kl_units) if with_kl else None
+    return weights, kl
+
+
 def _sample_path(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, batch_size, with_kl: bool = True):
     """One path of the hierarchical posterior: per layer, condition on this
-    path's earlier samples, sample ``W_l``, add ``sum_d KL``. ``layer_priors``
-    are :class:`blr.PriorFactors` (or Gaussians). Returns weights
+    path's earlier samples, sample ``W_l``, add ``sum_d KL``. ``layer_priors`` are
+    :class:`blr.DualPrior` (dual form), :class:`blr.PriorFactors` or Gaussians (primal).
+    Minibatched, the statistics are accumulated over batches of points whose activations
+    are recomputed through the earlier samples (primal form only). Returns weights
     ``[D_{l-1}+1, D_l]`` per layer and the path's KL (``None`` without ``with_kl``)."""
-    factors = [p if isinstance(p, blr.PriorFactors) else blr.PriorFactors.from_gaussian(p) for p in layer_priors]
+    primal = lambda p: p if isinstance(p, (blr.PriorFactors, blr.DualPrior)) else blr.PriorFactors.from_gaussian(p)  # noqa: E731
+    factors = [primal(p) for p in layer_priors]
+    if not _minibatched(x.shape[0], batch_size):
+        return _walk(key, params, factors, x, y, ctx_w, with_kl)
+    if any(isinstance(f, blr.DualPrior) for f in factors):
+        raise ValueError("the dual form does not minibatch: pass primal layer priors with batch_size")
     stats = lambda l, ws: _layer_stats(params, l, [w.T for w in ws], x, y, ctx_w, batch_size)  # noqa: E731
     weights, kl = blr.sample_layers(key, factors, stats, with_kl)
     return [w.T for w in weights], kl
@@ -262,9 +321,16 @@ def layer_priors(params: BNNPParams) -> list[Gaussian]:
     return [priors.to_gaussian(p, params.config.prior_kind, params.config.prior_min_std) for p in params.prior]
 
 
-def prior_factors(params: BNNPParams) -> list[blr.PriorFactors]:
-    """The prior of every layer as :class:`blr.PriorFactors` (:func:`priors.layer_factors`)."""
-    return priors.layer_factors(params.prior, params.config.prior_kind, params.config.prior_min_std)
+def prior_factors(params: BNNPParams, forms: Sequence[str] | None = None) -> list:
+    """The prior of every layer as :class:`blr.PriorFactors` (:func:`priors.layer_factors`),
+    or, for the layers whose entry of ``forms`` is ``dual``, as :class:`blr.DualPrior`."""
+    cfg = params.config
+    forms = ("primal",) * len(params.prior) if forms is None else tuple(forms)
+    primal = [p for p, f in zip(params.prior, forms) if f == "primal"]
+    factors = iter(priors.layer_factors(primal, cfg.prior_kind, cfg.prior_min_std) if primal else [])
+    return [next(factors) if f == "primal" else
+            blr.DualPrior(p.mean, priors.scale_tril(p, cfg.prior_kind, cfg.prior_min_std))
+            for p, f in zip(params.prior, forms)]
 
 
 def _cast(params: BNNPParams, *arrays):
@@ -278,7 +344,7 @@ def masked_posterior(key, params: BNNPParams, x, y, ctx_w, num_samples: int, bat
     weights ``ctx_w [N]`` (0 removes a point exactly: padding, targets). Without
     ``with_kl`` the draws are the same and ``kl`` is ``None`` (cheaper: prediction)."""
     x, y, ctx_w = _cast(params, x, y, ctx_w)
-    lp = prior_factors(params)
+    lp = prior_factors(params, layer_forms(params.config, x.shape[0], batch_size))
     keys = jax.random.split(key, num_samples)
     path = lambda k: _sample_path(k, params, lp, x, y, ctx_w, batch_size, with_kl)
     weights, kl = jax.vmap(path)(keys)
