@@ -62,6 +62,37 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     return args
 
 
+def matmul_rates(dtypes=("float32", "float64"), n: int = 2048, repeats: int = 5) -> dict:
+    """This machine's rate on one large square ``jnp.dot`` per dtype, in FLOP/s (the
+    yardstick for achieved FLOP/s; measured in the same process as the rows it divides)."""
+    import jax
+    import jax.numpy as jnp
+
+    out = {}
+    for name in dtypes:
+        if name == "float64" and not jax.config.jax_enable_x64:
+            continue
+        a = jnp.ones((n, n), name)
+        f = jax.jit(lambda a: a @ a)
+        block(f(a))
+        tic = time.perf_counter()
+        for _ in range(repeats):
+            block(f(a))
+        out[name] = 2 * n**3 / ((time.perf_counter() - tic) / repeats)
+    return out
+
+
+def xla_flops(jitted, *args) -> float | None:
+    """XLA's FLOP count for one call of a jitted function (``cost_analysis``); a
+    conditional's branches are all counted, so it is an upper bound when a switch picks one."""
+    try:
+        cost = jitted.lower(*args).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost["flops"]) if cost and "flops" in cost else None
+    except Exception:  # cost analysis is best-effort: backends may not provide it
+        return None
+
+
 def machine_info() -> dict:
     """Platform, CPU model and count, total memory and the load average now."""
     mem = None
@@ -125,12 +156,12 @@ def time_fn(fn: Callable, *args, repeats: int = 5, **kwargs) -> dict:
         runs.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0)
     med, med_cpu = statistics.median(runs), statistics.median(cpus)
-    return {"first_call_s": first, "run_median_s": med, "run_min_s": min(runs),
+    return {"first_call_s": first, "run_median_s": med, "run_min_s": min(runs), "run_mean_s": statistics.mean(runs),
             "compile_s_est": max(first - med, 0.0), "first_call_cpu_s": first_cpu, "run_median_cpu_s": med_cpu,
             "compile_cpu_s_est": max(first_cpu - med_cpu, 0.0), "repeats": repeats}
 
 
-TIMING_KEYS = ("first_call_s", "run_median_s", "run_min_s", "compile_s_est", "first_call_cpu_s", "run_median_cpu_s",
+TIMING_KEYS = ("first_call_s", "run_median_s", "run_min_s", "run_mean_s", "compile_s_est", "first_call_cpu_s", "run_median_cpu_s",
                "compile_cpu_s_est")
 
 
@@ -251,7 +282,7 @@ def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx else None
 
 
-def bnnp_train_step(optimizer, num_samples: int, beta: float = 1.0, batch_size=None):
+def bnnp_train_step(optimizer, num_samples: int, beta: float = 1.0, batch_size=None, context_buckets=None):
     """The jitted PP-AVI training step that the throughput numbers time:
     ``step(params, opt_state, key, batch) -> (params, opt_state, loss)``
     (``value_and_grad`` of ``-objectives.pp_avi`` plus an optax update)."""
@@ -260,8 +291,10 @@ def bnnp_train_step(optimizer, num_samples: int, beta: float = 1.0, batch_size=N
 
     from bnnp_jax import objectives
 
+    buckets = objectives.DEFAULT_CONTEXT_BUCKETS if context_buckets is None else context_buckets
+
     def loss(params, key, batch):
-        return -objectives.pp_avi(key, params, batch, num_samples, beta, batch_size)
+        return -objectives.pp_avi(key, params, batch, num_samples, beta, batch_size, buckets)
 
     @jax.jit
     def step(params, opt_state, key, batch):

@@ -66,7 +66,8 @@ def weight_prior_mask(params, training) -> Any:
 
 
 def _bnnp_loss(key, params, batch, training, beta):
-    terms = objectives.batch_terms(key, params, batch, training.num_samples, training.batch_size)
+    terms = objectives.batch_terms(key, params, batch, training.num_samples, training.batch_size,
+                                   training.context_buckets)
     return -jnp.mean(objectives.combine(terms, training.objective, beta))
 
 

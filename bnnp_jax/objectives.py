@@ -79,15 +79,36 @@ def batch_terms(key, params, batch: TaskBatch, num_samples: int, batch_size=None
         fn = lambda k, x, y, c, t, i: task_terms(k, params, x, y, c, t, num_samples, batch_size, i)
         return jax.vmap(fn)(*args)
     sizes = context_sizes(batch.context_index.shape[1], context_buckets)
-    branches = [lambda k, x, y, c, t, i, s=s: task_terms(k, params, x, y, c, t, num_samples, None, i[:s])
+    branches = [lambda q, k, x, y, c, t, i, s=s: task_terms(k, q, x, y, c, t, num_samples, None, i[:s])
                 for s in sizes]
 
-    @jax.checkpoint  # the backward pass recomputes a task rather than stacking every branch's residuals
     def one(task):
-        n_ctx = jnp.sum(task[3] > 0)
-        return jax.lax.switch(jnp.searchsorted(jnp.asarray(sizes), n_ctx), branches, *task)
+        index = jnp.searchsorted(jnp.asarray(sizes), jnp.sum(task[3] > 0))
+        return _switch_recompute(index, branches, params, *task)
 
     return jax.lax.map(one, args)
+
+
+def _switch_recompute(index, branches, *args):
+    """``lax.switch(index, branches, *args)`` whose backward pass re-runs the taken branch
+    under ``jax.vjp`` inside a second switch. Why: differentiating ``lax.switch`` directly
+    passes the union of every branch's residuals out of the forward switch, zero-filled
+    for the branches not taken, which costs more than recomputing the one that was."""
+
+    @jax.custom_vjp
+    def switch(index, *args):
+        return jax.lax.switch(index, branches, *args)
+
+    def fwd(index, *args):
+        return switch(index, *args), (index, args)
+
+    def bwd(res, g):
+        index, args = res
+        vjps = [lambda g, *a, b=b: jax.vjp(b, *a)[1](g) for b in branches]
+        return (None, *jax.lax.switch(index, vjps, g, *args))
+
+    switch.defvjp(fwd, bwd)
+    return switch(index, *args)
 
 
 def combine(terms: TaskTerms, objective: str, beta: float = 1.0) -> Array:
@@ -104,18 +125,22 @@ def combine(terms: TaskTerms, objective: str, beta: float = 1.0) -> Array:
 OBJECTIVES = ("pp_avi", "avi", "npml")
 
 
-def pp_avi(key, params, batch: TaskBatch, num_samples: int, beta: float = 1.0, batch_size=None) -> Array:
+def pp_avi(key, params, batch: TaskBatch, num_samples: int, beta: float = 1.0, batch_size=None,
+           context_buckets: int = DEFAULT_CONTEXT_BUCKETS) -> Array:
     """PP-AVI: ``beta * log q(Y_t | D_c, X_t) + ELBO_beta(D_c)``, mean over tasks."""
-    return jnp.mean(combine(batch_terms(key, params, batch, num_samples, batch_size), "pp_avi", beta))
+    terms = batch_terms(key, params, batch, num_samples, batch_size, context_buckets)
+    return jnp.mean(combine(terms, "pp_avi", beta))
 
 
-def avi(key, params, batch: TaskBatch, num_samples: int, beta: float = 1.0, batch_size=None) -> Array:
+def avi(key, params, batch: TaskBatch, num_samples: int, beta: float = 1.0, batch_size=None,
+        context_buckets: int = DEFAULT_CONTEXT_BUCKETS) -> Array:
     """Amortised VI: the (beta-weighted) ELBO of the context set, mean over tasks."""
-    return jnp.mean(combine(batch_terms(key, params, batch, num_samples, batch_size), "avi", beta))
+    return jnp.mean(combine(batch_terms(key, params, batch, num_samples, batch_size, context_buckets), "avi", beta))
 
 
-def npml(key, params, batch: TaskBatch, num_samples: int, beta: float = 1.0, batch_size=None) -> Array:
+def npml(key, params, batch: TaskBatch, num_samples: int, beta: float = 1.0, batch_size=None,
+         context_buckets: int = DEFAULT_CONTEXT_BUCKETS) -> Array:
     """Neural-process maximum likelihood: the target log predictive, mean over tasks.
     ``beta`` is accepted for a uniform signature and unused."""
     del beta
-    return jnp.mean(combine(batch_terms(key, params, batch, num_samples, batch_size), "npml"))
+    return jnp.mean(combine(batch_terms(key, params, batch, num_samples, batch_size, context_buckets), "npml"))

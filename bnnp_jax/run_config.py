@@ -112,7 +112,10 @@ class TrainingConfig:
     ``objective``, ``beta`` and ``batch_size`` apply to the models with a weight
     prior (bnnp, bnam; ``batch_size`` to the bnnp only); the neural processes
     train on their own ``np.objective``. ``num_samples`` is the number of
-    weight paths, or of latent draws for np/anp. ``train_prior_mean: false``
+    weight paths, or of latent draws for np/anp. ``context_buckets`` (bnnp) pads
+    each task's context to the smallest of that many sizes that holds it
+    (:func:`bnnp_jax.objectives.batch_terms`): fewer compile faster, more run
+    faster; 1 pads every task to the largest context. ``train_prior_mean: false``
     meta-learns only the prior covariances; ``warm_start`` (bnnp only,
     :class:`WarmStartConfig`) sets the prior mean from a pooled fit first.
     """
@@ -134,6 +137,7 @@ class TrainingConfig:
     prior_side: str = "front"
     learn_sigma_y: bool = True
     batch_size: int | None = None
+    context_buckets: int = objectives.DEFAULT_CONTEXT_BUCKETS
     shard: bool = False
     plot_samples: int = 200
     train_prior_mean: bool = True
@@ -160,6 +164,8 @@ class TrainingConfig:
             bad("prior_fraction", f"must be in [0, 1], got {self.prior_fraction}")
         if self.prior_side not in priors.SIDES:
             bad("prior_side", f"must be one of {priors.SIDES}, got {self.prior_side!r}")
+        if self.context_buckets < 1:
+            bad("context_buckets", f"must be a positive integer, got {self.context_buckets}")
         if self.batch_size is not None and self.batch_size < 1:
             bad("batch_size", f"must be a positive integer or null, got {self.batch_size}")
         if self.warm_start is not None and self.warm_start.warmup_lr < self.lr_end:
