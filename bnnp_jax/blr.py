@@ -365,7 +365,7 @@ def dual_draw(prior: DualPrior, features: Array, targets: Array, precision: Arra
     root_lam = jnp.where(lam > 0, jnp.sqrt(jnp.where(lam > 0, lam, 1.0)), 0.0)
     phi_l = jnp.einsum("nd,ode->one", features, tril, precision=hi)  # Phi L  [O|1, N, D]
     b = root_lam[:, :, None] * phi_l  # [O, N, D]
-    k = jnp.eye(n, dtype=b.dtype) + jnp.einsum("ond,omd->onm", b, b, precision=hi)
+    k = jnp.eye(n, dtype=b.dtype) + _gram(b)
     resid0 = root_lam * (targets.T - jnp.einsum("nd,od->on", features, prior.mean, precision=hi))
     resid = resid0 - jnp.einsum("ond,od->on", b, eps0, precision=hi) - eps1  # B eps0 = Lambda^{1/2} Phi (w0 - mu)
     if with_kl:
@@ -380,6 +380,24 @@ def dual_draw(prior: DualPrior, features: Array, targets: Array, precision: Arra
         return w, None
     maha = jnp.sum(jnp.einsum("ond,on->od", b, v, precision=hi) ** 2, -1)
     return w, 0.5 * (trace - n + maha) + half_logdet
+
+
+@jax.custom_vjp
+def _gram(b: Array) -> Array:
+    """``B B^T`` ``[..., N, N]`` for ``b [..., N, D]``. Its VJP is one product,
+    ``sym(K_bar) 2 B``, where differentiating the einsum gives two (``K_bar B + K_bar^T B``)."""
+    return jnp.matmul(b, jnp.swapaxes(b, -1, -2), precision=jax.lax.Precision.HIGHEST)
+
+
+def _gram_fwd(b):
+    return _gram(b), b
+
+
+def _gram_bwd(b, g):
+    return (jnp.matmul(g + jnp.swapaxes(g, -1, -2), b, precision=jax.lax.Precision.HIGHEST),)
+
+
+_gram.defvjp(_gram_fwd, _gram_bwd)
 
 
 @jax.custom_vjp
