@@ -106,13 +106,18 @@ def test_vmapped_terms_equal_loop(x64):
     x = jax.random.uniform(key, (3, 12, 1), jnp.float64, -2, 2)
     y = jnp.cos(x)
     batch = split(key, x, y, size_mask(key, 3, 12, (4, 13), jnp.float64), (0.2, 0.6))
-    terms = jax.jit(objectives.batch_terms, static_argnums=3)(key, p, batch, 4)
     keys = jax.random.split(key, 3)
-    task_terms = jax.jit(objectives.task_terms, static_argnums=6)  # compiled once, called per task
+    task_terms = jax.jit(objectives.task_terms, static_argnums=6)  # compiled once per context size
+    # vmapped over tasks (every context gathered to one size) and bucketed (lax.map, one size per task)
+    one_size = jax.jit(objectives.batch_terms, static_argnums=(3, 5))(key, p, batch, 4, None, 1)
+    bucketed = jax.jit(objectives.batch_terms, static_argnums=(3, 5))(key, p, batch, 4, None, 4)
+    sizes = objectives.context_sizes(batch.context_index.shape[1], 4)
     for t in range(3):
-        ref = task_terms(keys[t], p, batch.x[t], batch.y[t], batch.context[t], batch.target[t], 4)
-        for a, b in zip(terms, ref):
-            np.testing.assert_allclose(a[t], b, rtol=1e-10)
+        args = (keys[t], p, batch.x[t], batch.y[t], batch.context[t], batch.target[t], 4, None)
+        size = next(s for s in sizes if s >= int(batch.context[t].sum()))
+        for terms, index in ((one_size, batch.context_index[t]), (bucketed, batch.context_index[t][:size])):
+            for a, b in zip(terms, task_terms(*args, index)):
+                np.testing.assert_allclose(a[t], b, rtol=1e-10)
 
 
 @pytest.mark.parametrize("kw", [{}, {"prior_kind": "shared", "pseudo_precision": "per_point"}])
