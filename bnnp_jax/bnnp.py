@@ -255,15 +255,16 @@ def _layer_stats(params: BNNPParams, l: int, earlier: list, x: Array, y: Array, 
     return blr.NaturalStats(*batched_sum(batch_stats, (x, y, ctx_w), batch_size))
 
 
-def _minibatched(n: int, batch_size) -> bool:
-    return batch_size is not None and batch_size < n
+def minibatched(num_points: int, batch_size) -> bool:
+    """Whether ``batch_size`` splits ``num_points`` rows into several batches (SPEC section 6)."""
+    return batch_size is not None and batch_size < num_points
 
 
 def layer_forms(config: BNNPConfig, num_points: int, batch_size=None) -> tuple[str, ...]:
     """The static form (``primal`` or ``dual``) of each layer's posterior for a
     context of ``num_points`` rows (``BNNPConfig.layer_form``). Minibatching and the
     shared fast path (SPEC sections 6 and 9) need the primal form's statistics."""
-    if _minibatched(num_points, batch_size):
+    if minibatched(num_points, batch_size):
         return ("primal",) * len(config.specs)
     fast = config.prior_kind == "shared" and config.pseudo_precision == "per_point"
     d_in = config.widths[:-1]
@@ -305,9 +306,9 @@ def _sample_path(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, batch
     Minibatched, the statistics are accumulated over batches of points whose activations
     are recomputed through the earlier samples (primal form only). Returns weights
     ``[D_{l-1}+1, D_l]`` per layer and the path's KL (``None`` without ``with_kl``)."""
-    primal = lambda p: p if isinstance(p, (blr.PriorFactors, blr.DualPrior)) else blr.PriorFactors.from_gaussian(p)  # noqa: E731
-    factors = [primal(p) for p in layer_priors]
-    if not _minibatched(x.shape[0], batch_size):
+    factors = [p if isinstance(p, (blr.PriorFactors, blr.DualPrior)) else blr.PriorFactors.from_gaussian(p)
+               for p in layer_priors]
+    if not minibatched(x.shape[0], batch_size):
         return _walk(key, params, factors, x, y, ctx_w, with_kl)
     if any(isinstance(f, blr.DualPrior) for f in factors):
         raise ValueError("the dual form does not minibatch: pass primal layer priors with batch_size")

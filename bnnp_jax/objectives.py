@@ -42,7 +42,7 @@ def task_terms(key, params, x, y, context, target, num_samples: int, batch_size=
     hold every context point, :class:`~bnnp_jax.data.tasks.TaskBatch`) the posterior
     is built from those ``N_c`` rows alone: the same posterior, at the cost of ``N_c``
     points instead of ``N`` (and in the dual form when ``N_c`` is below a layer's width)."""
-    if context_index is None or (batch_size is not None and batch_size < x.shape[0]):
+    if context_index is None or bnnp.minibatched(x.shape[0], batch_size):
         post = bnnp.masked_posterior(key, params, x, y, context, num_samples, batch_size)
     else:
         post = bnnp.masked_posterior(key, params, x[context_index], y[context_index], context[context_index],
@@ -74,8 +74,7 @@ def batch_terms(key, params, batch: TaskBatch, num_samples: int, batch_size=None
     """
     keys = jax.random.split(key, batch.x.shape[0])
     args = (keys, batch.x, batch.y, batch.context, batch.target, batch.context_index)
-    minibatched = batch_size is not None and batch_size < batch.x.shape[1]
-    if batch.context_index is None or minibatched or context_buckets <= 1:
+    if batch.context_index is None or bnnp.minibatched(batch.x.shape[1], batch_size) or context_buckets <= 1:
         fn = lambda k, x, y, c, t, i: task_terms(k, params, x, y, c, t, num_samples, batch_size, i)
         return jax.vmap(fn)(*args)
     sizes = context_sizes(batch.context_index.shape[1], context_buckets)
