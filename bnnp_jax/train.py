@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -295,11 +296,21 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, resume: bool = Fal
             history["eval"].append({"step": step, **evaluate_fn(state.params)})
         if run_dir is not None and (step % t.checkpoint_every == 0 or step == t.steps):
             checkpoint.save(run_dir / "checkpoints", step, state, {"history": history})
+            # history.json beside every checkpoint, so a run committed mid-way shows its curves.
+            _write_atomic(run_dir / "history.json", json.dumps(history))
 
     state = _run_chunks(config, chunk, state, "train", progress, run_dir, after_chunk)
     if run_dir is not None:
-        (run_dir / "history.json").write_text(json.dumps(history))
+        _write_atomic(run_dir / "history.json", json.dumps(history))
     return state, history
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file and rename it over ``path``: a kill
+    leaves the old file or the new one, never a torn one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, Any, dict]:
