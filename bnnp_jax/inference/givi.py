@@ -30,13 +30,12 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from bnnp_jax import blr
 from bnnp_jax.gaussian import Gaussian
 from bnnp_jax.inference import evidence
 from bnnp_jax.inference import model as bnn
-from bnnp_jax.inference.vi import adam_linear_decay, run_steps
+from bnnp_jax.inference.vi import run_adam
 from bnnp_jax.networks import activation_fn, with_bias
 
 Array = jax.Array
@@ -166,22 +165,18 @@ def loss(params: GIVIParams, key, model, x, y, num_samples: int = 8, mask=None) 
     return -jnp.mean(ll - kl)
 
 
+def _loss_masked(params, key, model, x, y, mask, num_samples):
+    return loss(params, key, model, x, y, num_samples, mask)
+
+
 def fit(key, model: bnn.BNNModel, x, y, *, num_inducing=10, num_steps=20_000, lr=(5e-3, 5e-5), num_samples=8,
         full_precision=True, init_params: GIVIParams | None = None, mask=None, progress_bar=True) -> GIVIResult:
     """Maximise the ELBO over ``Z``, ``V_l`` and ``Lambda_l`` with Adam (linear decay), from
     ``init_params`` if given (else :func:`init`)."""
     init_key, run_key = jax.random.split(key)
     params0 = init_params or init(init_key, model, x, y, num_inducing, full_precision=full_precision)
-    opt = adam_linear_decay(*lr, num_steps)
-
-    def step(state, k):
-        params, opt_state = state
-        value, grads = jax.value_and_grad(loss)(params, k, model, x, y, num_samples, mask)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), value
-
-    (params, _), losses = run_steps(run_key, step, (params0, opt.init(params0)), num_steps, desc="givi",
-                                    progress_bar=progress_bar)
+    params, losses = run_adam(run_key, _loss_masked, params0, (model, x, y, mask), num_steps, lr, static=(num_samples,),
+                              desc="givi", progress_bar=progress_bar)
     return GIVIResult(params, params0, model, losses)
 
 
