@@ -32,7 +32,7 @@ from bnnp_jax.studies.mfvi_bnn import MFConfig
 from bnnp_jax.studies.mlp_baseline import MLPConfig
 
 EXPERIMENTS = ("cubic", "moons", "digits", "fewshot", "prior")
-VALIDATION_SPLIT = ("moons",)  # experiments whose data loader honours n_val
+VALIDATION_SPLIT = ("moons", "digits")  # experiments whose data loader honours n_val
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 # MetaPriorConfig / MFConfig fields the experiment sets itself from the data.
 _DERIVED = {"widths", "likelihood"}

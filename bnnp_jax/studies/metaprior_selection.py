@@ -146,7 +146,7 @@ def seed_table(summary: dict, title: str, models: tuple[str, ...] = ("metaprior"
     timing = f"{wall[0]:.0f} s for the first seed (compilation included)"
     if len(wall) > 1:
         timing += f", {np.mean(wall[1:]):.0f} s for each later one"
-    return "\n".join(lines) + f"\n\nWall time, all three models and the plots: {timing}.\n"
+    return "\n".join(lines) + f"\n\nWall time per seed, every model and the plots: {timing}.\n"
 
 
 def main(argv: list[str] | None = None) -> int:
