@@ -68,6 +68,10 @@ def _cmd_train(args) -> int:
     untrained, _ = train.init_state(config)
     evaluate = training_evaluator(config, untrained.params)
     state, history = train.fit(config, out, resume=args.resume, progress=not args.no_progress, evaluate_fn=evaluate)
+    if int(state.step) < config.training.steps:  # stopped by SIGTERM/SIGINT, checkpointed
+        print(f"stopped at step {int(state.step)} of {config.training.steps}; checkpoint and history.json are in "
+              f"{out}; continue with: bnnp train {args.config} --out {out} --resume", file=sys.stderr)
+        return 0
     metrics = write_report(out, config, state.params, untrained.params, history)
     print(json.dumps({"run_dir": str(out), "heldout": metrics["heldout"], "prior_mmd": metrics.get("prior_mmd"),
                       "tasks_per_second": metrics["tasks_per_second"]}, indent=2))

@@ -20,6 +20,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -219,14 +222,16 @@ def _warm_up(config: RunConfig, params: Any, sampler: Callable, base_key: Array,
 
 
 def _run_chunks(config: RunConfig, chunk: Callable, state: TrainState, desc: str, progress: bool,
-                run_dir: Path | None = None, on_chunk: Callable | None = None) -> TrainState:
+                run_dir: Path | None = None, on_chunk: Callable | None = None,
+                stop: Callable[[], bool] = lambda: False) -> TrainState:
     """Call ``chunk(state, n)`` (``n <= steps_per_call``) until ``state.step`` reaches
-    ``training.steps``. A chunk with a non-finite loss raises :class:`TrainingDiverged`
-    before its state is kept; after each kept chunk, ``on_chunk(state, losses, seconds)``."""
+    ``training.steps``, or ``stop()`` is true after a chunk. A chunk with a non-finite
+    loss raises :class:`TrainingDiverged` before its state is kept; after each kept
+    chunk, ``on_chunk(state, losses, seconds)``."""
     t = config.training
     with tqdm(total=t.steps, initial=int(state.step), disable=not progress, desc=desc, unit="step",
               dynamic_ncols=True) as bar:
-        while int(state.step) < t.steps:
+        while int(state.step) < t.steps and not stop():
             step0 = int(state.step)
             n = min(t.steps_per_call, t.steps - step0)
             tic = time.perf_counter()
@@ -299,10 +304,44 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, resume: bool = Fal
             # history.json beside every checkpoint, so a run committed mid-way shows its curves.
             _write_atomic(run_dir / "history.json", json.dumps(history))
 
-    state = _run_chunks(config, chunk, state, "train", progress, run_dir, after_chunk)
+    with _stop_on_signal(run_dir is not None) as stop:
+        state = _run_chunks(config, chunk, state, "train", progress, run_dir, after_chunk, stop)
+    step = int(state.step)
+    if stop() and step < t.steps and step % t.checkpoint_every:  # stopped between checkpoints: keep the work
+        checkpoint.save(run_dir / "checkpoints", step, state, {"history": history})
     if run_dir is not None:
         _write_atomic(run_dir / "history.json", json.dumps(history))
     return state, history
+
+
+class _stop_on_signal:
+    """Within the block, SIGTERM and SIGINT ask the loop to stop after the running chunk
+    (``stop()`` turns true) instead of killing it, so :func:`fit` can checkpoint the steps
+    since the last checkpoint before it returns. A second signal acts as usual. Only a
+    run with a directory, in the main thread (where Python delivers signals), installs it."""
+
+    def __init__(self, active: bool):
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.requested, self.previous = False, {}
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signum, self.previous[signum])  # a second signal is not caught
+        print(f"\n{signal.Signals(signum).name}: stopping after this chunk and checkpointing", file=sys.stderr)
+
+    def __enter__(self):
+        if self.active:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -2,6 +2,7 @@
 device, divergence stops with the last good checkpoint, config errors name keys."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -60,6 +61,35 @@ def test_resume_is_bit_identical(tiny_config, full_run, tmp_path):
     assert checkpoint.list_checkpoints(run_dir / "checkpoints")[-1].name.endswith("000000020.pkl")
     resumed, history = train.fit(tiny_config, run_dir, resume=True, progress=False)
     assert len(history["loss"]) == 30
+    for a, b in zip(_leaves(resumed), _leaves(full_state)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_stops_after_the_chunk_checkpoints_and_resumes_identically(tiny_config, full_run, tmp_path):
+    """SIGTERM at step 15 (between the checkpoints at 10 and 20): the loop finishes the
+    running chunk, writes a checkpoint and history.json at that step and returns; resuming
+    ends where the uninterrupted run does, bit for bit."""
+    import signal
+
+    _, full_state, full_history = full_run
+    run_dir = tmp_path / "stopped"
+    seen = []
+
+    def on_eval(params):  # called by the loop after the chunk ending at each eval step
+        seen.append(1)
+        if len(seen) == 2:  # after the chunk ending at step 15 (step 0 is evaluated first)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {}
+
+    cfg = dataclasses.replace(tiny_config, training=dataclasses.replace(tiny_config.training, eval_every=15))
+    previous = signal.getsignal(signal.SIGTERM)
+    state, history = train.fit(cfg, run_dir, progress=False, evaluate_fn=on_eval)
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is removed again
+    assert int(state.step) == 15 and len(history["loss"]) == 15
+    assert checkpoint.list_checkpoints(run_dir / "checkpoints")[-1].name.endswith("000000015.pkl")
+    assert len(json.loads((run_dir / "history.json").read_text())["loss"]) == 15
+    resumed, history = train.fit(tiny_config, run_dir, resume=True, progress=False)
+    np.testing.assert_array_equal(history["loss"], full_history["loss"])
     for a, b in zip(_leaves(resumed), _leaves(full_state)):
         np.testing.assert_array_equal(a, b)
 
