@@ -24,11 +24,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from bnnp_jax.gaussian import Gaussian, kl_divergence
+from bnnp_jax.core.driver import run_chunks
+from bnnp_jax.core.gaussian import Gaussian, kl_divergence
 from bnnp_jax.inference import evidence
 from bnnp_jax.inference import model as bnn
+
+__all__ = ["METHODS", "VIResult", "run_steps", "adam_linear_decay", "ucvi_guide", "make_guide", "fit",
+           "unit_gaussians", "flat_gaussian", "kl_flat_to_units", "kl_to_prior", "sample", "elbo",
+           "predict"]
 
 Array = jax.Array
 METHODS = ("mfvi", "fcvi", "ucvi")
@@ -64,19 +68,19 @@ def run_steps(key, step: Callable, state, num_steps: int, *, chunk_size: int = 5
     def chunk(state, key, length):
         return jax.lax.scan(step, state, jax.random.split(key, length))
 
-    losses, done = [], 0
-    with tqdm(total=num_steps, desc=desc, disable=not progress_bar, leave=False) as bar:
-        while done < num_steps:
-            length = min(chunk_size, num_steps - done)
-            key, sub = jax.random.split(key)
-            state, loss = chunk(state, sub, length)
-            if not np.all(np.isfinite(loss)):
-                bad = done + int(np.argmin(np.isfinite(loss)))
-                raise FloatingPointError(f"{desc or 'optimisation'}: non-finite loss at step {bad}")
-            losses.append(loss)
-            done += length
-            bar.update(length)
-            bar.set_postfix(loss=float(loss[-1]))
+    def run_chunk(carry, start, length):
+        state, key = carry
+        key, sub = jax.random.split(key)
+        state, loss = chunk(state, sub, length)
+        return (state, key), loss
+
+    def check(loss, start):
+        if not np.all(np.isfinite(loss)):
+            bad = start + int(np.argmin(np.isfinite(loss)))
+            raise FloatingPointError(f"{desc or 'optimisation'}: non-finite loss at step {bad}")
+
+    (state, _), losses = run_chunks(run_chunk, (state, key), num_steps, chunk_size, desc=desc, progress=progress_bar,
+                                    check=check, postfix=lambda loss, n, sec: {"loss": float(loss[-1])})
     return state, jnp.concatenate(losses)
 
 

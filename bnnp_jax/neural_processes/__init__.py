@@ -1,7 +1,7 @@
 """Neural-process baselines (SPEC section 7): CNP, latent NP, attentive NP and TNP-D.
 
 They are trained on the same padded :class:`~bnnp_jax.data.tasks.TaskBatch`
-streams, by the same loop (:mod:`bnnp_jax.train`, ``model: cnp|np|anp|tnp``)
+streams, by the same loop (:mod:`bnnp_jax.training.loop`, ``model: cnp|np|anp|tnp``)
 and scored with the same metrics as the BNNP. All functions here take one
 task (vmap over tasks) except :func:`batch_loss`.
 

@@ -38,12 +38,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnnp_jax.bnnp import BNNPConfig
+from bnnp_jax.bnnp.model import BNNPConfig
 from bnnp_jax.config import ConfigError, from_dict, load_yaml
 from bnnp_jax.data.tasks import TaskBatch, split
 from bnnp_jax.neural_processes import NPConfig
-from bnnp_jax.run_config import TrainingConfig
+from bnnp_jax.training.config import TrainingConfig
 from bnnp_jax.studies import study_runs
+
+__all__ = ["NP_KINDS", "BASELINES", "DataSection", "BaselineSection", "StudySection", "GoldilocksConfig",
+           "MetaDataset", "age_groups", "split_groups", "make_metadataset", "make_sampler",
+           "train_and_score", "baseline_score", "contenders", "run_one", "summarise", "markdown_table",
+           "plot", "write_outputs", "add_arguments", "run"]
 
 NP_KINDS = ("cnp", "np", "anp", "tnp")
 BASELINES = ("mfvi", "givi")
@@ -180,7 +185,7 @@ def make_metadataset(seed: int, data: DataSection, dtype=np.float32) -> MetaData
 
 def make_sampler(meta: MetaDataset, data: DataSection) -> Callable:
     """``sampler(key, num_tasks) -> TaskBatch``: random subsets of a random training group
-    with a random context/target split (jittable, for :func:`bnnp_jax.train.fit`)."""
+    with a random context/target split (jittable, for :func:`bnnp_jax.training.loop.fit`)."""
     from bnnp_jax.data import synthetic
 
     x, y, valid = jnp.asarray(meta.x), jnp.asarray(meta.y), jnp.asarray(meta.valid)
@@ -200,7 +205,7 @@ def make_sampler(meta: MetaDataset, data: DataSection) -> Callable:
 
 
 def _run_config(cfg: GoldilocksConfig, model: str, seed: int, fraction: float = 1.0, side: str = "front"):
-    from bnnp_jax import run_config
+    from bnnp_jax.training import config as run_config
 
     training = dataclasses.replace(cfg.training, seed=seed, prior_fraction=fraction, prior_side=side)
     if model != "bnnp":
@@ -211,7 +216,8 @@ def _run_config(cfg: GoldilocksConfig, model: str, seed: int, fraction: float = 
 def train_and_score(cfg: GoldilocksConfig, meta: MetaDataset, sampler, model: str, seed: int,
                     fraction: float = 1.0, side: str = "front", progress: bool = True) -> dict:
     """Meta-train one model on the training groups, score it on the test task."""
-    from bnnp_jax import evaluation, train
+    from bnnp_jax.training import evaluation
+    from bnnp_jax.training import loop as train
 
     rc = _run_config(cfg, model, seed, fraction, side)
     tic = time.perf_counter()

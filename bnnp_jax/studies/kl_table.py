@@ -42,6 +42,9 @@ import numpy as np
 
 from bnnp_jax.config import ConfigError, load_yaml, to_dict
 
+__all__ = ["METHODS", "MODES", "TrainSettings", "AISSettings", "NUTSSettings", "KLTableConfig", "simulate",
+           "load_meta_bnnp", "run_sigma", "markdown_table", "plot", "add_arguments", "run"]
+
 METHODS = ("bnnp_per_task", "bnnp_amortised", "givi", "ucvi", "fcvi", "mfvi")
 MODES = ("paper", "certified")
 
@@ -167,7 +170,9 @@ def load_meta_bnnp(cfg: KLTableConfig):
     ``KL = log p(D) - ELBO`` needs the ELBO under the table's model, so the BNNP must have
     the table's widths and activation and its prior must still be the table's fixed prior
     ``N(0, I / (D_in + 1))`` (meta-train with ``training.prior_fraction: 0``)."""
-    from bnnp_jax import checkpoint, run_config, train
+    from bnnp_jax.training import checkpoint
+    from bnnp_jax.training import config as run_config
+    from bnnp_jax.training import loop as train
     from bnnp_jax.inference import model as bnn
 
     field = "bnnp_checkpoint"
