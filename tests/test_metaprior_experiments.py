@@ -31,7 +31,7 @@ def _accuracy(params, mcfg, x, y, num_samples) -> float:
 def test_quick_moons_reaches_95_percent(moons):
     """Seeded quick run (the config's quick: overrides); accuracy of the predictive mean."""
     assert moons["metrics"]["accuracy"] >= 0.95
-    x_te, y_te = moons["data"][2:]
+    x_te, y_te = moons["data"][4:]
     assert _accuracy(moons["params"], moons["mcfg"], x_te, y_te, moons["eval_samples"]) >= 0.95
 
 
@@ -40,7 +40,7 @@ def test_illation_improves_permuted_task(moons, task, which):
     """Swap the two classes (or the two input coordinates), re-fit only the output (input)
     codes on 40 shots with g fixed: accuracy on the permuted test set must rise well above
     the unadapted model's."""
-    x_tr, y_tr, x_te, y_te = moons["data"]
+    x_tr, y_tr, _, _, x_te, y_te = moons["data"]
     if task == "classes":
         shots, test = (x_tr[:40], 1 - y_tr[:40]), (x_te, 1 - y_te)
     else:
@@ -76,6 +76,8 @@ def test_cli_arguments():
     me.add_arguments(parser)
     args = parser.parse_args(["fewshot", "--quick", "--out", "d", "--seed", "3", "--mnist", "m.npz"])
     assert (args.experiment, args.quick, args.out, args.seed, args.mnist) == ("fewshot", True, "d", 3, "m.npz")
+    args = parser.parse_args(["moons", "--seeds", "1", "2", "--n-val", "40"])
+    assert (args.seeds, args.n_val, args.seed) == ([1, 2], 40, None)
     with pytest.raises(SystemExit):
         parser.parse_args(["imagenet"])
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from bnnp_jax.bnnp import bnam
@@ -52,7 +53,26 @@ def training_evaluator(config: RunConfig, untrained):
         return evaluate
     learned, _, _ = evaluation.prior_mmd_tracker(mmd_key(config), untrained, config.data.family, t.plot_samples,
                                               config.data.params)
-    return lambda params: {**evaluate(params), "mmd2_prior": learned(params)}
+    terms = objective_terms(heldout(config), t.eval_samples, t.seed)
+    return lambda params: {**evaluate(params), "mmd2_prior": learned(params), **terms(params)}
+
+
+def objective_terms(tasks, num_samples: int, seed: int = 0):
+    """``terms(params) -> dict``: the BNNP's noise level and the three terms of SPEC
+    section 5 (``ctxt_ell``, ``trgt_ppl``, ``kl``, task means) on fixed held-out tasks,
+    so a run's history shows which term moves (e.g. sigma_y growing to explain structure
+    as noise, or the KL pulling the posteriors onto the prior)."""
+    from bnnp_jax.bnnp import objectives
+
+    key = jax.random.PRNGKey(seed + 3)
+    fn = jax.jit(lambda params: objectives.batch_terms(key, params, tasks, num_samples, None, 1))
+
+    def terms(params) -> dict:
+        out = fn(params)
+        return {"sigma_y": float(jnp.mean(bnnp.sigma_y(params))), "ctxt_ell": float(jnp.mean(out.ctxt_ell)),
+                "trgt_ppl": float(jnp.mean(out.trgt_ppl)), "kl": float(jnp.mean(out.kl))}
+
+    return terms
 
 
 def write_report(run_dir: Path, config: RunConfig, params, untrained, history: dict) -> dict:

@@ -13,10 +13,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.datasets import make_moons
 
-from bnnp_jax.core.gaussian import normal_log_prob
 from bnnp_jax.core import networks
-from bnnp_jax.metaprior import model as mp
+from bnnp_jax.core.gaussian import normal_log_prob
 from bnnp_jax.metaprior import mfvi as mf
+from bnnp_jax.metaprior import model as mp
+from bnnp_jax.metaprior.fit import FitConfig
+from bnnp_jax.studies.metaprior import mlp_baseline as mlp
 from bnnp_jax.studies.metaprior.common import classification_metrics, final_elbo, train_metaprior, train_mfvi
 from bnnp_jax.studies.metaprior.experiments import ExperimentConfig
 
@@ -188,12 +190,37 @@ def run_cubic(cfg: ExperimentConfig, out: Path) -> dict:
 # ----- moons ---------------------------------------------------------------
 
 
-def moons_data(seed: int, n_train: int, n_test: int, noise: float) -> tuple[np.ndarray, ...]:
-    """Half-moons, standardised with the training statistics: ``x [N, 2]``, labels ``[N]``."""
+def moons_data(seed: int, n_train: int, n_test: int, noise: float, n_val: int = 0) -> tuple[np.ndarray, ...]:
+    """Half-moons as ``(x_fit, y_fit, x_val, y_val, x_test, y_test)``: ``x [N, 2]``, labels ``[N]``,
+    with ``n_train - n_val`` fitting, ``n_val`` validation and ``n_test`` test points.
+
+    ``make_moons`` shuffles, so the splits are consecutive blocks of one seeded draw and
+    disjoint by construction; the validation block comes out of the ``n_train`` labelled
+    points, never the test set. Inputs are standardised with the fitting points' statistics
+    (validation and test points must not inform the model)."""
     x, y = make_moons(n_train + n_test, noise=noise, random_state=seed)
-    mu, sd = x[:n_train].mean(0), x[:n_train].std(0)
-    x = ((x - mu) / sd).astype(np.float32)
-    return x[:n_train], y[:n_train].astype(np.int32), x[n_train:], y[n_train:].astype(np.int32)
+    n_fit = n_train - n_val
+    mu, sd = x[:n_fit].mean(0), x[:n_fit].std(0)
+    x, y = ((x - mu) / sd).astype(np.float32), y.astype(np.int32)
+    return x[:n_fit], y[:n_fit], x[n_fit:n_train], y[n_fit:n_train], x[n_train:], y[n_train:]
+
+
+def split_metrics(logits_fn, data: tuple[np.ndarray, ...]) -> dict[str, float]:
+    """Test ``accuracy`` / ``nll`` and, when there is a validation split, ``val_accuracy`` /
+    ``val_nll``; ``logits_fn(x [N, D]) -> [S, N, C]``, ``data`` as from :func:`moons_data`."""
+    _, _, x_va, y_va, x_te, y_te = data
+    out = classification_metrics(logits_fn(jnp.asarray(x_te)), y_te)
+    if len(y_va):
+        out.update({f"val_{k}": v for k, v in classification_metrics(logits_fn(jnp.asarray(x_va)), y_va).items()})
+    return out
+
+
+def convergence(trace: Array) -> dict[str, float]:
+    """Final training objective per point (mean of the last 10% of steps) and its change from
+    the 10% before (``trace_drift``): near zero when training has converged."""
+    n = max(1, trace.shape[0] // 10)
+    last, before = float(jnp.mean(trace[-n:])), float(jnp.mean(trace[-2 * n:-n]))
+    return {"final_objective_per_point": last, "trace_drift": last - before}
 
 
 @partial(jax.jit, static_argnames=("mcfg", "unit", "num"))
@@ -250,37 +277,74 @@ def _plot_correlations(path: Path, key: Array, snapshots: list, mcfg, unit: int)
 
 
 def fit_moons(cfg: ExperimentConfig, key: Array) -> dict:
-    """Data, trained MetaPrior and its test metrics (no baseline, no plots): a dict with
-    ``data (x_tr, y_tr, x_te, y_te)``, ``mcfg``, ``p0``, ``params``, ``trace``, ``metrics``."""
+    """Data, trained MetaPrior and its validation / test metrics (no baselines, no plots): a dict
+    with ``data`` (as from :func:`moons_data`), ``mcfg``, ``p0``, ``params``, ``trace``, ``metrics``."""
     k_mp, k_pred = jax.random.split(key)
-    data = moons_data(cfg.seed, cfg.n_train, cfg.n_test, cfg.noise)
-    x_tr, y_tr, x_te, y_te = data
+    data = moons_data(cfg.seed, cfg.n_train, cfg.n_test, cfg.noise, cfg.n_val)
     mcfg, p0, params, trace = train_metaprior(k_mp, cfg, (2, *cfg.hidden, 2), "categorical",
-                                              jnp.asarray(x_tr), jnp.asarray(y_tr))
-    xt = jnp.asarray(x_te)
-    logits = mp.predict(k_pred, params, mcfg, xt, cfg.eval_samples)
-    mean_logits = mp.predict(k_pred, params, mcfg, xt, 1, z=mp.mean_codes(params.codes), weight_noise=False)
-    metrics = {**classification_metrics(logits, y_te), "final_elbo_per_point": final_elbo(trace),
-               "accuracy_mean_codes": classification_metrics(mean_logits, y_te)["accuracy"],
+                                              jnp.asarray(data[0]), jnp.asarray(data[1]))
+    mean_z = mp.mean_codes(params.codes)
+    metrics = {**split_metrics(lambda x: mp.predict(k_pred, params, mcfg, x, cfg.eval_samples), data),
+               **convergence(trace), "final_elbo_per_point": final_elbo(trace),
+               "accuracy_mean_codes": split_metrics(
+                   lambda x: mp.predict(k_pred, params, mcfg, x, 1, z=mean_z, weight_noise=False), data)["accuracy"],
                "code_std_per_layer": [float(jnp.exp(q.log_std).mean()) for q in params.codes.units]}
     return {"data": data, "mcfg": mcfg, "p0": p0, "params": params, "trace": trace, "metrics": metrics}
 
 
+def fit_moons_mfvi(cfg: ExperimentConfig, key: Array, data: tuple[np.ndarray, ...]) -> dict[str, float]:
+    """Mean-field BNN baseline (``baseline`` / ``baseline_fit``) on the fitting split; its metrics."""
+    k_mf, k_pred = jax.random.split(key)
+    bcfg, params, trace = train_mfvi(k_mf, cfg, (2, *cfg.hidden, 2), "categorical", jnp.asarray(data[0]),
+                                     jnp.asarray(data[1]))
+    return {**split_metrics(lambda x: mf.predict(k_pred, params, bcfg, x, cfg.eval_samples), data),
+            **convergence(trace), "final_elbo_per_point": final_elbo(trace)}
+
+
+def fit_moons_mlp(cfg: ExperimentConfig, key: Array, data: tuple[np.ndarray, ...]) -> dict[str, float]:
+    """Deterministic MLP baseline (``mlp`` / ``mlp_fit``) on the fitting split; its metrics
+    (``final_objective_per_point`` is minus the training NLL, to read like an ELBO)."""
+    lcfg = cfg.mlp_config((2, *cfg.hidden, 2), "categorical")
+    k_init, k_fit = jax.random.split(key)
+    weights, trace = mlp.fit(k_fit, mlp.init(k_init, lcfg), lcfg, FitConfig(**cfg.mlp_fit), jnp.asarray(data[0]),
+                             jnp.asarray(data[1]))
+    return {**split_metrics(lambda x: mlp.predict(weights, lcfg, x), data), **convergence(-trace)}
+
+
+MOONS_MODELS = ("metaprior", "mfvi", "mlp")
+
+
+def evaluate_moons(cfg: ExperimentConfig, models: tuple[str, ...] = MOONS_MODELS) -> dict:
+    """Fit the chosen ``models`` on one seed's data (``cfg.seed`` sets data and keys); returns
+    ``{model: metrics}`` plus ``_fit`` (the MetaPrior fit of :func:`fit_moons`, for the plots)."""
+    unknown = set(models) - set(MOONS_MODELS)
+    if unknown:
+        raise ValueError(f"models must be drawn from {MOONS_MODELS}, got {sorted(unknown)}")
+    k_fit, k_mf, k_mlp = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
+    out: dict = {}
+    if "metaprior" in models:
+        res = fit_moons(cfg, k_fit)
+        out.update(metaprior=res["metrics"], _fit=res)
+    data = moons_data(cfg.seed, cfg.n_train, cfg.n_test, cfg.noise, cfg.n_val)
+    if "mfvi" in models:
+        out["mfvi"] = fit_moons_mfvi(cfg, k_mf, data)
+    if "mlp" in models:
+        out["mlp"] = fit_moons_mlp(cfg, k_mlp, data)
+    return out
+
+
 def run_moons(cfg: ExperimentConfig, out: Path) -> dict:
-    """Half-moons: MetaPrior vs mean-field BNN accuracy, predictive uncertainty, weight correlations."""
+    """Half-moons: MetaPrior vs mean-field BNN and MLP accuracy, predictive uncertainty, weight correlations."""
     out.mkdir(parents=True, exist_ok=True)
-    k_fit, k_mf, k_pred, k_corr = jax.random.split(jax.random.PRNGKey(cfg.seed), 4)
-    res = fit_moons(cfg, k_fit)
-    x_tr, y_tr, x_te, y_te = res["data"]
-    bcfg, mfp, mf_trace = train_mfvi(k_mf, cfg, (2, *cfg.hidden, 2), "categorical", jnp.asarray(x_tr), jnp.asarray(y_tr))
-    results = {
-        "metaprior": res["metrics"],
-        "mfvi": {**classification_metrics(mf.predict(k_pred, mfp, bcfg, jnp.asarray(x_te), cfg.eval_samples), y_te),
-                 "final_elbo_per_point": final_elbo(mf_trace)},
-        "paper_reported_accuracy": 0.955,
-        "accuracy": res["metrics"]["accuracy"],
-    }
-    _plot_moons(out / "moons_uncertainty.png", k_pred, res["params"], res["mcfg"], x_te, y_te)
-    _plot_correlations(out / "moons_weight_correlations.png", k_corr, [("init", res["p0"]), ("trained", res["params"])],
-                       res["mcfg"], 0)
+    k_pred, k_corr = jax.random.split(jax.random.PRNGKey(cfg.seed + 10_000))
+    res = evaluate_moons(cfg)
+    fitted = res.pop("_fit")
+    x_te, y_te = fitted["data"][4:]
+    results = {**res, "paper_reported_accuracy": 0.955, "accuracy": res["metaprior"]["accuracy"],
+               "n_fit": len(fitted["data"][1]), "n_val": len(fitted["data"][3]), "n_test": len(y_te)}
+    if "val_accuracy" in res["metaprior"]:
+        results["val_accuracy"] = res["metaprior"]["val_accuracy"]
+    _plot_moons(out / "moons_uncertainty.png", k_pred, fitted["params"], fitted["mcfg"], x_te, y_te)
+    _plot_correlations(out / "moons_weight_correlations.png", k_corr,
+                       [("init", fitted["p0"]), ("trained", fitted["params"])], fitted["mcfg"], 0)
     return results
