@@ -105,12 +105,12 @@ class Gaussian(NamedTuple):
         """Log density per unit: ``w [..., O, D] -> [..., O]``."""
         z = jnp.einsum("...ji,...j->...i", self.prec_tril, w - self.mean)  # C^T (w - m)
         d = self.dim
-        return -0.5 * jnp.sum(z**2, -1) + log_diag(self.prec_tril) - 0.5 * d * math.log(2 * math.pi)
+        return -0.5 * jnp.sum(z**2, -1) + log_diag(self.prec_tril) - 0.5 * d * LOG_2PI
 
     def entropy(self) -> Array:
         """Differential entropy per unit ``[..., O]``."""
         d = self.dim
-        return 0.5 * d * (1.0 + math.log(2 * math.pi)) - log_diag(self.prec_tril)
+        return 0.5 * d * (1.0 + LOG_2PI) - log_diag(self.prec_tril)
 
 
 def kl_divergence(q: Gaussian, p: Gaussian) -> Array:

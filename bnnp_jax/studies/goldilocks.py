@@ -232,8 +232,8 @@ def train_and_score(cfg: GoldilocksConfig, meta: MetaDataset, sampler, model: st
 def baseline_score(cfg: GoldilocksConfig, meta: MetaDataset, method: str, seed: int, progress: bool = True) -> dict:
     """MFVI or GIVI on the test context under the fixed prior; scored on the test targets."""
     from bnnp_jax import metrics
-    from bnnp_jax.inference import givi, vi
     from bnnp_jax.inference import model as bnn
+    from bnnp_jax.inference import registry
 
     b, c = cfg.baselines, cfg.bnnp
     model = bnn.fixed_prior_model((c.x_dim, *c.hidden, c.y_dim), c.activation, meta.residual_scale, jnp.float32)
@@ -242,14 +242,11 @@ def baseline_score(cfg: GoldilocksConfig, meta: MetaDataset, method: str, seed: 
     x_c, y_c, x_t, y_t = (jnp.asarray(a) for a in (t.x[0][ctx], t.y[0][ctx], t.x[0][tgt], t.y[0][tgt]))
     key_fit, key_pred = jax.random.split(jax.random.PRNGKey(seed))
     tic = time.perf_counter()
-    if method == "mfvi":
-        result = vi.fit(key_fit, model, x_c, y_c, "mfvi", num_steps=b.num_steps, lr=tuple(b.lr),
-                        num_particles=b.num_particles, progress_bar=progress)
-        f = vi.predict(key_pred, result, x_t, cfg.study.eval_samples)
-    else:
-        result = givi.fit(key_fit, model, x_c, y_c, num_inducing=b.num_inducing, num_steps=b.num_steps,
-                          lr=tuple(b.lr), num_samples=b.num_particles, progress_bar=progress)
-        f = givi.predict(key_pred, result, x_t, cfg.study.eval_samples)
+    settings = {"mfvi": dict(num_particles=b.num_particles),
+                "givi": dict(num_inducing=b.num_inducing, num_samples=b.num_particles)}[method]
+    result = registry.fit(method, key_fit, model, x_c, y_c, num_steps=b.num_steps, lr=tuple(b.lr),
+                          progress_bar=progress, **settings)
+    f = registry.predict(key_pred, result, x_t, cfg.study.eval_samples)
     scores = metrics.summary(f, model.sigma_y, y_t, jnp.ones(y_t.shape[0], f.dtype))
     return {**{k: float(v) for k, v in scores.items()}, "seconds": time.perf_counter() - tic}
 
