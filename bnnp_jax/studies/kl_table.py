@@ -42,10 +42,11 @@ import numpy as np
 
 from bnnp_jax.config import ConfigError, load_yaml, to_dict
 
-__all__ = ["METHODS", "MODES", "TrainSettings", "AISSettings", "NUTSSettings", "KLTableConfig", "simulate",
-           "load_meta_bnnp", "run_sigma", "markdown_table", "plot", "add_arguments", "run"]
+__all__ = ["METHODS", "GAUSSIAN_VI", "MODES", "TrainSettings", "AISSettings", "NUTSSettings", "KLTableConfig",
+           "simulate", "load_meta_bnnp", "run_sigma", "markdown_table", "plot", "add_arguments", "run"]
 
-METHODS = ("bnnp_per_task", "bnnp_amortised", "givi", "ucvi", "fcvi", "mfvi")
+METHODS = ("bnnp_per_task", "bnnp_amortised", "givi", "ucvi", "lcvi", "fcvi", "mfvi")
+GAUSSIAN_VI = ("mfvi", "ucvi", "lcvi", "fcvi")  # nested families: MFVI ⊂ UCVI ⊂ LCVI ⊂ FCVI
 MODES = ("paper", "certified")
 
 
@@ -56,6 +57,17 @@ class TrainSettings:
     lr_end: float = 5e-5
     num_particles: int = 8
     givi_inducing: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class VISettings:
+    """How MFVI/UCVI/LCVI/FCVI are fitted (:func:`bnnp_jax.inference.gaussian_vi.fit`; the
+    defaults are the settings chosen in docs/kl_study.md)."""
+
+    scale: str = "ggn"
+    mean_init: str = "gauss_newton"
+    estimator: str = "closed_form"
+    init_log_scale: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +109,7 @@ class KLTableConfig:
     elbo_samples: int = 10_000
     float64: bool = True
     train: TrainSettings = TrainSettings()
+    vi: VISettings = VISettings()
     ais: AISSettings = AISSettings()
     nuts: NUTSSettings = NUTSSettings()
     bnnp_checkpoint: str | None = None
@@ -139,7 +152,8 @@ def simulate(cfg: KLTableConfig):
 
 
 def _fit_and_elbo(method: str, key, model, x, y, cfg: KLTableConfig, meta_bnnp=None):
-    """Train ``method`` on ``(x, y)`` and estimate its ELBO -> ELBOEstimate. ``meta_bnnp``:
+    """Train ``method`` on ``(x, y)`` and estimate its ELBO -> ``(ELBOEstimate, fit)``, the fit
+    (with its ``losses``, the ELBO trajectory) ``None`` for ``bnnp_amortised``. ``meta_bnnp``:
     the BNNP for ``bnnp_amortised`` (:func:`load_meta_bnnp`; loaded here when None)."""
     from bnnp_jax.inference import bnnp_methods, givi, vi
 
@@ -148,18 +162,62 @@ def _fit_and_elbo(method: str, key, model, x, y, cfg: KLTableConfig, meta_bnnp=N
     kf, ke = jax.random.split(key)
     s = cfg.elbo_samples
     if method in vi.METHODS:
-        res = vi.fit(kf, model, x, y, method, num_steps=t.num_steps, lr=lr, num_particles=t.num_particles)
-        return vi.elbo(ke, res, x, y, s)
+        res = vi.fit(kf, model, x, y, method, num_steps=t.num_steps, lr=lr, num_particles=t.num_particles,
+                     progress_bar=False, **dataclasses.asdict(cfg.vi))
+        return vi.elbo(ke, res, x, y, s), res
     if method == "givi":
         res = givi.fit(kf, model, x, y, num_inducing=t.givi_inducing, num_steps=t.num_steps, lr=lr,
-                       num_samples=t.num_particles)
-        return givi.elbo(ke, res, x, y, s)
+                       num_samples=t.num_particles, progress_bar=False)
+        return givi.elbo(ke, res, x, y, s), res
     if method == "bnnp_per_task":
-        res = bnnp_methods.per_task_fit(kf, model, x, y, num_steps=t.num_steps, lr=lr, num_samples=t.num_particles)
-        return bnnp_methods.per_task_elbo(ke, res, s)
+        res = bnnp_methods.per_task_fit(kf, model, x, y, num_steps=t.num_steps, lr=lr, num_samples=t.num_particles,
+                                        progress_bar=False)
+        return bnnp_methods.per_task_elbo(ke, res, s), res
     if meta_bnnp is None:
         meta_bnnp = load_meta_bnnp(cfg)
-    return _amortised_elbo(ke, meta_bnnp, model, x, y, cfg)
+    return _amortised_elbo(ke, meta_bnnp, model, x, y, cfg), None
+
+
+def closed_form_kl(method: str, res, model, x, y) -> float:
+    """``KL(q || p(W | D))`` in closed form for a model with no hidden layer, where every
+    method's ``q`` is Gaussian and the posterior is exact (no Monte Carlo) -> float."""
+    from bnnp_jax.core import blr
+    from bnnp_jax.core.gaussian import kl_divergence
+    from bnnp_jax.inference import bnnp_methods, givi, vi
+    from bnnp_jax.inference import model as bnn
+    from bnnp_jax.core.networks import with_bias
+
+    post = bnn.exact_posterior(model, x, y)
+    prior = model.prior_gaussians()[0]
+    if method in vi.METHODS:
+        return float(vi.kl_to_gaussians(res, [post]))
+    if method == "givi":
+        p = res.params
+        q = givi.layer_posterior(with_bias(p.z), p.pseudo_y[0], p.prec_raw[0], prior)
+    elif method == "bnnp_per_task":
+        p = res.params
+        lam = (bnnp_methods._precision(p.log_s[-1]) if p.log_s
+               else jnp.broadcast_to(model.sigma_y**-2, y.shape))
+        q = blr.posterior(with_bias(x), y, lam, prior)
+    else:
+        raise ValueError(f"no closed form for {method!r}")
+    return float(jnp.sum(kl_divergence(q, post)))
+
+
+def elbo_trace(losses, max_points: int = 200) -> dict:
+    """The ELBO trajectory of a fit, kept in the records: the ELBO averaged over ``<= max_points``
+    equal windows of steps (``steps``: each window's last step), and whether it is still rising
+    at the end (:func:`gaussian_vi.still_rising`)."""
+    from bnnp_jax.inference import gaussian_vi
+
+    a = -np.asarray(losses, float)
+    k = max(1, math.ceil(a.size / max_points))
+    n = a.size // k
+    trace = a[: n * k].reshape(n, k).mean(1)
+    rising = gaussian_vi.still_rising(losses)
+    return {"elbo_trace": [float(v) for v in trace], "elbo_trace_steps": [int((i + 1) * k) for i in range(n)],
+            "elbo_rising": rising["rising"], "elbo_final_gain": rising["gain"],
+            "elbo_final_gain_stderr": rising["gain_stderr"]}
 
 
 def load_meta_bnnp(cfg: KLTableConfig):
@@ -269,16 +327,22 @@ def run_sigma(key, sigma: float, data, cfg: KLTableConfig, meta_bnnp=None) -> li
     records = []
     for method, k in zip(cfg.methods, jax.random.split(k_m, len(cfg.methods))):
         t0 = time.perf_counter()
-        est = _fit_and_elbo(method, k, model, x, y, cfg, meta_bnnp)
+        est, res = _fit_and_elbo(method, k, model, x, y, cfg, meta_bnnp)
         kl = evidence.kl_interval(est.value, ev)
         rec = dict(base, method=method, elbo=float(est.value), elbo_stderr=float(est.stderr),
                    kl_lower=kl.lower, kl_upper=kl.upper, seconds=time.perf_counter() - t0)
         if not math.isnan(kl.exact):
             rec["kl_exact"] = kl.exact
+        if res is not None:
+            rec.update(elbo_trace(res.losses))
+            if model.num_layers == 1:
+                rec["kl_closed_form"] = closed_form_kl(method, res, model, x, y)
         records.append(rec)
         exact = f", exact {kl.exact:.3f}" if "kl_exact" in rec else ""
-        print(f"sigma_y={sigma:.4g} {method}: ELBO {rec['elbo']:.3f}, KL in [{kl.lower:.3f}, {kl.upper:.3f}]{exact} "
-              f"({rec['seconds']:.0f} s)", flush=True)
+        closed = f", closed form {rec['kl_closed_form']:.4f}" if "kl_closed_form" in rec else ""
+        flag = " [ELBO still rising]" if rec.get("elbo_rising") else ""
+        print(f"sigma_y={sigma:.4g} {method}: ELBO {rec['elbo']:.3f}, KL in [{kl.lower:.3f}, {kl.upper:.3f}]{exact}"
+              f"{closed} ({rec['seconds']:.0f} s){flag}", flush=True)
     return records
 
 
@@ -286,7 +350,8 @@ def run_sigma(key, sigma: float, data, cfg: KLTableConfig, meta_bnnp=None) -> li
 
 
 def markdown_table(records: list[dict], methods) -> str:
-    """Rows ``sigma_y``, columns methods, cells ``KL lower .. upper`` (or the exact KL)."""
+    """Rows ``sigma_y``, columns methods, cells ``KL lower .. upper`` (or the exact KL); then,
+    where present, the closed-form KLs (no hidden layer) and the nested-family ordering check."""
     sigmas = sorted({r["sigma_y"] for r in records})
     by = {(r["sigma_y"], r["method"]): r for r in records}
     lines = ["| sigma_y | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
@@ -296,18 +361,52 @@ def markdown_table(records: list[dict], methods) -> str:
             r = by.get((s, m))
             if r is None:
                 cells.append("")
-            elif "kl_exact" in r:
-                cells.append(f"{r['kl_exact']:.3g}")
+                continue
+            if "kl_exact" in r:
+                cell = f"{r['kl_exact']:.3g}"
             else:
                 crossed = "†" if r["kl_lower"] > r["kl_upper"] else ""
-                cells.append(f"{r['kl_lower']:.3g} .. {r['kl_upper']:.3g}" + ("" if r["upper_is_bound"] else "*") + crossed)
+                cell = f"{r['kl_lower']:.3g} .. {r['kl_upper']:.3g}" + ("" if r["upper_is_bound"] else "*") + crossed
+            cells.append(cell + (" ↑" if r.get("elbo_rising") else ""))
         lines.append(f"| {s:.3g} | " + " | ".join(cells) + " |")
     note = ("\nCells: KL(q || p(W|D)) in [log p(D)_lower - ELBO, log p(D)_upper - ELBO]; "
             "* marks an approximate upper end (reverse AIS from NUTS, paper mode); "
             "† marks a crossed sandwich: the forward-AIS estimate of log p(D) exceeded the reverse-AIS one. "
             "Both are bounds only in expectation, so the evidence is pinned down to within their Monte-Carlo "
-            "noise there (the same gap for every method at that sigma_y).\n")
-    return "\n".join(lines) + "\n" + note
+            "noise there (the same gap for every method at that sigma_y). "
+            "↑ marks a fit whose ELBO was still rising at the end (last 10% of the steps vs the 10% before, "
+            "by more than 3 standard errors): not converged.\n")
+    out = "\n".join(lines) + "\n" + note
+    if any("kl_closed_form" in r for r in records):
+        lines = ["", "Closed-form KL(q || p(W|D)) (no hidden layer: q and the posterior are Gaussian; no Monte Carlo):",
+                 "", "| sigma_y | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+        for s in sigmas:
+            cells = [f"{by[(s, m)]['kl_closed_form']:.2g}" if "kl_closed_form" in by.get((s, m), {}) else ""
+                     for m in methods]
+            lines.append(f"| {s:.3g} | " + " | ".join(cells) + " |")
+        out += "\n".join(lines) + "\n"
+    bad = ordering_violations(records)
+    if len([m for m in methods if m in GAUSSIAN_VI]) > 1:
+        out += ("\nNested families (gaps FCVI <= LCVI <= UCVI <= MFVI at every sigma_y, within 3 ELBO standard "
+                "errors): " + ("holds.\n" if not bad else "violated at " + "; ".join(bad) + ".\n"))
+    return out
+
+
+def ordering_violations(records: list[dict], z: float = 3.0) -> list[str]:
+    """Where the nested Gaussian families break ``gap(FCVI) <= gap(LCVI) <= gap(UCVI) <= gap(MFVI)``,
+    i.e. a larger family's ELBO is below a smaller one's by more than ``z`` combined standard
+    errors (the evidence is common to a ``sigma_y``, so gaps compare as ELBOs) -> descriptions."""
+    by = {(r["sigma_y"], r["method"]): r for r in records}
+    out = []
+    for s in sorted({r["sigma_y"] for r in records}):
+        present = [m for m in reversed(GAUSSIAN_VI) if (s, m) in by]  # fcvi, lcvi, ucvi, mfvi
+        for i, big in enumerate(present):
+            for small in present[i + 1:]:
+                a, b = by[(s, big)], by[(s, small)]
+                se = math.hypot(a.get("elbo_stderr", 0.0), b.get("elbo_stderr", 0.0))
+                if a["elbo"] < b["elbo"] - z * se:
+                    out.append(f"sigma_y={s:.3g}: {big} ELBO {a['elbo']:.3f} < {small} {b['elbo']:.3f}")
+    return out
 
 
 def plot(records: list[dict], methods, path: Path) -> None:

@@ -17,7 +17,10 @@ import numpy as np  # noqa: E402
 
 def training_curve(history: dict, path: Path) -> None:
     loss = np.asarray(history["loss"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    ev = history.get("eval", [])
+    # Runs that track the prior (BNNP on a 1-D family) get the prior MMD and sigma_y panels.
+    extra = [k for k in ("mmd2_prior", "sigma_y") if ev and all(k in e for e in ev)]
+    fig, axes = plt.subplots(1, 2 + len(extra), figsize=(5 * (2 + len(extra)), 3.5))
     axes[0].plot(loss, lw=0.5, alpha=0.4, label="per step")
     if loss.size > 20:
         w = max(loss.size // 50, 5)
@@ -25,11 +28,22 @@ def training_curve(history: dict, path: Path) -> None:
     axes[0].set(xlabel="step", ylabel="-objective (per task)", title="training loss")
     axes[0].set_yscale("symlog")
     axes[0].legend()
-    ev = history.get("eval", [])
     if ev:
         steps = [e["step"] for e in ev]
         axes[1].plot(steps, [e["log_predictive_density"] for e in ev], "o-")
         axes[1].set(xlabel="step", ylabel="nats / target point", title="held-out log predictive density")
+    if "mmd2_prior" in extra:
+        ax = axes[2]
+        ax.plot(steps, [e["mmd2_prior"] for e in ev], "o-", label="learned prior")
+        if steps[0] == 0:  # the step-0 evaluation is the untrained prior
+            ax.axhline(ev[0]["mmd2_prior"], color="gray", ls="--", label="untrained prior")
+            ax.axhline(0.5 * ev[0]["mmd2_prior"], color="gray", ls=":", label="0.5x untrained")
+        ax.set(xlabel="step", ylabel="MMD$^2$ to generator draws", title="prior MMD$^2$ (lower is better)")
+        ax.set_yscale("log")
+        ax.legend()
+    if "sigma_y" in extra:
+        axes[-1].plot(steps, [e["sigma_y"] for e in ev], "o-")
+        axes[-1].set(xlabel="step", ylabel="$\\sigma_y$", title="learned noise level")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,0 +1,53 @@
+"""What a training run records for the prior-learning diagnosis: the objective's terms
+and sigma_y at every evaluation, and the training-curve figure that plots them."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import matplotlib.image as mpimg
+import numpy as np
+
+from bnnp_jax.bnnp import model as bnnp
+from bnnp_jax.bnnp import objectives
+from bnnp_jax.training import plots
+from bnnp_jax.training import config as run_config
+from bnnp_jax.training import loop as train
+from bnnp_jax.training.report import heldout, objective_terms, training_evaluator
+
+
+def _tiny_config():
+    cfg = run_config.load("bnnp_jax/configs/sawtooth_quick.yaml")
+    small = dataclasses.replace(cfg.bnnp, hidden=(4, 4))
+    return dataclasses.replace(cfg, bnnp=small, training=dataclasses.replace(
+        cfg.training, eval_tasks=3, eval_samples=4, plot_samples=16))
+
+
+def test_objective_terms_match_the_objective():
+    cfg = _tiny_config()
+    state, _ = train.init_state(cfg)
+    tasks = heldout(cfg)
+    got = objective_terms(tasks, 4, seed=5)(state.params)
+    ref = objectives.batch_terms(jax.random.PRNGKey(5 + 3), state.params, tasks, 4, None, 1)
+    assert got["sigma_y"] == float(jnp.mean(bnnp.sigma_y(state.params)))
+    for name in ("ctxt_ell", "trgt_ppl", "kl"):
+        np.testing.assert_allclose(got[name], float(jnp.mean(getattr(ref, name))), rtol=1e-5)
+    assert got["kl"] > 0
+
+
+def test_training_evaluator_records_prior_mmd_and_terms():
+    cfg = _tiny_config()
+    state, _ = train.init_state(cfg)
+    out = training_evaluator(cfg, state.params)(state.params)
+    assert {"mmd2_prior", "sigma_y", "ctxt_ell", "trgt_ppl", "kl", "log_predictive_density"} <= set(out)
+    assert all(np.isfinite(v) for v in out.values())
+
+
+def test_training_curve_adds_prior_panels(tmp_path):
+    ev = [{"step": s, "log_predictive_density": -1.0 + s, "mmd2_prior": 0.2 / (1 + s), "sigma_y": 0.05}
+          for s in (0, 1, 2)]
+    plots.training_curve({"loss": [3.0, 2.0, 1.0], "eval": ev}, tmp_path / "with.png")
+    plain = [{k: e[k] for k in ("step", "log_predictive_density")} for e in ev]
+    plots.training_curve({"loss": [3.0, 2.0, 1.0], "eval": plain}, tmp_path / "without.png")
+    wide, narrow = (mpimg.imread(tmp_path / f).shape[1] for f in ("with.png", "without.png"))
+    assert wide == 2 * narrow  # four panels against two
