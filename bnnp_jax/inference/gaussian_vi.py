@@ -1,5 +1,5 @@
 """Block-diagonal Gaussian VI in whitened coordinates: the engine of MFVI, UCVI, LCVI and FCVI
-(SPEC section 8; issue 15).
+(SPEC section 8).
 
 ``q(w) = N(m, S S^T)`` over the flat weights ``[P]`` (:func:`model.flatten`'s order), block
 diagonal over a *layout*: a tuple of :class:`Segment` s, each a run of consecutive layers cut
@@ -18,7 +18,7 @@ are optimised. ``C0`` is the Cholesky factor of the block of a precision ``Lambd
   Laplace / Gauss-Newton scale. For a Gaussian target (no hidden layer) it is the exact
   posterior precision, so in ``(u, T)`` the ELBO has identity curvature in ``u`` and its
   optimum at ``T = I``, whatever ``sigma_y``: the narrow, ill-conditioned posteriors of
-  small ``sigma_y`` that stall Adam on a plain Cholesky factor (issue 15) look like the
+  small ``sigma_y`` that stall Adam on a plain Cholesky factor look like the
   standard normal.
 - ``"prior"``: the prior precision (whitened relative to the prior).
 

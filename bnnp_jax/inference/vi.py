@@ -1,4 +1,4 @@
-"""Gaussian variational inference baselines: MFVI, UCVI, LCVI and FCVI (SPEC section 8; issue 15).
+"""Gaussian variational inference baselines: MFVI, UCVI, LCVI and FCVI (SPEC section 8).
 
 The four families are nested, MFVI ⊂ UCVI ⊂ LCVI ⊂ FCVI, and differ only in the block
 structure of ``q(W) = N(m, S S^T)`` over the flat weights (layer by layer, unit-major, the
@@ -11,10 +11,9 @@ order of ``model.flatten``):
 
 All four are fitted by :func:`bnnp_jax.inference.gaussian_vi.fit`: reparameterised ELBO
 gradients with ``S`` draws, Adam with a linear learning-rate decay (SPEC section 11), on
-coordinates whitened by the Gauss-Newton precision at the MAP weights (see that module; the
-numpyro fit this replaced, Adam on a plain Cholesky factor from ``0.01 I``, stopped 1.5 nats
-short of the exact posterior at ``sigma_y = 0.01`` on a model with no hidden layer;
-docs/kl_study.md). ``q`` is held in closed form, so the KL to the prior is exact and an ELBO
+coordinates whitened by the Gauss-Newton precision at the MAP weights (see that module;
+Adam on a plain Cholesky factor from ``0.01 I`` stops 1.5 nats short of the exact posterior
+at ``sigma_y = 0.01`` on a model with no hidden layer, docs/kl_study.md). ``q`` is held in closed form, so the KL to the prior is exact and an ELBO
 estimate needs Monte Carlo only for the expected log-likelihood. Every fit keeps its ELBO
 trajectory (``losses``, the negative ELBO per step).
 """
