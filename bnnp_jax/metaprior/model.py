@@ -34,7 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bnnp_jax.core.gaussian import normal_log_prob
+from bnnp_jax.core.gaussian import diag_normal_kl, normal_log_prob
 from bnnp_jax.core import networks
 from bnnp_jax.core.networks import activation_fn, forward
 from bnnp_jax.metaprior.hypernet import HyperNet
@@ -160,9 +160,8 @@ def code_kl(codes: Codes, prior: Codes | None = None) -> Array:
     ``0.5 * sum((sigma^2 + (mu - m)^2) / s^2 - 1 + 2 log(s / sigma))``."""
     def kl(q: CodeQ, p: CodeQ | None) -> Array:
         if p is None:
-            return 0.5 * jnp.sum(jnp.exp(2 * q.log_std) + q.mean**2 - 1.0 - 2 * q.log_std)
-        ratio = jnp.exp(2 * (q.log_std - p.log_std)) + ((q.mean - p.mean) * jnp.exp(-p.log_std)) ** 2
-        return 0.5 * jnp.sum(ratio - 1.0 + 2 * (p.log_std - q.log_std))
+            return jnp.sum(diag_normal_kl(q.mean, jnp.exp(q.log_std), 0.0, 1.0))
+        return jnp.sum(diag_normal_kl(q.mean, jnp.exp(q.log_std), p.mean, jnp.exp(p.log_std)))
     priors = [None] * (len(codes.units) + 1) if prior is None else list(prior.units) + [prior.glob]
     return sum(kl(q, p) for q, p in zip(list(codes.units) + [codes.glob], priors))
 
