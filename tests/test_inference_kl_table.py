@@ -14,7 +14,7 @@ from bnnp_jax.studies import kl_table
 
 
 def test_configs_load_and_unknown_keys_raise(tmp_path):
-    for name in ("kl_table", "kl_table_quick", "kl_linear"):
+    for name in ("kl_table", "kl_table_quick", "kl_linear", "kl_linear_grid"):
         cfg = load_yaml(kl_table.KLTableConfig, f"configs/{name}.yaml")
         assert set(cfg.methods) <= set(kl_table.METHODS)
     quick = load_yaml(kl_table.KLTableConfig, "configs/kl_table_quick.yaml")
@@ -54,11 +54,26 @@ def test_markdown_and_plot_from_records(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 0
 
 
+def test_nested_family_ordering_and_rising_flags():
+    recs = [dict(method=m, sigma_y=0.1, elbo=e, elbo_stderr=0.1, kl_lower=1.0, kl_upper=1.0, upper_is_bound=True)
+            for m, e in (("fcvi", -10.0), ("lcvi", -10.2), ("ucvi", -10.1), ("mfvi", -12.0))]
+    assert kl_table.ordering_violations(recs) == []  # lcvi < ucvi by 0.1 is within 3 standard errors
+    recs[0]["elbo"] = -13.0  # FCVI below every smaller family: three violations
+    bad = kl_table.ordering_violations(recs)
+    assert len(bad) == 3 and all(b.startswith("sigma_y=0.1: fcvi") for b in bad)
+    recs[1]["elbo_rising"] = True
+    md = kl_table.markdown_table(recs, ("ucvi", "lcvi", "fcvi", "mfvi"))
+    assert "1 ↑" in md and "violated at sigma_y=0.1: fcvi" in md
+    trace = kl_table.elbo_trace(np.concatenate([np.linspace(10.0, 0.0, 700), np.zeros(300)]), max_points=50)
+    assert len(trace["elbo_trace"]) == 50 and trace["elbo_trace_steps"][-1] == 1000
+    assert trace["elbo_trace"][0] < trace["elbo_trace"][-1] and not trace["elbo_rising"]
+
+
 @pytest.mark.slow
 def test_end_to_end_linear_table_matches_exact_evidence(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        "widths: [1, 1]\nsigma_y_values: [0.3]\nelbo_samples: 2000\n"
+        "widths: [1, 1]\nsigma_y_values: [0.3]\nelbo_samples: 2000\nmethods: [bnnp_per_task, givi, ucvi, lcvi, fcvi]\n"
         "train: {num_steps: 1500, lr_start: 0.02, lr_end: 0.0001, givi_inducing: 4}\n"
         "ais: {num_temps: 1000, num_particles: 32}\n"
     )
@@ -68,6 +83,7 @@ def test_end_to_end_linear_table_matches_exact_evidence(tmp_path):
         assert r["log_evidence_lower"] - 4 * r["log_evidence_lower_stderr"] < r["log_evidence_exact"]
         assert r["log_evidence_upper"] + 4 * r["log_evidence_upper_stderr"] > r["log_evidence_exact"]
         assert r["kl_exact"] > -4 * r["elbo_stderr"]
+        assert 0.0 <= r["kl_closed_form"] < 0.05 and len(r["elbo_trace"]) > 10  # every family here holds the posterior
     assert (tmp_path / "out" / "kl_table.md").exists() and (tmp_path / "out" / "kl_vs_sigma.png").exists()
 
 

@@ -165,3 +165,34 @@ def test_still_rising_flags_a_rising_trajectory():
     noise = rng.normal(size=2000)
     assert not gvi.still_rising(100.0 + noise)["rising"]
     assert gvi.still_rising(100.0 - np.linspace(0.0, 5.0, 2000) + noise)["rising"]
+
+
+def test_run_adam_is_the_run_steps_loop_compiled_once(x64):
+    # run_adam (used by GIVI and the per-task BNNP) takes the same steps as an Adam loop through
+    # run_steps, and a second fit with other values but the same shapes reuses the program
+    import optax
+
+    from bnnp_jax.inference import givi
+
+    x = jnp.linspace(-2.0, 2.0, 12)[:, None]
+    y = 0.5 * x
+    model = bnn.fixed_prior_model([1, 1], "relu", 0.1)
+    p0 = givi.init(jax.random.PRNGKey(1), model, x, y, 3)
+    opt = vi.adam_linear_decay(0.02, 1e-4, 60)
+
+    def step(state, k):
+        params, s = state
+        value, g = jax.value_and_grad(givi.loss)(params, k, model, x, y, 4, None)
+        u, s = opt.update(g, s, params)
+        return (optax.apply_updates(params, u), s), value
+
+    (pa, _), la = vi.run_steps(jax.random.PRNGKey(2), step, (p0, opt.init(p0)), 60, chunk_size=25, progress_bar=False)
+    pb, lb = vi.run_adam(jax.random.PRNGKey(2), givi._loss_masked, p0, (model, x, y, None), 60, (0.02, 1e-4),
+                         static=(4,), chunk_size=25, progress_bar=False)
+    np.testing.assert_allclose(la, lb, rtol=1e-6)
+    np.testing.assert_allclose(pa.z, pb.z, rtol=1e-6)
+    before = vi._adam_chunk._cache_size()
+    other = bnn.fixed_prior_model([1, 1], "relu", 0.3)
+    vi.run_adam(jax.random.PRNGKey(3), givi._loss_masked, p0, (other, x, 2 * y, None), 60, (0.01, 1e-3),
+                static=(4,), chunk_size=25, progress_bar=False)
+    assert vi._adam_chunk._cache_size() == before

@@ -36,6 +36,19 @@ def test_moons_validation_split_is_disjoint_and_from_training_points():
     assert len(no_val[3]) == 0 and np.array_equal(no_val[5], y_te)
 
 
+def test_digits_validation_split_is_stratified_and_leaves_test_alone():
+    from bnnp_jax.studies.metaprior.digits import hold_out, load_data
+
+    x_all, y_all, x_te, y_te, _ = load_data(1, 0, 360)
+    x_fit, y_fit, x_val, y_val = hold_out(1, x_all, y_all, 300)
+    assert (len(y_fit), len(y_val)) == (len(y_all) - 300, 300)
+    # the fit and validation images partition the training images (no image lost, none from the test split)
+    assert sorted(map(tuple, np.concatenate([x_fit, x_val]).tolist())) == sorted(map(tuple, x_all.tolist()))
+    assert np.bincount(y_val, minlength=10).min() >= 25  # stratified: every class about 30 times
+    x_same, *_ = hold_out(1, x_all, y_all, 0)
+    assert x_same is x_all
+
+
 def test_n_val_must_leave_training_points():
     with pytest.raises(ValueError, match="n_val"):
         me.config_from_dict({"n_train": 100, "n_val": 100})

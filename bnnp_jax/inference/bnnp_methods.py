@@ -22,13 +22,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from bnnp_jax.bnnp import amortised_layer
 from bnnp_jax.core import blr
 from bnnp_jax.inference import evidence, givi
 from bnnp_jax.inference import model as bnn
-from bnnp_jax.inference.vi import adam_linear_decay, run_steps
+from bnnp_jax.inference.vi import run_adam
 
 __all__ = ["FINAL_LAYER_MODES", "PerTaskParams", "PerTaskResult", "per_task_init", "per_task_path",
            "per_task_elbo_terms", "per_task_loss", "per_task_fit", "per_task_elbo", "per_task_predict",
@@ -110,16 +109,8 @@ def per_task_fit(key, model: bnn.BNNModel, x, y, *, num_steps=20_000, lr=(5e-3, 
     ``init_params`` if given (else :func:`per_task_init`)."""
     init_key, run_key = jax.random.split(key)
     params0 = init_params or per_task_init(init_key, model, x, final_layer)
-    opt = adam_linear_decay(*lr, num_steps)
-
-    def step(state, k):
-        params, opt_state = state
-        value, grads = jax.value_and_grad(per_task_loss)(params, k, model, x, y, num_samples)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), value
-
-    (params, _), losses = run_steps(run_key, step, (params0, opt.init(params0)), num_steps, desc="bnnp per-task",
-                                    progress_bar=progress_bar)
+    params, losses = run_adam(run_key, per_task_loss, params0, (model, x, y), num_steps, lr, static=(num_samples,),
+                              desc="bnnp per-task", progress_bar=progress_bar)
     return PerTaskResult(params, model, x, y, losses)
 
 

@@ -25,19 +25,19 @@ the context points as pseudo-inputs.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from bnnp_jax.core import blr
 from bnnp_jax.bnnp.path import sample_layers
 from bnnp_jax.core.gaussian import Gaussian
 from bnnp_jax.inference import evidence
 from bnnp_jax.inference import model as bnn
-from bnnp_jax.inference.vi import adam_linear_decay, run_steps
+from bnnp_jax.inference.vi import run_adam
 from bnnp_jax.core.networks import activation_fn, with_bias
 
 __all__ = ["layerwise_path", "GIVIParams", "GIVIResult", "prec_tril", "layer_stats", "layer_posterior",
@@ -125,25 +125,52 @@ def layer_posterior(phi_u: Array, pseudo_y: Array, raw: Array, prior: Gaussian) 
     return blr.posterior(feats, targets, jnp.ones_like(targets), prior)
 
 
+def spread_subset(key, x: Array, num: int) -> Array:
+    """Indices ``[num]`` of ``num <= N`` data points spread over ``x [N, D]``: farthest-point
+    (k-centre) selection from a random first point, each next point the one farthest from
+    those chosen."""
+    first = jax.random.randint(key, (), 0, x.shape[0])
+    dist = jnp.sum((x - x[first]) ** 2, -1)
+
+    def pick(carry, _):
+        dist = carry
+        i = jnp.argmax(dist)
+        return jnp.minimum(dist, jnp.sum((x - x[i]) ** 2, -1)), i
+
+    _, rest = jax.lax.scan(pick, dist, None, length=num - 1)
+    return jnp.concatenate([first[None], rest])
+
+
 def init(key, model: bnn.BNNModel, x: Array, y: Array, num_inducing: int = 10, *, log_prec: float = -4.0,
-         full_precision: bool = True) -> GIVIParams:
-    """Inducing inputs at a random subset of the data (jittered when ``M > N``).
+         full_precision: bool = True, z_init: str = "spread") -> GIVIParams:
+    """Inducing inputs at a subset of the data: spread over it (``z_init="spread"``,
+    :func:`spread_subset`) or at random (``"random"``); drawn with replacement and jittered
+    when ``M > N``.
 
     Hidden layers start near the prior, as in Ober & Aitchison's code: pseudo-outputs
     ``N(0, 1)``, ``Lambda = e^{log_prec} I``. The last layer starts as a data subset:
-    pseudo-outputs at the matching ``y`` with the observation precision
-    ``1 / sigma_y^2`` (a small fixed start would need thousands of steps to reach it
-    at low noise).
+    pseudo-outputs at the matching ``y`` with the observation precision scaled by the
+    points each stands for, ``(N / M) / sigma_y^2`` (a small fixed start would need
+    thousands of steps to reach it at low noise). Issue 15: a random subset can bunch on
+    one side of the data; at small ``sigma_y`` GIVI then ended up to 1 nat from the exact
+    posterior of a model with no hidden layer after 5000 steps (docs/kl_study.md).
     """
     if num_inducing < 1:
         raise ValueError(f"num_inducing must be >= 1, got {num_inducing}")
+    if z_init not in ("spread", "random"):
+        raise ValueError(f"z_init must be 'spread' or 'random', got {z_init!r}")
     kz, kj, kv = jax.random.split(key, 3)
-    idx = jax.random.choice(kz, x.shape[0], (num_inducing,), replace=num_inducing > x.shape[0])
-    z = x[idx] + (num_inducing > x.shape[0]) * 0.1 * jax.random.normal(kj, (num_inducing, x.shape[1]), x.dtype)
+    n = x.shape[0]
+    if z_init == "spread" and num_inducing <= n:
+        idx = spread_subset(kz, x, num_inducing)
+    else:
+        idx = jax.random.choice(kz, n, (num_inducing,), replace=num_inducing > n)
+    z = x[idx] + (num_inducing > n) * 0.1 * jax.random.normal(kj, (num_inducing, x.shape[1]), x.dtype)
     keys = jax.random.split(kv, model.num_layers)
     pseudo_y = [jax.random.normal(k, (num_inducing, d), x.dtype) for k, d in zip(keys[:-1], model.widths[1:-1])]
     pseudo_y.append(y[idx].astype(x.dtype))
-    halves = [0.5 * log_prec] * (model.num_layers - 1) + [-float(jnp.mean(jnp.log(model.sigma_y)))]
+    share = 0.5 * math.log(max(n / num_inducing, 1.0)) if z_init == "spread" else 0.0
+    halves = [0.5 * log_prec] * (model.num_layers - 1) + [share - float(jnp.mean(jnp.log(model.sigma_y)))]
     eye = jnp.eye(num_inducing, dtype=x.dtype)
     raw = [jnp.full((num_inducing,), h, x.dtype) if not full_precision else h * eye for h in halves]
     return GIVIParams(z, pseudo_y, raw)
@@ -170,22 +197,18 @@ def loss(params: GIVIParams, key, model, x, y, num_samples: int = 8, mask=None) 
     return -jnp.mean(ll - kl)
 
 
+def _loss_masked(params, key, model, x, y, mask, num_samples):
+    return loss(params, key, model, x, y, num_samples, mask)
+
+
 def fit(key, model: bnn.BNNModel, x, y, *, num_inducing=10, num_steps=20_000, lr=(5e-3, 5e-5), num_samples=8,
         full_precision=True, init_params: GIVIParams | None = None, mask=None, progress_bar=True) -> GIVIResult:
     """Maximise the ELBO over ``Z``, ``V_l`` and ``Lambda_l`` with Adam (linear decay), from
     ``init_params`` if given (else :func:`init`)."""
     init_key, run_key = jax.random.split(key)
     params0 = init_params or init(init_key, model, x, y, num_inducing, full_precision=full_precision)
-    opt = adam_linear_decay(*lr, num_steps)
-
-    def step(state, k):
-        params, opt_state = state
-        value, grads = jax.value_and_grad(loss)(params, k, model, x, y, num_samples, mask)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), value
-
-    (params, _), losses = run_steps(run_key, step, (params0, opt.init(params0)), num_steps, desc="givi",
-                                    progress_bar=progress_bar)
+    params, losses = run_adam(run_key, _loss_masked, params0, (model, x, y, mask), num_steps, lr, static=(num_samples,),
+                              desc="givi", progress_bar=progress_bar)
     return GIVIResult(params, params0, model, losses)
 
 

@@ -34,8 +34,8 @@ from bnnp_jax.inference import evidence, lcvi
 from bnnp_jax.inference import gaussian_vi as gvi
 from bnnp_jax.inference import model as bnn
 
-__all__ = ["METHODS", "LAYOUTS", "VIResult", "run_steps", "adam_linear_decay", "layout", "fit", "unit_gaussians",
-           "flat_gaussian", "kl_flat_to_units", "kl_to_prior", "kl_to_gaussians", "sample", "elbo", "predict"]
+__all__ = ["METHODS", "LAYOUTS", "VIResult", "run_steps", "run_adam", "adam_linear_decay", "layout", "fit",
+           "unit_gaussians", "flat_gaussian", "kl_flat_to_units", "kl_to_prior", "kl_to_gaussians", "sample", "elbo", "predict"]
 
 Array = jax.Array
 LAYOUTS = {
@@ -97,6 +97,46 @@ def run_steps(key, step: Callable, state, num_steps: int, *, chunk_size: int = 5
     (state, _), losses = run_chunks(run_chunk, (state, key), num_steps, chunk_size, desc=desc, progress=progress_bar,
                                     check=check, postfix=lambda loss, n, sec: {"loss": float(loss[-1])})
     return state, jnp.concatenate(losses)
+
+
+@partial(jax.jit, static_argnames=("loss_fn", "length", "static"))
+def _adam_chunk(loss_fn, params, opt_state, key, args, static, length, lr_start, lr_end, num_steps):
+    # optax.linear_schedule with traced ends (it branches on the Python value of the step count)
+    opt = optax.adam(lambda count: lr_end + (lr_start - lr_end) * (1.0 - jnp.clip(count, 0, num_steps) / num_steps))
+
+    def step(state, k):
+        params, opt_state = state
+        value, grads = jax.value_and_grad(loss_fn)(params, k, *args, *static)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    return jax.lax.scan(step, (params, opt_state), jax.random.split(key, length))
+
+
+def run_adam(key, loss_fn: Callable, params, args: tuple, num_steps: int, lr: tuple[float, float], *,
+             static: tuple = (), chunk_size: int = 500, desc: str = "", progress_bar=True):
+    """Minimise ``loss_fn(params, key, *args, *static)`` with :func:`adam_linear_decay`, in the same
+    chunks and with the same keys as :func:`run_steps`, but compiled once per ``loss_fn``, shapes
+    and ``static`` (hashable) values, so repeated fits (a sigma_y grid) reuse the program.
+    ``lr`` values and ``num_steps`` are traced. Returns the final params and the losses ``[num_steps]``."""
+    opt = adam_linear_decay(*lr, num_steps)
+    state = (params, opt.init(params))
+    lr0, lr1, n = (jnp.asarray(v, jnp.result_type(float)) for v in (*lr, max(num_steps, 1)))
+
+    def run_chunk(carry, start, length):
+        state, key = carry
+        key, sub = jax.random.split(key)
+        state, loss = _adam_chunk(loss_fn, *state, sub, args, static, length, lr0, lr1, n)
+        return (state, key), loss
+
+    def check(loss, start):
+        if not np.all(np.isfinite(loss)):
+            bad = start + int(np.argmin(np.isfinite(loss)))
+            raise FloatingPointError(f"{desc or 'optimisation'}: non-finite loss at step {bad}")
+
+    (state, _), losses = run_chunks(run_chunk, (state, key), num_steps, chunk_size, desc=desc,
+                                    progress=progress_bar, check=check)
+    return state[0], jnp.concatenate(losses)
 
 
 def adam_linear_decay(lr_start: float, lr_end: float, num_steps: int) -> optax.GradientTransformation:

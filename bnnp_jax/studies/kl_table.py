@@ -14,7 +14,13 @@ by bidirectional Monte Carlo, giving ``KL(q || p(W | D))`` in
 - ``paper`` mode: the paper's single dataset (noise ``data_noise``) for every
   ``sigma_y``; reverse AIS starts from a NUTS run, so the upper value is an
   approximate upper estimate (``upper_is_bound: false`` in the records).
-- Without hidden layers the evidence is exact and reported too.
+- Without hidden layers the evidence is exact and reported too, and so is every method's
+  closed-form ``KL(q || p(W | D))`` (``kl_closed_form``: ``q`` and the posterior are both
+  Gaussian there), the check that every family holding the posterior reaches it.
+- Every record keeps its fit's ELBO trajectory (``elbo_trace``) and whether the ELBO was
+  still rising at the end (``elbo_rising``, marked ↑ in the table); under the table, the
+  nested Gaussian families MFVI ⊂ UCVI ⊂ LCVI ⊂ FCVI are checked for the order their optima
+  must have (:func:`ordering_violations`).
 - ``bnnp_amortised`` (the meta-BNNP column) is not trained per ``sigma_y``: it is the
   zero-shot posterior of a BNNP meta-trained on prior datasets with the prior frozen
   (``configs/kl_meta_bnnp.yaml``), read from the run directory ``bnnp_checkpoint``

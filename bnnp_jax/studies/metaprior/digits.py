@@ -61,6 +61,16 @@ def load_data(seed: int, n_train: int, n_test: int, mnist: str | None = None,
     return f32(x_tr), i32(y_tr), f32(x_te), i32(y_te), side
 
 
+def hold_out(seed: int, x: np.ndarray, y: np.ndarray, n_val: int) -> tuple[np.ndarray, ...]:
+    """Split training images into ``(x_fit, y_fit, x_val, y_val)`` with ``n_val`` validation images,
+    stratified by class and seeded; ``n_val = 0`` returns empty validation arrays. The test
+    images are never touched."""
+    if n_val == 0:
+        return x, y, x[:0], y[:0]
+    x_fit, x_val, y_fit, y_val = train_test_split(x, y, test_size=n_val, random_state=seed, stratify=y)
+    return x_fit, y_fit, x_val, y_val
+
+
 def train_both(cfg: ExperimentConfig, data: tuple) -> dict:
     """Train the MetaPrior and the MF-VI baseline on clean data."""
     x_tr, y_tr = jnp.asarray(data[0]), jnp.asarray(data[1])
@@ -119,19 +129,26 @@ def _plot_codes(path: Path, p0: mp.MetaPriorParams, params: mp.MetaPriorParams, 
 
 
 def run_digits(cfg: ExperimentConfig, out: Path, mnist: str | None = None) -> dict:
-    """One hidden layer, K = 10: test accuracy of MetaPrior and MF-VI, and the map of the codes."""
+    """One hidden layer, K = 10: test (and validation) accuracy of MetaPrior and MF-VI, and the
+    map of the codes. With ``n_val > 0`` the models are fitted on the training images less
+    the validation split."""
     out.mkdir(parents=True, exist_ok=True)
-    data = load_data(cfg.seed, cfg.n_train, cfg.n_test, mnist)
-    x_tr, y_tr, x_te, y_te, side = data
-    m = train_both(cfg, data)
+    x_all, y_all, x_te, y_te, side = load_data(cfg.seed, cfg.n_train, cfg.n_test, mnist)
+    x_tr, y_tr, x_va, y_va = hold_out(cfg.seed, x_all, y_all, cfg.n_val)
+    m = train_both(cfg, (x_tr, y_tr, x_te, y_te, side))
     key = jax.random.PRNGKey(cfg.seed + 1)
-    results = {"dataset": "mnist" if mnist else "sklearn-digits-8x8", "n_train": len(x_tr), "n_test": len(x_te),
+    results = {"dataset": "mnist" if mnist else "sklearn-digits-8x8", "n_train": len(x_tr), "n_val": len(x_va),
+               "n_test": len(x_te),
                "metaprior": {**_mp_acc(key, m["params"], m["mcfg"], x_te, y_te, cfg.eval_samples),
                              "final_elbo_per_point": final_elbo(m["trace"]),
                              "code_std_per_layer": [float(jnp.exp(q.log_std).mean()) for q in m["params"].codes.units],
                              **_code_geometry(m["params"].codes, x_tr)},
                "mfvi": {**_mf_acc(key, m["mfp"], m["bcfg"], x_te, y_te, cfg.eval_samples),
                         "final_elbo_per_point": final_elbo(m["mf_trace"])}}
+    if len(y_va):
+        for name, metrics in (("metaprior", _mp_acc(key, m["params"], m["mcfg"], x_va, y_va, cfg.eval_samples)),
+                              ("mfvi", _mf_acc(key, m["mfp"], m["bcfg"], x_va, y_va, cfg.eval_samples))):
+            results[name].update({f"val_{k}": v for k, v in metrics.items()})
     results["accuracy"] = results["metaprior"]["accuracy"]
     _plot_codes(out / "digits_codes.png", m["p0"], m["params"], x_tr, side, cfg.seed)
     return results

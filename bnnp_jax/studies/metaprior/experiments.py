@@ -36,7 +36,7 @@ __all__ = ["EXPERIMENTS", "VALIDATION_SPLIT", "CONFIG_DIR", "ExperimentConfig", 
            "write_results", "add_arguments", "run", "summarise", "main"]
 
 EXPERIMENTS = ("cubic", "moons", "digits", "fewshot", "prior")
-VALIDATION_SPLIT = ("moons",)  # experiments whose data loader honours n_val
+VALIDATION_SPLIT = ("moons", "digits")  # experiments whose data loader honours n_val
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 # MetaPriorConfig / MFConfig fields the experiment sets itself from the data.
 _DERIVED = {"widths", "likelihood"}
