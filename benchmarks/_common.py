@@ -289,7 +289,7 @@ def bnnp_train_step(optimizer, num_samples: int, beta: float = 1.0, batch_size=N
     import jax
     import optax
 
-    from bnnp_jax import objectives
+    from bnnp_jax.bnnp import objectives
 
     buckets = objectives.DEFAULT_CONTEXT_BUCKETS if context_buckets is None else context_buckets
 
@@ -314,7 +314,7 @@ def train_bnnp(key, config, family: str, num_steps: int, num_tasks: int = 5, num
     import optax
     from tqdm import tqdm
 
-    from bnnp_jax import bnnp
+    from bnnp_jax.bnnp import model as bnnp
     from bnnp_jax.data.registry import make_batch_sampler
 
     k_init, k_run = jax.random.split(key)

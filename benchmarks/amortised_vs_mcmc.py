@@ -39,7 +39,6 @@ NUM_DRAWS = 1000
 
 
 def _data(key, n_ctx: int, n_test: int, family: str = "bnn_prior", family_params: dict | None = None):
-    import jax
 
     from bnnp_jax.data.registry import make_sampler
 
@@ -50,10 +49,10 @@ def _data(key, n_ctx: int, n_test: int, family: str = "bnn_prior", family_params
 
 
 def _bnnp(args, key):
-    from bnnp_jax import bnnp
+    from bnnp_jax.bnnp import model as bnnp
 
     if args.run:  # a meta-training run: its newest checkpoint, and new tasks from its family
-        from bnnp_jax import train
+        from bnnp_jax.training import loop as train
 
         config, params, _ = train.load_run(args.run)
         return params, {"source": f"checkpoint {args.run}", "family": config.data.family,
@@ -75,7 +74,7 @@ def _train_here(args, key, cfg):
 def _bnnp_fast(args, key):
     """The width-scalable fast path (shared prior covariance, one pseudo-precision per
     point; SPEC section 9), trained like :func:`_bnnp`; ``(None, {})`` with ``--run``."""
-    from bnnp_jax import bnnp
+    from bnnp_jax.bnnp import model as bnnp
 
     if args.run:
         return None, {}
@@ -92,7 +91,8 @@ def _timed(fn):
 def run_methods(args, key, params, data, fast=None) -> list[dict]:
     import jax
 
-    from bnnp_jax import bnnp, metrics
+    from bnnp_jax import metrics
+    from bnnp_jax.bnnp import model as bnnp
     from bnnp_jax.inference import model as bnn
 
     x_c, y_c, x_t, y_t = data

@@ -37,7 +37,8 @@ def worker(cfg: dict) -> dict:
 
     import jax
 
-    from bnnp_jax import run_config, train
+    from bnnp_jax.training import config as run_config
+    from bnnp_jax.training import loop as train
 
     n = cfg["num_devices"]
     if jax.device_count() < n:

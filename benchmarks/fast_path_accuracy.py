@@ -30,9 +30,9 @@ NUM_TEST_TASKS = 64
 def evaluate(params, batch, num_samples: int = 100):
     """Held-out log predictive density per task ``[T]`` on the target points."""
     import jax
-    import jax.numpy as jnp
 
-    from bnnp_jax import bnnp, metrics
+    from bnnp_jax import metrics
+    from bnnp_jax.bnnp import model as bnnp
 
     def one(key, x, y, ctx, tgt):
         post = bnnp.masked_posterior(key, params, x, y, ctx, num_samples)
@@ -49,7 +49,7 @@ def main(argv=None):
     import jax.numpy as jnp
     import numpy as np
 
-    from bnnp_jax import bnnp
+    from bnnp_jax.bnnp import model as bnnp
     from bnnp_jax.data.registry import make_batch_sampler
 
     width = 32 if args.quick else 64

@@ -2,7 +2,7 @@
 memory against the number of context points N (with and without within-task
 minibatching) and against the BNN width, for the paper's unitwise layer and
 the width-scalable fast path (``prior_kind="shared"``, ``pseudo_precision="per_point"``,
-SPEC section 9). Issue 2's acceptance benchmark.
+SPEC section 9).
 
 Each configuration runs in its own subprocess (fresh compile, own peak RSS);
 a baseline subprocess that imports jax and builds the same parameters and data
@@ -32,7 +32,7 @@ def _setup(cfg):
     import jax
     import jax.numpy as jnp
 
-    from bnnp_jax import bnnp
+    from bnnp_jax.bnnp import model as bnnp
 
     config = bnnp.BNNPConfig(hidden=(cfg["width"],) * 2, dtype=cfg["dtype"], **LAYERS[cfg["layer"]])
     params = bnnp.init(jax.random.PRNGKey(0), config)
@@ -96,7 +96,7 @@ def matrix_rates(device_kind: str) -> tuple[str, dict] | tuple[None, None]:
 def worker(cfg: dict) -> dict:
     import jax
 
-    from bnnp_jax import bnnp
+    from bnnp_jax.bnnp import model as bnnp
 
     params, (x, y) = _setup(cfg)
     if cfg.get("baseline"):

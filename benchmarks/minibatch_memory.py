@@ -26,7 +26,7 @@ def worker(cfg: dict) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from bnnp_jax import bnnp
+    from bnnp_jax.bnnp import model as bnnp
 
     params = bnnp.init(jax.random.PRNGKey(0), bnnp.BNNPConfig(hidden=tuple(SETTINGS["hidden"])))
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)

@@ -53,7 +53,7 @@ def worker(cfg: dict) -> dict:
 
     if cfg["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)
-    from bnnp_jax import bnnp
+    from bnnp_jax.bnnp import model as bnnp
     from bnnp_jax.data.registry import make_batch_sampler
 
     w = cfg["width"]

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["STUDIES", "DEFAULT_CONFIG", "UsageError", "build_parser", "main"]
+
 STUDIES = {
     # subcommand: (module, help)
     "compare": ("bnnp_jax.studies.kl_table", "KL(q || posterior) table over a sigma_y grid (SPEC section 11)"),
     "nfl": ("bnnp_jax.studies.nfl", "no-free-lunch comparison of inference methods under a learned prior"),
-    "metaprior": ("bnnp_jax.studies.metaprior_experiments", "MetaPrior experiments (cubic, moons, digits, fewshot, prior)"),
+    "metaprior": ("bnnp_jax.studies.metaprior.experiments", "MetaPrior experiments (cubic, moons, digits, fewshot, prior)"),
     "goldilocks": ("bnnp_jax.studies.goldilocks", "small meta-dataset study over the trainable prior fraction"),
     "large-meta": ("bnnp_jax.studies.large_meta", "sawtooth contrast: BNNP vs neural processes as the meta-dataset grows"),
 }
@@ -53,8 +55,9 @@ _seed = _int_in(0, 2**32, "in [0, 2**32)")
 
 
 def _cmd_train(args) -> int:
-    from bnnp_jax import run_config, train
-    from bnnp_jax.run_report import write_report
+    from bnnp_jax.training import config as run_config
+    from bnnp_jax.training import loop as train
+    from bnnp_jax.training.report import write_report
 
     if args.config is None:  # the embedded default: a copy of configs/sawtooth_quick.yaml shipped in the wheel
         args.config = str(DEFAULT_CONFIG)
@@ -63,7 +66,7 @@ def _cmd_train(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     if not args.resume and list((out / "checkpoints").glob("ckpt_*.pkl")):
         raise UsageError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
-    from bnnp_jax.run_report import training_evaluator
+    from bnnp_jax.training.report import training_evaluator
 
     untrained, _ = train.init_state(config)
     evaluate = training_evaluator(config, untrained.params)
@@ -89,7 +92,8 @@ def _enable_dtype(config) -> None:
 
 
 def _load_run(run_dir):
-    from bnnp_jax import run_config, train
+    from bnnp_jax.training import config as run_config
+    from bnnp_jax.training import loop as train
 
     cfg_path = Path(run_dir) / "config.yaml"
     if cfg_path.is_file():
@@ -98,8 +102,8 @@ def _load_run(run_dir):
 
 
 def _cmd_evaluate(args) -> int:
-    from bnnp_jax import train
-    from bnnp_jax.run_report import write_report
+    from bnnp_jax.training import loop as train
+    from bnnp_jax.training.report import write_report
 
     config, params, history = _load_run(args.run_dir)
     untrained, _ = train.init_state(config)
@@ -111,7 +115,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_sample_prior(args) -> int:
     import jax
 
-    from bnnp_jax import evaluation, train
+    from bnnp_jax.training import evaluation
 
     config, params, _ = _load_run(args.run_dir)
     grid = evaluation.grid_for(config.data.family, args.grid) if config.bnnp.x_dim == 1 else None
@@ -134,12 +138,12 @@ def _load_xy(path: str, need_y: bool, what: str):
 def _cmd_predict(args) -> int:
     import jax
 
-    from bnnp_jax import api, train
+    import bnnp_jax
 
     config, params, _ = _load_run(args.run_dir)
     x_c, y_c = _load_xy(args.context, True, "--context")
     x_t, _ = _load_xy(args.targets, False, "--targets")
-    pred = api.predict(jax.random.PRNGKey(args.seed), params, x_c, y_c, x_t, args.num_samples, args.batch_size)
+    pred = bnnp_jax.predict(jax.random.PRNGKey(args.seed), params, x_c, y_c, x_t, args.num_samples, args.batch_size)
     out = Path(args.out) if args.out else Path(args.run_dir) / "predictions.npz"
     np.savez(out, x=x_t, samples=np.asarray(pred.samples), mean=np.asarray(pred.mean), variance=np.asarray(pred.variance))
     print(f"wrote predictive samples {tuple(pred.samples.shape)}, mean and variance to {out}")
@@ -222,9 +226,9 @@ def main(argv=None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown and getattr(args, "import_error", None) is None:  # an unavailable study takes any arguments
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    from bnnp_jax.checkpoint import CheckpointError
+    from bnnp_jax.training.checkpoint import CheckpointError
     from bnnp_jax.config import ConfigError
-    from bnnp_jax.train import TrainingDiverged
+    from bnnp_jax.training.loop import TrainingDiverged
 
     try:
         return int(args.func(args) or 0)

@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 import yaml
 
+__all__ = ["ConfigError", "from_dict", "to_dict", "load_yaml", "with_quick", "dump_yaml"]
+
 
 class ConfigError(ValueError):
     """A config file or mapping that does not match its dataclass."""
@@ -124,6 +126,23 @@ def load_yaml(cls, path: str | Path):
         return from_dict(cls, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
+
+
+def with_quick(cls, raw: dict | None, quick: bool = False) -> dict:
+    """The keyword arguments of ``cls`` from a config mapping with an optional ``quick:``
+    mapping of overrides (applied when ``quick``; nested mappings merge, other values
+    replace). Unknown keys in either raise ``ValueError`` naming the valid ones."""
+    raw = dict(raw or {})
+    overrides = raw.pop("quick", {}) or {}
+    valid = sorted(f.name for f in dataclasses.fields(cls))
+    for where, d in (("config", raw), ("quick", overrides)):
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown keys {unknown} in {where}; valid keys: {valid}")
+    if quick:
+        for k, v in overrides.items():
+            raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) else v
+    return raw
 
 
 def dump_yaml(obj, path: str | Path) -> None:

@@ -27,6 +27,11 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
 
+from bnnp_jax.core.gaussian import normal_log_prob
+
+__all__ = ["point_log_densities", "log_predictive_density", "expected_log_density", "joint_log_likelihood",
+           "mae", "coverage", "summary", "median_lengthscale", "mmd", "mmd_permutation_test"]
+
 Array = jax.Array
 
 
@@ -48,8 +53,7 @@ def _masked_mean(v: Array, mask: Array) -> Array:
 def point_log_densities(f: Array, sigma_y: Array, y: Array) -> Array:
     """``log N(y_n | f_s(x_n), diag sigma_y^2)`` summed over y dims: ``[S, N]``."""
     sigma_y = jnp.asarray(sigma_y, f.dtype)
-    z = (y[None] - f) / sigma_y
-    return jnp.sum(-0.5 * z**2 - jnp.log(sigma_y) - 0.5 * math.log(2 * math.pi), axis=-1)
+    return jnp.sum(normal_log_prob(y, f, sigma_y), axis=-1)
 
 
 def log_predictive_density(f: Array, sigma_y: Array, y: Array, mask: Array) -> Array:

@@ -2,9 +2,9 @@
 
 Every check raises ``ValueError`` whose message starts with the argument's
 name and says what is wrong and, where there is one, how to fix it. The
-jitted core (:mod:`bnnp_jax.bnnp`, :mod:`bnnp_jax.blr`) never calls these:
-research code that already trusts its arrays pays nothing for them, and the
-validated wrappers live in :mod:`bnnp_jax.api`.
+jitted kernels never call these: the public functions (:func:`bnnp_jax.predict`
+and friends, in :mod:`bnnp_jax.bnnp.model`) call them with concrete arguments
+and skip them when traced, so code under a transformation pays nothing for them.
 
 Policies (docs/robustness.md lists every case and its outcome):
 
@@ -26,13 +26,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
+__all__ = ["check_dtype", "check_finite", "check_array", "check_pair", "check_positive_int",
+           "check_batch_size", "check_key", "check_params", "load_xy_file"]
+
 _SHAPES = {"x": "[N, x_dim]", "y": "[N, y_dim]"}
 
 
 def _as_array(name: str, a) -> np.ndarray:
     if isinstance(a, jax.core.Tracer):
-        raise ValueError(f"{name}: is a traced value; the validated functions in bnnp_jax.api check inputs on the "
-                         "host and cannot run under jit/vmap: call the bnnp_jax.bnnp core functions there instead")
+        raise ValueError(f"{name}: is a traced value; the checks read values on the host and cannot run under "
+                         "jit/vmap (the public functions skip them when traced)")
     if a is None:
         raise ValueError(f"{name}: expected an array, got None")
     try:
@@ -127,7 +130,7 @@ def check_key(key) -> None:
     ``jax.random.PRNGKey(seed)`` (uint32, shape ``(2,)``)."""
     hint = "pass jax.random.PRNGKey(seed) or jax.random.key(seed)"
     if isinstance(key, jax.core.Tracer):
-        raise ValueError("key: is a traced value; the validated functions in bnnp_jax.api cannot run under jit/vmap")
+        raise ValueError("key: is a traced value; the checks cannot run under jit/vmap")
     if not hasattr(key, "dtype") or not hasattr(key, "shape"):
         raise ValueError(f"key: expected a PRNG key, got {type(key).__name__} {key!r}; {hint}")
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from bnnp_jax import blr
-from bnnp_jax.gaussian import Gaussian
+from bnnp_jax.core import blr
+from bnnp_jax.core.gaussian import Gaussian
 
 
 def _problem(rng, n, d, o):

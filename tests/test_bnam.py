@@ -11,8 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnnp_jax import bnam, blr, objectives, run_config, train
-from bnnp_jax.gaussian import kl_divergence
+from bnnp_jax.bnnp import bnam
+from bnnp_jax.core import blr
+from bnnp_jax.bnnp import objectives
+from bnnp_jax.training import config as run_config
+from bnnp_jax.training import loop as train
+from bnnp_jax.core.gaussian import kl_divergence
 
 CFG = bnam.BNAMConfig(d_model=4, num_heads=2, num_blocks=1, ffn_width=6, inference_hidden=(8,), sigma_y_init=0.3,
                       dtype="float64")

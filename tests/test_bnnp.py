@@ -6,8 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnnp_jax import blr, bnnp, objectives
-from bnnp_jax.gaussian import Gaussian, kl_divergence
+from bnnp_jax.core import blr
+from bnnp_jax.bnnp import model as bnnp
+from bnnp_jax.bnnp import objectives
+from bnnp_jax.core.gaussian import Gaussian, kl_divergence
 
 
 def _data(n=25, x_dim=1, y_dim=1, seed=0, dtype=jnp.float64):
@@ -124,7 +126,7 @@ def test_vmapped_terms_equal_loop(x64):
 def test_predict_equals_posterior_draws_through_feature_form(x64, kw):
     """``predict`` (draws without the KL, bias split off the weights) gives the functions
     of ``posterior_samples``'s draws pushed through ``[act(a), 1] @ W`` layer by layer."""
-    from bnnp_jax.networks import activation_fn, with_bias
+    from bnnp_jax.core.networks import activation_fn, with_bias
 
     p = _params(**kw)
     x, y = _data(9)

@@ -6,7 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from bnnp_jax import cli, run_config, train
+from bnnp_jax import cli
+from bnnp_jax.training import config as run_config
+from bnnp_jax.training import loop as train
 
 RUN = """
 data: {family: sawtooth, n_range: [10, 20]}

@@ -28,7 +28,9 @@ import numpy as np
 import pytest
 from test_robustness_common import cli_command, shared_run, subprocess_env, write_config
 
-from bnnp_jax import checkpoint, run_config, train
+from bnnp_jax.training import checkpoint
+from bnnp_jax.training import config as run_config
+from bnnp_jax.training import loop as train
 
 CRASH_YAML = """
 model: bnnp
@@ -49,7 +51,8 @@ def _env(tmp):
 def _fit_in_subprocess(tmp, cfg, out, resume=False):
     """``train.fit`` in a fresh process (no CLI report)."""
     script = textwrap.dedent(f"""
-        from bnnp_jax import run_config, train
+        from bnnp_jax.training import config as run_config
+        from bnnp_jax.training import loop as train
         train.fit(run_config.load({str(cfg)!r}), {str(out)!r}, resume={resume}, progress=False)
     """)
     done = subprocess.run([sys.executable, "-c", script], env=_env(tmp), capture_output=True, text=True, timeout=900)

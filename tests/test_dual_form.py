@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from bnnp_jax import blr, bnnp, objectives
+from bnnp_jax.core import blr
+from bnnp_jax.core import blr_dual
+from bnnp_jax.bnnp import model as bnnp
+from bnnp_jax.bnnp import objectives
 from bnnp_jax.data.tasks import context_bound, size_mask, split
 
 
@@ -42,7 +45,7 @@ def _dense(phi, yhat, lam, mu, cov):
 
 
 def _dual_prior(mu, cov):
-    return blr.DualPrior(jnp.asarray(mu), jnp.linalg.cholesky(jnp.asarray(cov)))
+    return blr_dual.DualPrior(jnp.asarray(mu), jnp.linalg.cholesky(jnp.asarray(cov)))
 
 
 CASES = [dict(), dict(pad=3), dict(shared_prec=True), dict(shared_prior=True), dict(shared_prec=True, shared_prior=True)]
@@ -57,7 +60,7 @@ def test_dual_draw_is_the_exact_posterior(x64, case):
     phi, yhat, lam, mu, cov = _layer(np.random.default_rng(0), n, d, o, **case)
     prior = _dual_prior(mu, cov)
     m_ref, s_ref, kl_ref = _dense(phi, yhat, lam, mu, cov)
-    draw = lambda e0, e1: blr.dual_draw(prior, phi, yhat, lam, e0, e1)  # noqa: E731
+    draw = lambda e0, e1: blr_dual.dual_draw(prior, phi, yhat, lam, e0, e1)  # noqa: E731
     w0, kl = draw(jnp.zeros((o, d)), jnp.zeros((o, n)))
     np.testing.assert_allclose(w0, m_ref, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(kl, kl_ref, rtol=1e-9, atol=1e-10)
@@ -79,7 +82,7 @@ def test_dual_kl_and_mean_gradients_equal_primal(x64, case):
     zeros = jnp.zeros((o, d)), jnp.zeros((o, n))
 
     def dual(phi, yhat, lam, mu, tril):
-        w, kl = blr.dual_draw(blr.DualPrior(mu, tril), phi, yhat, lam, *zeros)
+        w, kl = blr_dual.dual_draw(blr_dual.DualPrior(mu, tril), phi, yhat, lam, *zeros)
         return jnp.sum(kl) + jnp.sum(jnp.sin(w))
 
     def primal(phi, yhat, lam, mu, tril):
@@ -95,7 +98,7 @@ def test_dual_kl_and_mean_gradients_equal_primal(x64, case):
     args = tuple(jnp.asarray(a) for a in (phi, yhat, lam, mu)) + (tril,)
     np.testing.assert_allclose(dual(*args), primal(*args), rtol=1e-10)
     for i, (gd, gp) in enumerate(zip(jax.grad(dual, argnums=range(5))(*args), jax.grad(primal, argnums=range(5))(*args))):
-        if i == 2:  # a padded point (lambda = 0) reports a zero gradient in the dual form (blr.dual_draw)
+        if i == 2:  # a padded point (lambda = 0) reports a zero gradient in the dual form (blr_dual.dual_draw)
             assert np.all(np.asarray(gd)[lam == 0] == 0)
             gp = jnp.where(jnp.asarray(lam) > 0, gp, 0.0)
         if gd.ndim == 3:  # a covariance factor is lower-triangular: its upper entries are not parameters
@@ -103,7 +106,7 @@ def test_dual_kl_and_mean_gradients_equal_primal(x64, case):
         np.testing.assert_allclose(gd, gp, rtol=1e-7, atol=1e-9)
     if case.get("pad"):  # at lambda = 0 the draw's noise term ~ sqrt(lambda): no finite difference there
         return
-    check_grads(lambda *a: blr.dual_draw(blr.DualPrior(a[3], a[4]), *a[:3], jnp.ones((o, d)), jnp.ones((o, n))),
+    check_grads(lambda *a: blr_dual.dual_draw(blr_dual.DualPrior(a[3], a[4]), *a[:3], jnp.ones((o, d)), jnp.ones((o, n))),
                 args, order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
 
 
@@ -112,23 +115,23 @@ def test_dual_float32_close_to_float64_and_dtype_kept():
     eps = np.random.default_rng(3)
     e0, e1 = eps.normal(size=(4, 33)), eps.normal(size=(4, 20))
     with jax.enable_x64(True):
-        w64, kl64 = blr.dual_draw(_dual_prior(mu, cov), phi, yhat, lam, e0, e1)
+        w64, kl64 = blr_dual.dual_draw(_dual_prior(mu, cov), phi, yhat, lam, e0, e1)
         w64, kl64 = np.asarray(w64), np.asarray(kl64)
     f32 = [np.asarray(a, np.float32) for a in (phi, yhat, lam, mu, cov, e0, e1)]
-    fn = jax.jit(lambda *a: blr.dual_draw(_dual_prior(a[3], a[4]), *a[:3], a[5], a[6]))
+    fn = jax.jit(lambda *a: blr_dual.dual_draw(_dual_prior(a[3], a[4]), *a[:3], a[5], a[6]))
     w32, kl32 = fn(*f32)
     assert w32.dtype == kl32.dtype == jnp.float32
     np.testing.assert_allclose(kl32, kl64, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(w32, w64, rtol=1e-3, atol=1e-3)
-    eager = blr.dual_draw(_dual_prior(f32[3], f32[4]), *f32[:3], f32[5], f32[6])
+    eager = blr_dual.dual_draw(_dual_prior(f32[3], f32[4]), *f32[:3], f32[5], f32[6])
     np.testing.assert_allclose(eager[1], kl32, rtol=1e-5)
 
 
 def test_sample_posterior_dual_without_kl_is_the_same_draw(x64):
     phi, yhat, lam, mu, cov = _layer(np.random.default_rng(4), 5, 8, 3)
     key = jax.random.PRNGKey(7)
-    w, kl = blr.sample_posterior_dual(key, _dual_prior(mu, cov), phi, yhat, lam)
-    w2, none = blr.sample_posterior_dual(key, _dual_prior(mu, cov), phi, yhat, lam, with_kl=False)
+    w, kl = blr_dual.sample_posterior_dual(key, _dual_prior(mu, cov), phi, yhat, lam)
+    w2, none = blr_dual.sample_posterior_dual(key, _dual_prior(mu, cov), phi, yhat, lam, with_kl=False)
     assert none is None and kl.shape == (3,)
     np.testing.assert_allclose(w2, w, rtol=1e-12)
 

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from jax.scipy.linalg import solve_triangular
 
-from bnnp_jax import blr, bnnp
-from bnnp_jax.gaussian import Gaussian, kl_divergence
+from bnnp_jax.core import blr
+from bnnp_jax.core import linalg, networks
+from bnnp_jax.bnnp import model as bnnp
+from bnnp_jax.core.gaussian import Gaussian, kl_divergence
 
 
 def _layer(rng, n, d, o, shared_prec, shared_prior):
@@ -128,7 +130,7 @@ def test_tri_solve_and_cholesky_vjps(x64, trans):
     a = rng.normal(size=(3, 5, 5))
     spd = jnp.array(a @ np.swapaxes(a, -1, -2) + 5 * np.eye(5))
     b = jnp.array(rng.normal(size=(3, 5, 2)))
-    ours = lambda s, b: jnp.sum(jnp.cos(blr.tri_solve(blr.cholesky(s), b, trans)))
+    ours = lambda s, b: jnp.sum(jnp.cos(linalg.tri_solve(linalg.cholesky(s), b, trans)))
     theirs = lambda s, b: jnp.sum(jnp.cos(solve_triangular(jnp.linalg.cholesky(s), b, lower=True, trans=trans)))
     for g, r in zip(jax.grad(ours, (0, 1))(spd, b), jax.grad(theirs, (0, 1))(spd, b)):
         # JAX's Cholesky gradient is not symmetrised; compare the symmetric parts that matter.
@@ -165,7 +167,7 @@ def test_bnnp_fast_path_matches_dense_layers(x64):
     x = jnp.linspace(-2, 2, 17)[:, None]
     y = jnp.sin(2 * x)
     key = jax.random.PRNGKey(3)
-    weights, kl = bnnp._sample_path(key, p, bnnp.prior_factors(p), x, y, jnp.ones(17), None)
+    weights, kl = bnnp.sample_path(key, p, bnnp.prior_factors(p), x, y, jnp.ones(17), None)
     priors_g = bnnp.layer_priors(p)
     kl_ref = 0.0
     for l, k in enumerate(jax.random.split(key, len(weights))):
@@ -175,7 +177,7 @@ def test_bnnp_fast_path_matches_dense_layers(x64):
         cov = np.asarray(g.covariance())
         eps = np.asarray(jax.random.normal(k, g.mean.shape, jnp.float64))
         # Recover the per-point precisions and pseudo-targets the statistics were built from.
-        a = np.asarray(bnnp._forward_one(weights[:l], x, "relu"))
+        a = np.asarray(networks.forward(weights, x, "relu", upto=l))
         phi = np.concatenate([a if l == 0 else np.maximum(a, 0), np.ones((17, 1))], 1)
         spec = p.config.specs[l]
         yhat, lam = bnnp.amortised_layer.pseudo_observations(p.inference, l, spec, p.config.net_hidden, x, y, None, None)

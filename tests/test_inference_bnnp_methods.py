@@ -41,7 +41,7 @@ def test_per_task_bnnp_learns_the_noise_precision(x64):
 
 
 def test_amortised_bnnp_without_hidden_layers_is_exact(x64):
-    from bnnp_jax import bnnp
+    from bnnp_jax.bnnp import model as bnnp
 
     cfg = bnnp.BNNPConfig(x_dim=2, y_dim=1, hidden=(), final_layer="exact", sigma_y_init=0.3, dtype="float64")
     params = bnnp.init(jax.random.PRNGKey(7), cfg)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnnp_jax.gaussian import kl_divergence
+from bnnp_jax.core.gaussian import kl_divergence
 from bnnp_jax.inference import givi
 from bnnp_jax.inference import model as bnn
 

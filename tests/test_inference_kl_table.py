@@ -94,7 +94,7 @@ def _tiny_meta_config(hidden=(8,)):
     """configs/kl_meta_bnnp.yaml shrunk to a few steps of a 1-8-1 BNN."""
     import yaml
 
-    from bnnp_jax import run_config
+    from bnnp_jax.training import config as run_config
     from bnnp_jax.config import from_dict
 
     raw = yaml.safe_load(open("configs/kl_meta_bnnp.yaml"))
@@ -106,7 +106,7 @@ def _tiny_meta_config(hidden=(8,)):
 
 
 def test_meta_bnnp_config_is_the_table_recipe():
-    from bnnp_jax import run_config
+    from bnnp_jax.training import config as run_config
 
     cfg = run_config.load("configs/kl_meta_bnnp.yaml")
     table = load_yaml(kl_table.KLTableConfig, "configs/kl_table.yaml")
@@ -126,7 +126,7 @@ def test_meta_bnnp_config_is_the_table_recipe():
 def test_meta_bnnp_column_end_to_end(tmp_path, x64):
     """A few meta-training steps into a run directory (prior frozen), then the table's
     bnnp_amortised column loads it through train.load_run and scores it at each sigma_y."""
-    from bnnp_jax import train
+    from bnnp_jax.training import loop as train
 
     meta = _tiny_meta_config()
     run_dir = tmp_path / "meta"
@@ -150,7 +150,8 @@ def test_meta_bnnp_column_end_to_end(tmp_path, x64):
 
 
 def test_meta_bnnp_bad_paths_name_the_field(tmp_path, x64):
-    from bnnp_jax import checkpoint, train
+    from bnnp_jax.training import checkpoint
+    from bnnp_jax.training import loop as train
     from bnnp_jax.config import dump_yaml
 
     def table(path, widths=(1, 8, 1)):

@@ -104,7 +104,8 @@ def test_bad_inputs_raise():
 
 
 def test_from_bnnp_uses_learned_prior_and_sigma(x64):
-    from bnnp_jax import bnnp, priors
+    from bnnp_jax.bnnp import model as bnnp
+    from bnnp_jax.priors import weight_prior as priors
 
     cfg = bnnp.BNNPConfig(x_dim=1, y_dim=1, hidden=(3,), prior_kind="shared", dtype="float64")
     params = bnnp.init(jax.random.PRNGKey(7), cfg)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnnp_jax.gaussian import Gaussian, kl_divergence
+from bnnp_jax.core.gaussian import Gaussian, kl_divergence
 from bnnp_jax.inference import model as bnn
 from bnnp_jax.inference import gaussian_vi as gvi
 from bnnp_jax.inference import lcvi, vi

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnnp_jax import metaprior as mp
-from bnnp_jax.gaussian import Gaussian, kl_divergence
-from bnnp_jax.metaprior_fit import FitConfig, code_mask, fit, illate
-from bnnp_jax.metaprior_hypernet import HyperNet, concatenated_reference
+from bnnp_jax.metaprior import model as mp
+from bnnp_jax.core.gaussian import Gaussian, kl_divergence
+from bnnp_jax.metaprior.fit import FitConfig, code_mask, fit, illate
+from bnnp_jax.metaprior.hypernet import HyperNet, concatenated_reference
 
 
 @pytest.fixture

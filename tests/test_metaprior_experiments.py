@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnnp_jax import metaprior as mp
-from bnnp_jax.metaprior_fit import FitConfig, illate
-from bnnp_jax.studies import metaprior_experiments as me
+from bnnp_jax.metaprior import model as mp
+from bnnp_jax.metaprior.fit import FitConfig, illate
+from bnnp_jax.studies.metaprior import experiments as me
 
 
 @pytest.fixture(scope="module")
 def moons():
-    from bnnp_jax.studies.metaprior_toys import fit_moons
+    from bnnp_jax.studies.metaprior.toys import fit_moons
 
     cfg = me.load_config("moons", quick=True)
     return {**fit_moons(cfg, jax.random.PRNGKey(cfg.seed)), "eval_samples": cfg.eval_samples}
@@ -83,7 +83,7 @@ def test_cli_arguments():
 
 
 def test_mnist_file_loader(tmp_path):
-    from bnnp_jax.studies.metaprior_digits import load_data
+    from bnnp_jax.studies.metaprior.digits import load_data
 
     rng = np.random.default_rng(0)
     arrays = {"x_train": rng.integers(0, 256, (30, 4, 4), dtype=np.uint8), "y_train": rng.integers(0, 10, 30),
@@ -102,7 +102,7 @@ def test_mnist_file_loader(tmp_path):
 
 
 def test_prior_study_config_loads_and_rejects_unknown_keys(tmp_path):
-    from bnnp_jax.studies import metaprior_prior_study as ps
+    from bnnp_jax.studies.metaprior import prior_study as ps
 
     full = ps.load_config(me.CONFIG_DIR / "metaprior_prior.yaml")
     quick = ps.load_config(me.CONFIG_DIR / "metaprior_prior.yaml", quick=True)

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnnp_jax import metaprior_prior as mpp
-from bnnp_jax import priors
-from bnnp_jax.gaussian import Gaussian
-from bnnp_jax.metaprior_hypernet import HyperNet, concatenated_reference
+from bnnp_jax.priors import metaprior_prior as mpp
+from bnnp_jax.priors import weight_prior as priors
+from bnnp_jax.core.gaussian import Gaussian
+from bnnp_jax.metaprior.hypernet import HyperNet, concatenated_reference
 
 WIDTHS = (2, 5, 3, 1)
 

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnnp_jax.metaprior_fit import FitConfig
-from bnnp_jax.studies import metaprior_experiments as me
-from bnnp_jax.studies import metaprior_selection as ms
-from bnnp_jax.studies import mlp_baseline as mlp
-from bnnp_jax.studies.metaprior_toys import moons_data
+from bnnp_jax.metaprior.fit import FitConfig
+from bnnp_jax.studies.metaprior import experiments as me
+from bnnp_jax.studies.metaprior import selection as ms
+from bnnp_jax.studies.metaprior import mlp_baseline as mlp
+from bnnp_jax.studies.metaprior.toys import moons_data
 
 
 def _rows(a: np.ndarray) -> set[tuple]:
@@ -37,7 +37,7 @@ def test_moons_validation_split_is_disjoint_and_from_training_points():
 
 
 def test_digits_validation_split_is_stratified_and_leaves_test_alone():
-    from bnnp_jax.studies.metaprior_digits import hold_out, load_data
+    from bnnp_jax.studies.metaprior.digits import hold_out, load_data
 
     x_all, y_all, x_te, y_te, _ = load_data(1, 0, 360)
     x_fit, y_fit, x_val, y_val = hold_out(1, x_all, y_all, 300)
@@ -59,7 +59,7 @@ def test_n_val_must_leave_training_points():
 
 def test_cli_seeds_and_n_val(tmp_path, monkeypatch):
     """``--seeds`` runs once per seed into seed_S/ and summarises; ``--n-val`` reaches the runner."""
-    from bnnp_jax.studies import metaprior_toys
+    from bnnp_jax.studies.metaprior import toys as metaprior_toys
 
     seen = []
 

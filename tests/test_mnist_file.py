@@ -12,7 +12,7 @@ import pytest
 
 from bnnp_jax import cli
 from bnnp_jax.data import images
-from bnnp_jax.studies.metaprior_digits import load_data
+from bnnp_jax.studies.metaprior.digits import load_data
 
 SIDE = 6
 

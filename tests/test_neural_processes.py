@@ -10,7 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnnp_jax import metrics, models, neural_processes as nps, run_config, train
+from bnnp_jax import metrics, neural_processes as nps
+from bnnp_jax.training import models
+from bnnp_jax.training import config as run_config
+from bnnp_jax.training import loop as train
 from bnnp_jax.config import ConfigError, from_dict
 from bnnp_jax.data import registry
 

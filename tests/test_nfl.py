@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from bnnp_jax import run_config, train
+from bnnp_jax.training import config as run_config
+from bnnp_jax.training import loop as train
 from bnnp_jax.studies import nfl
 
 TINY = """

@@ -16,7 +16,7 @@ from test_robustness_common import subprocess_env
 
 PROGRAM = textwrap.dedent("""
     import jax, jax.numpy as jnp
-    from bnnp_jax import bnnp
+    from bnnp_jax.bnnp import model as bnnp
 
     params = bnnp.init(jax.random.PRNGKey(0), bnnp.BNNPConfig(hidden=(24, 24)))
     x = jnp.linspace(-2, 2, 40)[:, None]

@@ -19,8 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_robustness_common import shared_run
 
-from bnnp_jax import api, blr, numerics
-from bnnp_jax.gaussian import Gaussian, kl_divergence
+import bnnp_jax
+from bnnp_jax.core import blr
+from bnnp_jax.core import blr_qr as numerics
+from bnnp_jax.core.gaussian import Gaussian, kl_divergence
 
 PROPERTY = settings(max_examples=12, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -247,6 +249,6 @@ def test_property_bnnp_prediction_ignores_context_order(model, perm):
     x = np.linspace(-1, 1, 5, dtype=np.float32)[:, None]
     y = np.sin(3 * x)
     xt = np.linspace(-1.5, 1.5, 4, dtype=np.float32)[:, None]
-    ref = api.predict(key, model, x, y, xt, 3)
-    got = api.predict(key, model, x[list(perm)], y[list(perm)], xt, 3)
+    ref = bnnp_jax.predict(key, model, x, y, xt, 3)
+    got = bnnp_jax.predict(key, model, x[list(perm)], y[list(perm)], xt, 3)
     np.testing.assert_allclose(got.samples, ref.samples, rtol=1e-4, atol=1e-5)

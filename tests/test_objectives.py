@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from bnnp_jax import bnnp, objectives
+from bnnp_jax.bnnp import model as bnnp
+from bnnp_jax.bnnp import objectives
 from bnnp_jax.data.tasks import size_mask, split
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bnnp_jax import run_config
+from bnnp_jax.training import config as run_config
 from bnnp_jax.data import registry
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -70,7 +70,7 @@ def test_paper_configs_build_their_samplers():
     """The pinned data settings are ones the sampler accepts, with the pinned task sizes."""
     import jax
 
-    from bnnp_jax import train
+    from bnnp_jax.training import loop as train
 
     for family in FAMILIES:
         cfg = run_config.load(CONFIGS / f"{family}.yaml")

@@ -1,4 +1,4 @@
-"""Issue 8, part 1 (library side): the validated wrappers in ``bnnp_jax.api``,
+"""Issue 8, part 1 (library side): the public functions (``bnnp_jax.predict`` and friends),
 the file readers and the data loaders reject bad input with a ``ValueError``
 that names the argument; valid edge cases (empty or one-point context, lists,
 float64 data, oversize batches) work; the jitted core carries no checks.
@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from test_robustness_common import shared_run
 
-from bnnp_jax import api, bnnp, validation
+import bnnp_jax
+from bnnp_jax import validation
+from bnnp_jax.bnnp import model as bnnp
 from bnnp_jax.data import images, precipitation, registry
 
 KEY = jax.random.PRNGKey(0)
@@ -80,7 +82,7 @@ def _predict_args(model, **over):
 @pytest.mark.parametrize("case,over,match", BAD_PREDICT, ids=[c[0] for c in BAD_PREDICT])
 def test_predict_rejects_bad_input(params, case, over, match):
     with pytest.raises(ValueError, match=match):
-        api.predict(**_predict_args(params, **over))
+        bnnp_jax.predict(**_predict_args(params, **over))
 
 
 @pytest.mark.parametrize("case,over,match", [c for c in BAD_PREDICT if "x_t" not in c[1]],
@@ -89,26 +91,27 @@ def test_posterior_samples_rejects_bad_input(params, case, over, match):
     args = _predict_args(params, **over)
     del args["x_t"]
     with pytest.raises(ValueError, match=match):
-        api.posterior_samples(**args)
+        bnnp_jax.posterior_samples(**args)
 
 
 def test_non_finite_params_are_rejected(params):
     raw = params.likelihood["raw_sigma"]
     broken = params.replace(likelihood={"raw_sigma": raw.at[0].set(jnp.nan)})
     with pytest.raises(ValueError, match=r"^params: non-finite values in .*raw_sigma"):
-        api.predict(**_predict_args(broken))
+        bnnp_jax.predict(**_predict_args(broken))
 
 
 def test_prior_samples_validates(params):
     with pytest.raises(ValueError, match="^num_samples: must be a positive integer"):
-        api.prior_samples(KEY, params, 0)
+        bnnp_jax.prior_samples(KEY, params, 0)
     with pytest.raises(ValueError, match="^key:"):
-        api.prior_samples(7, params, 2)
+        bnnp_jax.prior_samples(7, params, 2)
 
 
-def test_wrappers_refuse_to_be_traced(params):
-    with pytest.raises(ValueError, match=r"^x_c: is a traced value.*bnnp_jax.bnnp core"):
-        jax.jit(lambda x: api.predict(KEY, params, x, Y, XT, S).mean)(X)
+def test_traced_calls_skip_the_checks(params):
+    """Under ``jit`` the public function is the kernel: no host checks, same result."""
+    traced = jax.jit(lambda x: bnnp_jax.predict(KEY, params, x, Y, XT, S).mean)(X)
+    np.testing.assert_allclose(traced, bnnp_jax.predict(KEY, params, X, Y, XT, S).mean, rtol=1e-5, atol=1e-6)
 
 
 # ----- valid edge cases -------------------------------------------------------
@@ -117,7 +120,7 @@ def test_wrappers_refuse_to_be_traced(params):
 def test_empty_context_gives_the_prior(params):
     """``KL(q || p) = 0`` exactly in real arithmetic, so the weights (and with
     them the predictive) are the prior's."""
-    post = api.posterior_samples(KEY, params, EMPTY, EMPTY, S)
+    post = bnnp_jax.posterior_samples(KEY, params, EMPTY, EMPTY, S)
     # sum over the 5 units' KL terms, each a float32 rounding of zero
     assert abs(float(post.kl)) < 1e-4
     assert [w.shape for w in post.weights] == [(S, 2, 4), (S, 5, 1)]
@@ -125,44 +128,44 @@ def test_empty_context_gives_the_prior(params):
 
 
 def test_single_point_context(params):
-    post = api.posterior_samples(KEY, params, X[:1], Y[:1], S)
+    post = bnnp_jax.posterior_samples(KEY, params, X[:1], Y[:1], S)
     assert np.isfinite(float(post.kl)) and float(post.kl) > 1e-3  # one point moves the posterior off the prior
     assert all(np.all(np.isfinite(w)) for w in post.weights)
 
 
 def test_lists_and_float64_are_accepted_and_cast(params):
-    ref = api.predict(KEY, params, X, Y, XT, S)
-    from_lists = api.predict(KEY, params, X.tolist(), Y.tolist(), XT.tolist(), S)
-    from_f64 = api.predict(KEY, params, X.astype(np.float64), Y.astype(np.float64), XT.astype(np.float64), S)
+    ref = bnnp_jax.predict(KEY, params, X, Y, XT, S)
+    from_lists = bnnp_jax.predict(KEY, params, X.tolist(), Y.tolist(), XT.tolist(), S)
+    from_f64 = bnnp_jax.predict(KEY, params, X.astype(np.float64), Y.astype(np.float64), XT.astype(np.float64), S)
     for pred in (from_lists, from_f64):
         assert pred.samples.dtype == jnp.float32
         np.testing.assert_array_equal(pred.samples, ref.samples)
 
 
 def test_oversize_batch_warns_and_means_one_batch(params):
-    ref = api.predict(KEY, params, X, Y, XT, S)
+    ref = bnnp_jax.predict(KEY, params, X, Y, XT, S)
     with pytest.warns(UserWarning, match=r"^batch_size: 10 exceeds the number of points \(5\); using a single batch"):
-        big = api.predict(KEY, params, X, Y, XT, S, batch_size=10)
+        big = bnnp_jax.predict(KEY, params, X, Y, XT, S, batch_size=10)
     np.testing.assert_array_equal(big.samples, ref.samples)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # exactly N is not oversize
-        api.predict(KEY, params, X, Y, XT, S, batch_size=5)
+        bnnp_jax.predict(KEY, params, X, Y, XT, S, batch_size=5)
 
 
-def test_core_carries_no_checks(params):
-    """The jitted core neither raises on nor repairs what the wrapper refuses:
-    NaN data propagate to NaN predictions (same call signature as the wrapper's,
+def test_kernel_carries_no_checks(params):
+    """The jitted kernel neither raises on nor repairs what the public function refuses:
+    NaN data propagate to NaN predictions (same call signature as the public function's,
     so this reuses its compilation)."""
     with pytest.raises(ValueError):
-        api.predict(KEY, params, X, _set(Y, (0, 0), np.nan), XT, S)
-    out = bnnp.predict(KEY, params, X, _set(Y, (0, 0), np.nan), XT, S, None)
+        bnnp_jax.predict(KEY, params, X, _set(Y, (0, 0), np.nan), XT, S)
+    out = bnnp._predict_jit(KEY, params, X, _set(Y, (0, 0), np.nan), XT, S, None)
     assert np.isnan(np.asarray(out.samples)).any()
 
 
 def test_same_key_same_result_different_key_different(params):
-    a = api.predict(KEY, params, X, Y, XT, S)
-    b = api.predict(KEY, params, X, Y, XT, S)
-    c = api.predict(jax.random.PRNGKey(1), params, X, Y, XT, S)
+    a = bnnp_jax.predict(KEY, params, X, Y, XT, S)
+    b = bnnp_jax.predict(KEY, params, X, Y, XT, S)
+    c = bnnp_jax.predict(jax.random.PRNGKey(1), params, X, Y, XT, S)
     np.testing.assert_array_equal(a.samples, b.samples)
     assert not np.allclose(a.samples, c.samples)
 

@@ -4,8 +4,8 @@ file and the problem; CLI usage errors exit with status 2 and print one
 ``bnnp: error:`` line, no traceback (checked in-process through
 ``cli.main`` and, for the process exit status itself, in subprocesses).
 
-The cases in ``FORMERLY_FORMERLY_OPEN_CONFIG`` and ``test_cli_bad_counts_and_unwritable_out``
-were open bugs (``xfail``) until issue 8's fixes; docs/robustness.md lists them.
+The cases in ``NONFINITE_SEED_AND_PARAMS_CONFIG`` and ``test_cli_bad_counts_and_unwritable_out``
+are listed in docs/robustness.md.
 """
 
 import hashlib
@@ -19,7 +19,10 @@ import pytest
 import yaml
 from test_robustness_common import TINY_YAML, cli_command, shared_run, subprocess_env, write_config
 
-from bnnp_jax import checkpoint, cli, run_config, train
+from bnnp_jax import cli
+from bnnp_jax.training import checkpoint
+from bnnp_jax.training import config as run_config
+from bnnp_jax.training import loop as train
 from bnnp_jax.config import ConfigError
 
 BASE = yaml.safe_load(TINY_YAML)
@@ -88,7 +91,7 @@ def test_config_file_missing(tmp_path):
         run_config.load(tmp_path / "nope.yaml")
 
 
-FORMERLY_OPEN_CONFIG = [
+NONFINITE_SEED_AND_PARAMS_CONFIG = [
     ("beta_nan", _mutated("training.beta", float("nan")), r"training\.beta"),
     ("beta_inf", _mutated("training.beta", float("inf")), r"training\.beta"),
     ("lr_start_inf", _mutated("training.lr_start", float("inf")), r"training\.lr_start"),
@@ -100,7 +103,7 @@ FORMERLY_OPEN_CONFIG = [
 ]
 
 
-@pytest.mark.parametrize("case,text,match", FORMERLY_OPEN_CONFIG, ids=[c[0] for c in FORMERLY_OPEN_CONFIG])
+@pytest.mark.parametrize("case,text,match", NONFINITE_SEED_AND_PARAMS_CONFIG, ids=[c[0] for c in NONFINITE_SEED_AND_PARAMS_CONFIG])
 def test_config_loader_rejects_nonfinite_aliased_seed_and_family_params(tmp_path, case, text, match):
     with pytest.raises(ConfigError, match=match):
         run_config.load(write_config(tmp_path, text))

@@ -10,7 +10,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bnnp_jax import checkpoint, run_config, train
+from bnnp_jax.training import checkpoint
+from bnnp_jax.training import config as run_config
+from bnnp_jax.training import loop as train
 from bnnp_jax.config import dump_yaml
 
 REPO = Path(__file__).resolve().parents[1]

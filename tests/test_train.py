@@ -12,7 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from bnnp_jax import checkpoint, run_config, train
+from bnnp_jax.training import checkpoint
+from bnnp_jax.training import config as run_config
+from bnnp_jax.training import loop as train
 from bnnp_jax.config import ConfigError, from_dict
 
 TINY = """
@@ -133,7 +135,8 @@ def test_sharded_equals_unsharded(tmp_path):
     script = textwrap.dedent(f"""
         import dataclasses, jax, numpy as np
         jax.config.update("jax_enable_x64", True)
-        from bnnp_jax import run_config, train
+        from bnnp_jax.training import config as run_config
+        from bnnp_jax.training import loop as train
         assert len(jax.devices()) == 4, jax.devices()
         c = run_config.load({str(cfg)!r})
         outs = []
@@ -205,7 +208,7 @@ def test_embedded_default_config_is_the_shipped_quick_config():
 
 def test_digits_report_writes_image_plots(tmp_path):
     """The digits branch of the run report: prior draws as 8x8 images and 8x8 -> 16x16 super-resolution."""
-    from bnnp_jax.run_report import write_report
+    from bnnp_jax.training.report import write_report
 
     cfg = tmp_path / "digits.yaml"
     cfg.write_text("model: bnnp\ndata: {family: digits}\nbnnp: {x_dim: 2, y_dim: 1, hidden: [4], inference_hidden: [8]}\n"

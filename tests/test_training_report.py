@@ -8,8 +8,12 @@ import jax.numpy as jnp
 import matplotlib.image as mpimg
 import numpy as np
 
-from bnnp_jax import bnnp, objectives, plots, run_config, train
-from bnnp_jax.run_report import heldout, objective_terms, training_evaluator
+from bnnp_jax.bnnp import model as bnnp
+from bnnp_jax.bnnp import objectives
+from bnnp_jax.training import plots
+from bnnp_jax.training import config as run_config
+from bnnp_jax.training import loop as train
+from bnnp_jax.training.report import heldout, objective_terms, training_evaluator
 
 
 def _tiny_config():

@@ -1,4 +1,4 @@
-"""Empirical-Bayes warm start of the prior mean (bnnp_jax.warm_start): the pieces
+"""Empirical-Bayes warm start of the prior mean (bnnp_jax.bnnp.warm_start): the pieces
 against dense or closed-form references, then the training-loop integration
 (frozen means stay put, resume is bit-identical, config errors)."""
 
@@ -10,7 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnnp_jax import bnnp, checkpoint, priors, run_config, train, warm_start
+from bnnp_jax.bnnp import model as bnnp
+from bnnp_jax.training import checkpoint
+from bnnp_jax.priors import weight_prior as priors
+from bnnp_jax.training import config as run_config
+from bnnp_jax.training import loop as train
+from bnnp_jax.bnnp import warm_start
 from bnnp_jax.config import ConfigError, from_dict
 from bnnp_jax.data.tasks import TaskBatch
 
@@ -111,7 +116,7 @@ def test_initial_weights_put_hinges_in_range_and_prior_from_fit_uses_them():
 def frozen_run(config, tmp_path_factory):
     """A finished warm-started run with the prior means frozen (checkpoints at steps 4 and 6),
     evaluated as ``bnnp train`` does (held-out metrics and the prior MMD)."""
-    from bnnp_jax import run_report
+    from bnnp_jax.training import report as run_report
 
     frozen = run_config.override(config, train_prior_mean=False)
     run_dir = tmp_path_factory.mktemp("frozen")
@@ -153,7 +158,8 @@ def test_warm_up_freezes_the_prior_and_training_moves_only_its_scales(frozen_run
 def test_step_zero_evaluation_and_reported_mmd_match_the_history(frozen_run, warm_params, tmp_path):
     """The first evaluation is of the warm-started state; the MMD logged at the last
     evaluation is the number metrics.json reports."""
-    from bnnp_jax import evaluation, run_report
+    from bnnp_jax.training import evaluation
+    from bnnp_jax.training import report as run_report
 
     frozen, _, state, history = frozen_run
     fresh, warm, _ = warm_params

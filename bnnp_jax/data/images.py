@@ -28,6 +28,10 @@ import numpy as np
 from bnnp_jax.data.synthetic import float_dtype, jit_sampler, sample_from_pool
 from bnnp_jax.validation import check_finite
 
+__all__ = ["pixel_grid", "image_task", "fine_grid", "sample_images", "load_digits_images", "split_indices",
+           "digits_split", "MNIST_KEYS", "MNIST_IDX_FILES", "read_idx_file", "load_mnist_dataset",
+           "load_mnist"]
+
 Array = jax.Array
 
 

@@ -34,6 +34,9 @@ import numpy as np
 from bnnp_jax.data.synthetic import (check_nonnegative, check_positive, check_sizes, float_dtype, jit_sampler,
                                      subset_points)
 
+__all__ = ["NUM_FEATURES", "lonlat_grid", "random_field", "precipitation_day", "sample_precipitation",
+           "Era5Data", "load_era5"]
+
 Array = jax.Array
 NUM_FEATURES = 128
 

@@ -20,6 +20,9 @@ from bnnp_jax.data import images as image_data
 from bnnp_jax.data import precipitation, synthetic
 from bnnp_jax.data.tasks import TaskBatch, split
 
+__all__ = ["FAMILIES", "reads_dataset", "family_params", "family_info", "make_sampler",
+           "make_batch_sampler", "true_function_samples"]
+
 Array = jax.Array
 _CTX = (0.1, 0.5)
 

@@ -29,16 +29,16 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from bnnp_jax.core.networks import ACTIVATIONS
 from bnnp_jax.data.tasks import size_mask
 
+__all__ = ["jit_sampler", "float_dtype", "check_sizes", "check_range", "check_nonnegative",
+           "check_positive", "finish", "sample_uniform_family", "subset_points", "sample_from_pool",
+           "se_kernel", "default_jitter", "draw_gp", "draw_sawtooth", "sample_sawtooth", "draw_heaviside",
+           "sample_heaviside", "draw_gp_family", "sample_gp", "check_widths", "draw_bnn_prior",
+           "sample_bnn_prior", "draw_cubic", "sample_cubic", "draw_ecg", "ecg_grid", "sample_ecg", "DRAWS"]
+
 Array = jax.Array
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "gelu": jax.nn.gelu,
-    "silu": jax.nn.silu,
-    "sigmoid": jax.nn.sigmoid,
-}
 
 
 # ----------------------------------------------------------------------------- checks and helpers

@@ -14,6 +14,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+__all__ = ["TaskBatch", "context_bound", "size_mask", "split_one", "split"]
+
 Array = jax.Array
 
 

@@ -36,9 +36,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
+from bnnp_jax.core.driver import run_chunks
 from bnnp_jax.inference import model as bnn
+
+__all__ = ["AISResult", "sigmoid_schedule", "hmc_step", "STEP_JITTER", "tune_step_sizes", "run",
+           "BDMCResult", "SCHEDULES", "schedule", "auto_beta_min", "bdmc", "tile_init", "as_numpy"]
 
 Array = jax.Array
 
@@ -184,15 +187,17 @@ def _anneal(key, problem, init, betas, eps, *, num_leapfrog, num_mcmc_steps, ada
     e = jnp.concatenate([eps, jnp.repeat(eps[-1:], pad)])
     dtype = init.dtype
     carry = (init, jnp.zeros(init.shape[0], dtype), jnp.log(jnp.asarray(init_step_size, dtype)))
-    accs, steps = [], []
-    for a in tqdm(range(0, num_steps + pad, chunk_size), desc=desc, disable=not progress_bar, leave=False):
+    def run_chunk(state, a, n):
+        carry, key = state
         key, sub = jax.random.split(key)
-        inputs = (jax.random.split(sub, chunk_size), b[a : a + chunk_size], b[a + 1 : a + chunk_size + 1],
-                  e[a + 1 : a + chunk_size + 1])
-        carry, (acc, used) = _anneal_chunk(carry, inputs, problem, num_leapfrog, num_mcmc_steps,
-                                           jnp.asarray(adapt_rate, dtype), jnp.asarray(target_accept, dtype))
-        accs.append(acc)
-        steps.append(used)
+        inputs = (jax.random.split(sub, n), b[a : a + n], b[a + 1 : a + n + 1], e[a + 1 : a + n + 1])
+        carry, out = _anneal_chunk(carry, inputs, problem, num_leapfrog, num_mcmc_steps,
+                                   jnp.asarray(adapt_rate, dtype), jnp.asarray(target_accept, dtype))
+        return (carry, key), out
+
+    (carry, _), outs = run_chunks(run_chunk, (carry, key), num_steps + pad, chunk_size, desc=desc,
+                                  progress=progress_bar)
+    accs, steps = zip(*outs)
     return carry, jnp.concatenate(accs)[:num_steps], jnp.concatenate(steps)[:num_steps]
 
 

@@ -8,7 +8,7 @@
   optimised by the ELBO on this one dataset. The layer-by-layer conditional
   posterior is the same sampler as GIVI's (:func:`givi.layerwise_path`) with
   the data points as pseudo-inputs.
-- Amortised BNNP: a meta-trained :class:`bnnp_jax.bnnp.BNNPParams` applied
+- Amortised BNNP: a meta-trained :class:`bnnp_jax.bnnp.model.BNNPParams` applied
   zero-shot (``bnnp.masked_posterior``); nothing is fitted.
 
 Both return function samples through ``predict`` and an ELBO estimate with a
@@ -23,10 +23,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bnnp_jax import amortised_layer, blr
+from bnnp_jax.bnnp import amortised_layer
+from bnnp_jax.core import blr
 from bnnp_jax.inference import evidence, givi
 from bnnp_jax.inference import model as bnn
 from bnnp_jax.inference.vi import run_adam
+
+__all__ = ["FINAL_LAYER_MODES", "PerTaskParams", "PerTaskResult", "per_task_init", "per_task_path",
+           "per_task_elbo_terms", "per_task_loss", "per_task_fit", "per_task_elbo", "per_task_predict",
+           "AmortisedResult", "amortised_fit", "amortised_elbo", "amortised_predict"]
 
 Array = jax.Array
 FINAL_LAYER_MODES = ("learned", "exact")
@@ -49,11 +54,6 @@ class PerTaskResult(NamedTuple):
     x: Array
     y: Array
     losses: Array
-
-
-def _precision(log_s: Array) -> Array:
-    s = jnp.exp(log_s - amortised_layer.LOG_S_SHIFT)
-    return 1.0 / (s**2 + amortised_layer.PRECISION_FLOOR)
 
 
 def per_task_init(key, model: bnn.BNNModel, x: Array, final_layer: str = "learned", *,
@@ -82,7 +82,7 @@ def per_task_path(key, model: bnn.BNNModel, params: PerTaskParams, x_c: Array, y
         last = l == model.num_layers - 1
         targets = y_c if last else params.yhat[l]
         lam = (jnp.broadcast_to(model.sigma_y**-2, y_c.shape) if len(params.log_s) < model.num_layers and last
-               else _precision(params.log_s[l]))
+               else amortised_layer.pseudo_precision(params.log_s[l]))
         return blr.natural_stats(phi_c, targets, lam)
 
     return givi.layerwise_path(key, model, x_c, x, layer)
@@ -157,7 +157,7 @@ def amortised_fit(key, params, x, y) -> AmortisedResult:
 
 @partial(jax.jit, static_argnames=("num_samples", "batch_size"))
 def _amortised_elbo(key, params, x, y, num_samples, batch_size):
-    from bnnp_jax import bnnp
+    from bnnp_jax.bnnp import model as bnnp
 
     ones = jnp.ones(x.shape[0], x.dtype)
 
@@ -176,6 +176,6 @@ def amortised_elbo(key, result: AmortisedResult, num_samples: int = 10_000, *, b
 
 def amortised_predict(key, result: AmortisedResult, x_test, num_samples: int) -> Array:
     """Posterior function samples ``[num_samples, N_t, D_L]``."""
-    from bnnp_jax import bnnp
+    from bnnp_jax.bnnp import model as bnnp
 
     return bnnp.predict(key, result.params, result.x, result.y, x_test, num_samples).samples

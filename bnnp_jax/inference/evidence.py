@@ -28,6 +28,9 @@ import jax.numpy as jnp
 from bnnp_jax.inference import ais
 from bnnp_jax.inference import model as bnn
 
+__all__ = ["MODES", "ELBOEstimate", "elbo_estimate", "batched_log_likelihood", "Evidence", "estimate",
+           "KLInterval", "kl_interval"]
+
 Array = jax.Array
 MODES = ("paper", "certified")
 

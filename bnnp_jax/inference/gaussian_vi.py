@@ -1,5 +1,5 @@
 """Block-diagonal Gaussian VI in whitened coordinates: the engine of MFVI, UCVI, LCVI and FCVI
-(SPEC section 8; issue 15).
+(SPEC section 8).
 
 ``q(w) = N(m, S S^T)`` over the flat weights ``[P]`` (:func:`model.flatten`'s order), block
 diagonal over a *layout*: a tuple of :class:`Segment` s, each a run of consecutive layers cut
@@ -18,7 +18,7 @@ are optimised. ``C0`` is the Cholesky factor of the block of a precision ``Lambd
   Laplace / Gauss-Newton scale. For a Gaussian target (no hidden layer) it is the exact
   posterior precision, so in ``(u, T)`` the ELBO has identity curvature in ``u`` and its
   optimum at ``T = I``, whatever ``sigma_y``: the narrow, ill-conditioned posteriors of
-  small ``sigma_y`` that stall Adam on a plain Cholesky factor (issue 15) look like the
+  small ``sigma_y`` that stall Adam on a plain Cholesky factor look like the
   standard normal.
 - ``"prior"``: the prior precision (whitened relative to the prior).
 
@@ -45,7 +45,8 @@ import numpy as np
 import optax
 from jax.scipy.linalg import solve_triangular
 
-from bnnp_jax.gaussian import Gaussian
+from bnnp_jax.core.driver import run_chunks
+from bnnp_jax.core.gaussian import LOG_2PI, Gaussian
 from bnnp_jax.inference import model as bnn
 
 __all__ = [
@@ -343,7 +344,7 @@ def _log_q_stopped(w: Whitening, p: Params, layout, draws: Array) -> Array:
             v = solve_triangular(k0, jnp.moveaxis(d - m0, 0, -1), lower=False) - u[..., None]  # [c, s, S]
             z_parts.append(jnp.moveaxis(solve_triangular(_tril(t), v, lower=True), -1, 0))
     z = _join(z_parts)
-    return -0.5 * jnp.sum(z**2, -1) - log_det_sqrt(w, p) - 0.5 * draws.shape[-1] * math.log(2 * math.pi)
+    return -0.5 * jnp.sum(z**2, -1) - log_det_sqrt(w, p) - 0.5 * draws.shape[-1] * LOG_2PI
 
 
 def loss(p: Params, key, w: Whitening, layout, model: bnn.BNNModel, x, y, mask, num_particles: int,
@@ -385,8 +386,6 @@ def fit(key: Array, model: bnn.BNNModel, x: Array, y: Array, layout, *, num_step
     at ``m0`` (module docstring); ``T`` starts at ``e^{init_log_scale} I``. Raises on a
     non-finite loss.
     """
-    from tqdm.auto import tqdm
-
     if mean_init not in MEAN_INITS:
         raise ValueError(f"mean_init must be one of {MEAN_INITS}, got {mean_init!r}")
     if estimator not in ESTIMATORS:
@@ -401,18 +400,17 @@ def fit(key: Array, model: bnn.BNNModel, x: Array, y: Array, layout, *, num_step
     opt_state = optax.scale_by_adam(b1=b1, b2=b2).init(p)
     lrs = np.asarray(optax.linear_schedule(lr[0], lr[1], max(num_steps, 1))(np.arange(num_steps)), dtype=m0.dtype)
     keys = jax.random.split(run_key, num_steps)
-    losses, done = [], 0
-    with tqdm(total=num_steps, desc=desc, disable=not progress_bar, leave=False) as bar:
-        while done < num_steps:
-            n = min(chunk_size, num_steps - done)
-            (p, opt_state), chunk_loss = _chunk(p, opt_state, keys[done:done + n], lrs[done:done + n], w, layout,
-                                                model, x, y, mask, num_particles, estimator, b1, b2)
-            if not np.all(np.isfinite(chunk_loss)):
-                bad = done + int(np.argmin(np.isfinite(chunk_loss)))
-                raise FloatingPointError(f"{desc or 'gaussian_vi'}: non-finite loss at step {bad}")
-            losses.append(chunk_loss)
-            done += n
-            bar.update(n)
+    def run_chunk(carry, done, n):
+        return _chunk(*carry, keys[done:done + n], lrs[done:done + n], w, layout, model, x, y, mask,
+                      num_particles, estimator, b1, b2)
+
+    def check(chunk_loss, done):
+        if not np.all(np.isfinite(chunk_loss)):
+            bad = done + int(np.argmin(np.isfinite(chunk_loss)))
+            raise FloatingPointError(f"{desc or 'gaussian_vi'}: non-finite loss at step {bad}")
+
+    (p, opt_state), losses = run_chunks(run_chunk, (p, opt_state), num_steps, chunk_size, desc=desc,
+                                        progress=progress_bar, check=check)
     return Result(p, w, layout, model, jnp.concatenate(losses) if losses else jnp.zeros((0,), m0.dtype))
 
 

@@ -10,7 +10,7 @@ pseudo-outputs ``V_l [M, D_l]`` with a pseudo-precision ``Lambda_l = R R^T``
 
 the Bayesian linear regression of SPEC section 4 (Ober & Aitchison eq. 12).
 Because ``Phi_u^T Lambda Phi_u = (R^T Phi_u)^T (R^T Phi_u)``, it is exactly
-:func:`bnnp_jax.blr.posterior` on the whitened design ``R^T Phi_u`` and targets
+:func:`bnnp_jax.core.blr.posterior` on the whitened design ``R^T Phi_u`` and targets
 ``R^T V_l`` with unit precisions, so no ``M x M`` inverse is formed.
 ``U_l = Phi_u W_l`` then feeds the next layer.
 
@@ -32,12 +32,16 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bnnp_jax import blr
-from bnnp_jax.gaussian import Gaussian
+from bnnp_jax.core import blr
+from bnnp_jax.bnnp.path import sample_layers
+from bnnp_jax.core.gaussian import Gaussian
 from bnnp_jax.inference import evidence
 from bnnp_jax.inference import model as bnn
 from bnnp_jax.inference.vi import run_adam
-from bnnp_jax.networks import activation_fn, with_bias
+from bnnp_jax.core.networks import activation_fn, with_bias
+
+__all__ = ["layerwise_path", "GIVIParams", "GIVIResult", "prec_tril", "layer_stats", "layer_posterior",
+           "init", "sample_path", "elbo_terms", "loss", "fit", "elbo", "predict"]
 
 Array = jax.Array
 LayerFn = Callable[[int, Array], blr.NaturalStats]
@@ -46,11 +50,11 @@ LayerFn = Callable[[int, Array], blr.NaturalStats]
 def layerwise_path(key, model: bnn.BNNModel, pseudo_x: Array, x: Array, layer_stats: LayerFn):
     """One sample path of a layer-wise conditional Gaussian posterior.
 
-    Each layer is drawn by :func:`blr.sample_layers` (one Cholesky and two
+    Each layer is drawn by :func:`~bnnp_jax.bnnp.path.sample_layers` (one Cholesky and two
     chained triangular solves give the draw and the KL), the BNNP's own sampler:
     with separate sample and KL solves, XLA may run batched LAPACK calls
     concurrently, which deadlocks jaxlib 0.10's CPU kernels on 2 cores (seen
-    with a [32, 32] network; :mod:`bnnp_jax.blr` module docstring).
+    with a [32, 32] network; :mod:`bnnp_jax.core.blr` module docstring).
 
     Args:
       pseudo_x: ``[M, D_0]`` inputs that condition the layers (inducing inputs, or context points).
@@ -71,7 +75,7 @@ def layerwise_path(key, model: bnn.BNNModel, pseudo_x: Array, x: Array, layer_st
         return layer_stats(l, phis[l][: m or None])
 
     factors = [blr.PriorFactors.from_gaussian(p) for p in model.prior_gaussians()]
-    weights, kl = blr.sample_layers(key, factors, stats)
+    weights, kl = sample_layers(key, factors, stats)
     return (phis[-1] @ weights[-1].T)[m:], kl
 
 

@@ -1,4 +1,4 @@
-"""LCVI: layer-wise full-covariance Gaussian VI (issue 15).
+"""LCVI: layer-wise full-covariance Gaussian VI (SPEC section 8).
 
 ``q(W) = prod_l N(vec W_l | m_l, S_l S_l^T)``: one full covariance over each layer's
 ``D_l (D_{l-1} + 1)`` weights (every unit of the layer, unit-major), block diagonal across

@@ -32,9 +32,15 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-from bnnp_jax import blr, priors
-from bnnp_jax.gaussian import Gaussian
-from bnnp_jax.networks import activation_fn, with_bias
+from bnnp_jax.core import blr
+from bnnp_jax.priors import weight_prior as priors
+from bnnp_jax.core.gaussian import Gaussian, normal_log_prob
+from bnnp_jax.core.networks import activation_fn, forward, with_bias
+
+__all__ = ["BNNModel", "make_model", "fixed_prior_model", "from_bnnp", "flatten", "unflatten",
+           "units_to_weights", "forward", "forward_flat", "log_prior", "log_likelihood",
+           "log_likelihood_from_output", "log_joint", "prior_sample", "numpyro_model", "exact_posterior",
+           "exact_log_evidence", "exact_posterior_samples"]
 
 Array = jax.Array
 
@@ -50,7 +56,7 @@ class BNNModel:
 
     Attributes:
       widths: ``(D_0, ..., D_L)``, ``D_0 = x_dim``, ``D_L = y_dim``.
-      activation: name in :data:`bnnp_jax.networks.ACTIVATIONS`, applied at the input of every layer after the first.
+      activation: name in :data:`bnnp_jax.core.networks.ACTIVATIONS`, applied at the input of every layer after the first.
       sigma_y: ``[y_dim]`` observation noise standard deviations.
       prior_means: per layer ``[D_l, D_{l-1}+1]`` (unit-major).
       prior_scale_trils: per layer ``[D_l, D_{l-1}+1, D_{l-1}+1]`` covariance Cholesky factors.
@@ -121,7 +127,7 @@ def _fixed_prior_model(widths, activation, sigma_y, dtype):  # jitted: dozens of
 
 def from_bnnp(params) -> BNNModel:
     """The (learned) prior and ``sigma_y`` of a BNNP, as a model for the baselines."""
-    from bnnp_jax import bnnp  # local: bnnp sits on the same floor and imports more than we need
+    from bnnp_jax.bnnp import model as bnnp  # local: bnnp sits on the same floor and imports more than we need
 
     cfg = params.config
     widths = (cfg.x_dim, *cfg.hidden, cfg.y_dim)
@@ -157,17 +163,6 @@ def units_to_weights(units: Sequence[Array]) -> list[Array]:
 # ----- densities -----------------------------------------------------------
 
 
-def forward(weights: Sequence[Array], x: Array, activation: str) -> Array:
-    """Network output for one weight sample: ``x [N, D_0] -> a_L [N, D_L]`` (SPEC section 2)."""
-    act = activation_fn(activation)
-    h = x
-    for l, w in enumerate(weights):
-        if l > 0:
-            h = act(h)
-        h = h @ w[:-1] + w[-1]  # [h, 1] @ W without materialising the ones column
-    return h
-
-
 @jax.jit
 def forward_flat(model: BNNModel, flat: Array, x: Array) -> Array:
     """Function samples for flat weights ``[S, P]`` at ``x [N, D_0]`` -> ``[S, N, D_L]``."""
@@ -191,8 +186,7 @@ def log_likelihood(model: BNNModel, weights: Sequence[Array], x: Array, y: Array
 
 def log_likelihood_from_output(model: BNNModel, f: Array, y: Array, mask: Array | None = None) -> Array:
     """The same for a given network output ``f [N, D_L]`` -> scalar."""
-    z = (y - f) / model.sigma_y
-    per_point = jnp.sum(-0.5 * z**2 - jnp.log(model.sigma_y) - 0.5 * math.log(2 * math.pi), axis=-1)
+    per_point = jnp.sum(normal_log_prob(y, f, model.sigma_y), axis=-1)
     if mask is not None:
         per_point = per_point * mask
     return jnp.sum(per_point)

@@ -17,10 +17,11 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bnnp_jax.inference import model as bnn
+
+__all__ = ["NUTSDiagnostics", "NUTSResult", "potential_fn", "summarise", "fit", "flat_samples", "predict"]
 
 Array = jax.Array
 

@@ -1,4 +1,4 @@
-"""Gaussian variational inference baselines: MFVI, UCVI, LCVI and FCVI (SPEC section 8; issue 15).
+"""Gaussian variational inference baselines: MFVI, UCVI, LCVI and FCVI (SPEC section 8).
 
 The four families are nested, MFVI ⊂ UCVI ⊂ LCVI ⊂ FCVI, and differ only in the block
 structure of ``q(W) = N(m, S S^T)`` over the flat weights (layer by layer, unit-major, the
@@ -11,10 +11,9 @@ order of ``model.flatten``):
 
 All four are fitted by :func:`bnnp_jax.inference.gaussian_vi.fit`: reparameterised ELBO
 gradients with ``S`` draws, Adam with a linear learning-rate decay (SPEC section 11), on
-coordinates whitened by the Gauss-Newton precision at the MAP weights (see that module; the
-numpyro fit this replaced, Adam on a plain Cholesky factor from ``0.01 I``, stopped 1.5 nats
-short of the exact posterior at ``sigma_y = 0.01`` on a model with no hidden layer;
-docs/kl_study.md). ``q`` is held in closed form, so the KL to the prior is exact and an ELBO
+coordinates whitened by the Gauss-Newton precision at the MAP weights (see that module;
+Adam on a plain Cholesky factor from ``0.01 I`` stops 1.5 nats short of the exact posterior
+at ``sigma_y = 0.01`` on a model with no hidden layer, docs/kl_study.md). ``q`` is held in closed form, so the KL to the prior is exact and an ELBO
 estimate needs Monte Carlo only for the expected log-likelihood. Every fit keeps its ELBO
 trajectory (``losses``, the negative ELBO per step).
 """
@@ -28,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from bnnp_jax.gaussian import Gaussian
+from bnnp_jax.core.driver import run_chunks
+from bnnp_jax.core.gaussian import Gaussian
 from bnnp_jax.inference import evidence, lcvi
 from bnnp_jax.inference import gaussian_vi as gvi
 from bnnp_jax.inference import model as bnn
@@ -84,19 +83,19 @@ def run_steps(key, step: Callable, state, num_steps: int, *, chunk_size: int = 5
     def chunk(state, key, length):
         return jax.lax.scan(step, state, jax.random.split(key, length))
 
-    losses, done = [], 0
-    with tqdm(total=num_steps, desc=desc, disable=not progress_bar, leave=False) as bar:
-        while done < num_steps:
-            length = min(chunk_size, num_steps - done)
-            key, sub = jax.random.split(key)
-            state, loss = chunk(state, sub, length)
-            if not np.all(np.isfinite(loss)):
-                bad = done + int(np.argmin(np.isfinite(loss)))
-                raise FloatingPointError(f"{desc or 'optimisation'}: non-finite loss at step {bad}")
-            losses.append(loss)
-            done += length
-            bar.update(length)
-            bar.set_postfix(loss=float(loss[-1]))
+    def run_chunk(carry, start, length):
+        state, key = carry
+        key, sub = jax.random.split(key)
+        state, loss = chunk(state, sub, length)
+        return (state, key), loss
+
+    def check(loss, start):
+        if not np.all(np.isfinite(loss)):
+            bad = start + int(np.argmin(np.isfinite(loss)))
+            raise FloatingPointError(f"{desc or 'optimisation'}: non-finite loss at step {bad}")
+
+    (state, _), losses = run_chunks(run_chunk, (state, key), num_steps, chunk_size, desc=desc, progress=progress_bar,
+                                    check=check, postfix=lambda loss, n, sec: {"loss": float(loss[-1])})
     return state, jnp.concatenate(losses)
 
 
@@ -122,19 +121,21 @@ def run_adam(key, loss_fn: Callable, params, args: tuple, num_steps: int, lr: tu
     ``lr`` values and ``num_steps`` are traced. Returns the final params and the losses ``[num_steps]``."""
     opt = adam_linear_decay(*lr, num_steps)
     state = (params, opt.init(params))
-    losses, done = [], 0
     lr0, lr1, n = (jnp.asarray(v, jnp.result_type(float)) for v in (*lr, max(num_steps, 1)))
-    with tqdm(total=num_steps, desc=desc, disable=not progress_bar, leave=False) as bar:
-        while done < num_steps:
-            length = min(chunk_size, num_steps - done)
-            key, sub = jax.random.split(key)
-            state, loss = _adam_chunk(loss_fn, *state, sub, args, static, length, lr0, lr1, n)
-            if not np.all(np.isfinite(loss)):
-                bad = done + int(np.argmin(np.isfinite(loss)))
-                raise FloatingPointError(f"{desc or 'optimisation'}: non-finite loss at step {bad}")
-            losses.append(loss)
-            done += length
-            bar.update(length)
+
+    def run_chunk(carry, start, length):
+        state, key = carry
+        key, sub = jax.random.split(key)
+        state, loss = _adam_chunk(loss_fn, *state, sub, args, static, length, lr0, lr1, n)
+        return (state, key), loss
+
+    def check(loss, start):
+        if not np.all(np.isfinite(loss)):
+            bad = start + int(np.argmin(np.isfinite(loss)))
+            raise FloatingPointError(f"{desc or 'optimisation'}: non-finite loss at step {bad}")
+
+    (state, _), losses = run_chunks(run_chunk, (state, key), num_steps, chunk_size, desc=desc,
+                                    progress=progress_bar, check=check)
     return state[0], jnp.concatenate(losses)
 
 

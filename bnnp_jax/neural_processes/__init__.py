@@ -1,7 +1,7 @@
 """Neural-process baselines (SPEC section 7): CNP, latent NP, attentive NP and TNP-D.
 
 They are trained on the same padded :class:`~bnnp_jax.data.tasks.TaskBatch`
-streams, by the same loop (:mod:`bnnp_jax.train`, ``model: cnp|np|anp|tnp``)
+streams, by the same loop (:mod:`bnnp_jax.training.loop`, ``model: cnp|np|anp|tnp``)
 and scored with the same metrics as the BNNP. All functions here take one
 task (vmap over tasks) except :func:`batch_loss`.
 
@@ -32,11 +32,13 @@ KINDS = {"cnp": cnp.CNP, "np": latent_np.LatentNP, "anp": anp.ANP, "tnp": tnp.TN
 LATENT_KINDS = ("np", "anp")
 
 __all__ = ["KINDS", "NPConfig", "NPOutputs", "NPParams", "init", "outputs", "task_objective", "batch_loss",
-           "predictive", "predict"]
+           "predictive", "MixturePrediction", "predict"]
 
 
-class Prediction(NamedTuple):
-    """``mean``/``std`` ``[S, N_t, y_dim]`` of the mixture components; ``variance [N_t, y_dim]``
+class MixturePrediction(NamedTuple):
+    """A neural process's predictive, a mixture of Gaussians (not the BNNP's function-sample
+    :class:`~bnnp_jax.bnnp.model.Prediction`): ``mean``/``std`` ``[S, N_t, y_dim]`` of the
+    mixture components; ``variance [N_t, y_dim]``
     of the whole predictive (law of total variance)."""
 
     mean: Array
@@ -99,7 +101,7 @@ def predictive(key: Array, params: NPParams, x, y, context, target, num_samples:
     return out.mean, out.std
 
 
-def predict(key: Array, params: NPParams, x_c: Array, y_c: Array, x_t: Array, num_samples: int) -> Prediction:
+def predict(key: Array, params: NPParams, x_c: Array, y_c: Array, x_t: Array, num_samples: int) -> MixturePrediction:
     """Posterior predictive at ``x_t [N_t, x_dim]`` given ``x_c [N_c, x_dim]``, ``y_c [N_c, y_dim]``."""
     n_c = x_c.shape[0]
     x = jnp.concatenate([x_c, x_t])
@@ -108,4 +110,4 @@ def predict(key: Array, params: NPParams, x_c: Array, y_c: Array, x_t: Array, nu
     mean, std = predictive(key, params, x, y, context, 1.0 - context, num_samples)
     mean, std = mean[:, n_c:], std[:, n_c:]
     variance = jnp.mean(std**2 + mean**2, 0) - jnp.mean(mean, 0) ** 2
-    return Prediction(mean, std, variance)
+    return MixturePrediction(mean, std, variance)

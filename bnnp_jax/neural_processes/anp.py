@@ -20,6 +20,8 @@ from bnnp_jax.neural_processes.common import (NPConfig, NPOutputs, SelfAttention
                                               masked_mean, mlp)
 from bnnp_jax.neural_processes.np import decode, latent_and_sample
 
+__all__ = ["SetEncoder", "ANP"]
+
 Array = jax.Array
 
 

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 
 from bnnp_jax.neural_processes.common import NPConfig, NPOutputs, gaussian_head, masked_mean, mlp
 
+__all__ = ["CNP"]
+
 Array = jax.Array
 
 

@@ -12,7 +12,6 @@ predictive at a point is the mixture ``(1/S) sum_s N(mean_s, std_s^2)``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -20,7 +19,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from bnnp_jax.networks import MLP
+from bnnp_jax.core.gaussian import diag_normal_kl, normal_log_prob
+from bnnp_jax.core.networks import MLP
+
+__all__ = ["OBJECTIVES", "NPConfig", "NPParams", "NPOutputs", "mlp", "masked_mean", "gaussian_head",
+           "latent_head", "gaussian_kl", "log_normal", "key_mask", "SelfAttentionBlock"]
 
 Array = jax.Array
 OBJECTIVES = ("ml", "elbo")
@@ -121,13 +124,12 @@ def latent_head(out: Array, latent_dim: int) -> tuple[Array, Array]:
 
 def gaussian_kl(mu_q: Array, sd_q: Array, mu_p: Array, sd_p: Array) -> Array:
     """``KL(N(mu_q, sd_q^2) || N(mu_p, sd_p^2))`` summed over the last axis."""
-    return jnp.sum(jnp.log(sd_p / sd_q) + 0.5 * (sd_q**2 + (mu_q - mu_p) ** 2) / sd_p**2 - 0.5, -1)
+    return jnp.sum(diag_normal_kl(mu_q, sd_q, mu_p, sd_p), -1)
 
 
 def log_normal(y: Array, mean: Array, std: Array) -> Array:
     """``log N(y | mean, std^2)`` summed over the output dims: ``[..., N, y_dim] -> [..., N]``."""
-    z = (y - mean) / std
-    return jnp.sum(-0.5 * z**2 - jnp.log(std) - 0.5 * math.log(2 * math.pi), -1)
+    return jnp.sum(normal_log_prob(y, mean, std), -1)
 
 
 def key_mask(w: Array, num_queries: int) -> Array:

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 from bnnp_jax.neural_processes.common import (NPConfig, NPOutputs, gaussian_head, gaussian_kl, latent_head,
                                               masked_mean, mlp)
 
+__all__ = ["decode", "latent_and_sample", "LatentNP"]
+
 Array = jax.Array
 
 

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from bnnp_jax.neural_processes.common import (NPConfig, NPOutputs, SelfAttentionBlock, gaussian_head, key_mask,
                                               mlp)
 
+__all__ = ["TNP"]
+
 Array = jax.Array
 
 

@@ -38,12 +38,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnnp_jax.bnnp import BNNPConfig
+from bnnp_jax.bnnp.model import BNNPConfig
 from bnnp_jax.config import ConfigError, from_dict, load_yaml
 from bnnp_jax.data.tasks import TaskBatch, split
 from bnnp_jax.neural_processes import NPConfig
-from bnnp_jax.run_config import TrainingConfig
+from bnnp_jax.training.config import TrainingConfig
 from bnnp_jax.studies import study_runs
+
+__all__ = ["NP_KINDS", "BASELINES", "DataSection", "BaselineSection", "StudySection", "GoldilocksConfig",
+           "MetaDataset", "age_groups", "split_groups", "make_metadataset", "make_sampler",
+           "train_and_score", "baseline_score", "contenders", "run_one", "summarise", "markdown_table",
+           "plot", "write_outputs", "add_arguments", "run"]
 
 NP_KINDS = ("cnp", "np", "anp", "tnp")
 BASELINES = ("mfvi", "givi")
@@ -180,7 +185,7 @@ def make_metadataset(seed: int, data: DataSection, dtype=np.float32) -> MetaData
 
 def make_sampler(meta: MetaDataset, data: DataSection) -> Callable:
     """``sampler(key, num_tasks) -> TaskBatch``: random subsets of a random training group
-    with a random context/target split (jittable, for :func:`bnnp_jax.train.fit`)."""
+    with a random context/target split (jittable, for :func:`bnnp_jax.training.loop.fit`)."""
     from bnnp_jax.data import synthetic
 
     x, y, valid = jnp.asarray(meta.x), jnp.asarray(meta.y), jnp.asarray(meta.valid)
@@ -200,7 +205,7 @@ def make_sampler(meta: MetaDataset, data: DataSection) -> Callable:
 
 
 def _run_config(cfg: GoldilocksConfig, model: str, seed: int, fraction: float = 1.0, side: str = "front"):
-    from bnnp_jax import run_config
+    from bnnp_jax.training import config as run_config
 
     training = dataclasses.replace(cfg.training, seed=seed, prior_fraction=fraction, prior_side=side)
     if model != "bnnp":
@@ -211,7 +216,8 @@ def _run_config(cfg: GoldilocksConfig, model: str, seed: int, fraction: float = 
 def train_and_score(cfg: GoldilocksConfig, meta: MetaDataset, sampler, model: str, seed: int,
                     fraction: float = 1.0, side: str = "front", progress: bool = True) -> dict:
     """Meta-train one model on the training groups, score it on the test task."""
-    from bnnp_jax import evaluation, train
+    from bnnp_jax.training import evaluation
+    from bnnp_jax.training import loop as train
 
     rc = _run_config(cfg, model, seed, fraction, side)
     tic = time.perf_counter()
@@ -226,8 +232,8 @@ def train_and_score(cfg: GoldilocksConfig, meta: MetaDataset, sampler, model: st
 def baseline_score(cfg: GoldilocksConfig, meta: MetaDataset, method: str, seed: int, progress: bool = True) -> dict:
     """MFVI or GIVI on the test context under the fixed prior; scored on the test targets."""
     from bnnp_jax import metrics
-    from bnnp_jax.inference import givi, vi
     from bnnp_jax.inference import model as bnn
+    from bnnp_jax.inference import registry
 
     b, c = cfg.baselines, cfg.bnnp
     model = bnn.fixed_prior_model((c.x_dim, *c.hidden, c.y_dim), c.activation, meta.residual_scale, jnp.float32)
@@ -236,14 +242,11 @@ def baseline_score(cfg: GoldilocksConfig, meta: MetaDataset, method: str, seed: 
     x_c, y_c, x_t, y_t = (jnp.asarray(a) for a in (t.x[0][ctx], t.y[0][ctx], t.x[0][tgt], t.y[0][tgt]))
     key_fit, key_pred = jax.random.split(jax.random.PRNGKey(seed))
     tic = time.perf_counter()
-    if method == "mfvi":
-        result = vi.fit(key_fit, model, x_c, y_c, "mfvi", num_steps=b.num_steps, lr=tuple(b.lr),
-                        num_particles=b.num_particles, progress_bar=progress)
-        f = vi.predict(key_pred, result, x_t, cfg.study.eval_samples)
-    else:
-        result = givi.fit(key_fit, model, x_c, y_c, num_inducing=b.num_inducing, num_steps=b.num_steps,
-                          lr=tuple(b.lr), num_samples=b.num_particles, progress_bar=progress)
-        f = givi.predict(key_pred, result, x_t, cfg.study.eval_samples)
+    settings = {"mfvi": dict(num_particles=b.num_particles),
+                "givi": dict(num_inducing=b.num_inducing, num_samples=b.num_particles)}[method]
+    result = registry.fit(method, key_fit, model, x_c, y_c, num_steps=b.num_steps, lr=tuple(b.lr),
+                          progress_bar=progress, **settings)
+    f = registry.predict(key_pred, result, x_t, cfg.study.eval_samples)
     scores = metrics.summary(f, model.sigma_y, y_t, jnp.ones(y_t.shape[0], f.dtype))
     return {**{k: float(v) for k, v in scores.items()}, "seconds": time.perf_counter() - tic}
 

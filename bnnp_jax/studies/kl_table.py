@@ -48,6 +48,9 @@ import numpy as np
 
 from bnnp_jax.config import ConfigError, load_yaml, to_dict
 
+__all__ = ["METHODS", "GAUSSIAN_VI", "MODES", "TrainSettings", "AISSettings", "NUTSSettings", "KLTableConfig",
+           "simulate", "load_meta_bnnp", "run_sigma", "markdown_table", "plot", "add_arguments", "run"]
+
 METHODS = ("bnnp_per_task", "bnnp_amortised", "givi", "ucvi", "lcvi", "fcvi", "mfvi")
 GAUSSIAN_VI = ("mfvi", "ucvi", "lcvi", "fcvi")  # nested families: MFVI ⊂ UCVI ⊂ LCVI ⊂ FCVI
 MODES = ("paper", "certified")
@@ -184,11 +187,11 @@ def _fit_and_elbo(method: str, key, model, x, y, cfg: KLTableConfig, meta_bnnp=N
 def closed_form_kl(method: str, res, model, x, y) -> float:
     """``KL(q || p(W | D))`` in closed form for a model with no hidden layer, where every
     method's ``q`` is Gaussian and the posterior is exact (no Monte Carlo) -> float."""
-    from bnnp_jax import blr
-    from bnnp_jax.gaussian import kl_divergence
+    from bnnp_jax.core import blr
+    from bnnp_jax.core.gaussian import kl_divergence
     from bnnp_jax.inference import bnnp_methods, givi, vi
     from bnnp_jax.inference import model as bnn
-    from bnnp_jax.networks import with_bias
+    from bnnp_jax.core.networks import with_bias
 
     post = bnn.exact_posterior(model, x, y)
     prior = model.prior_gaussians()[0]
@@ -231,7 +234,9 @@ def load_meta_bnnp(cfg: KLTableConfig):
     ``KL = log p(D) - ELBO`` needs the ELBO under the table's model, so the BNNP must have
     the table's widths and activation and its prior must still be the table's fixed prior
     ``N(0, I / (D_in + 1))`` (meta-train with ``training.prior_fraction: 0``)."""
-    from bnnp_jax import checkpoint, run_config, train
+    from bnnp_jax.training import checkpoint
+    from bnnp_jax.training import config as run_config
+    from bnnp_jax.training import loop as train
     from bnnp_jax.inference import model as bnn
 
     field = "bnnp_checkpoint"

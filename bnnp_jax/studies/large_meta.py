@@ -23,11 +23,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bnnp_jax.bnnp import BNNPConfig
+from bnnp_jax.bnnp.model import BNNPConfig
 from bnnp_jax.config import ConfigError, from_dict, load_yaml
 from bnnp_jax.neural_processes import NPConfig
-from bnnp_jax.run_config import DataConfig, TrainingConfig
+from bnnp_jax.training.config import DataConfig, TrainingConfig
 from bnnp_jax.studies import study_runs
+
+__all__ = ["DATA_STREAM", "StudySection", "LargeMetaConfig", "fixed_datasets_sampler", "heldout",
+           "run_one", "summarise", "markdown_table", "plot", "add_arguments", "run", "main"]
 
 DATA_STREAM = 2**31 - 3  # fold_in index of the fixed training datasets' key
 
@@ -84,8 +87,8 @@ def fixed_datasets_sampler(cfg: LargeMetaConfig, num_datasets: int):
     family's unlimited stream for 0). The datasets depend only on ``num_datasets``."""
     from bnnp_jax.data import registry, synthetic
     from bnnp_jax.data.tasks import split
-    from bnnp_jax.train import make_sampler
-    from bnnp_jax import run_config
+    from bnnp_jax.training.loop import make_sampler
+    from bnnp_jax.training import config as run_config
 
     stream = make_sampler(run_config.RunConfig(data=cfg.data, bnnp=cfg.bnnp, training=cfg.training))
     if num_datasets == 0:
@@ -106,7 +109,7 @@ def fixed_datasets_sampler(cfg: LargeMetaConfig, num_datasets: int):
 
 def heldout(cfg: LargeMetaConfig):
     """The held-out tasks: fresh functions from the generator, one fixed key for every run."""
-    from bnnp_jax import evaluation
+    from bnnp_jax.training import evaluation
     from bnnp_jax.data import registry
 
     d = cfg.data
@@ -116,7 +119,9 @@ def heldout(cfg: LargeMetaConfig):
 
 
 def run_one(cfg: LargeMetaConfig, name: str, num_datasets: int, seed: int, sampler, tasks, progress: bool) -> dict:
-    from bnnp_jax import evaluation, run_config, train
+    from bnnp_jax.training import evaluation
+    from bnnp_jax.training import config as run_config
+    from bnnp_jax.training import loop as train
 
     model, fraction, side = _model_settings(name)
     training = dataclasses.replace(cfg.training, seed=seed, prior_fraction=fraction, prior_side=side)

@@ -1,4 +1,4 @@
-"""``bnnp nfl RUN_DIR [--out DIR]``: the "no free lunch" comparison (issue 4).
+"""``bnnp nfl RUN_DIR [--out DIR]``: the "no free lunch" comparison (SPEC section 11).
 
 Takes the learned BNNP prior of a meta-training run and asks, on held-out tasks
 of that run's family: given this prior and ``sigma_y``, how good are the
@@ -31,6 +31,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
+
+__all__ = ["METHODS", "METRICS", "LABELS", "DEFAULTS", "QUICK", "add_arguments", "settings", "split_task",
+           "fit_predict", "score", "evaluate", "aggregate", "table", "plot", "run"]
 
 METHODS = ("nuts", "bnnp_amortised", "bnnp_per_task", "givi", "mfvi", "fcvi")
 METRICS = ("lpd", "eld", "mae", "coverage", "seconds")
@@ -81,24 +84,18 @@ def split_task(tasks, t: int, dtype) -> tuple[np.ndarray, ...]:
 
 def fit_predict(key, method: str, model, params, data, s: dict) -> np.ndarray:
     """Fit ``method`` on the context ``(x_c, y_c)`` and return ``f [S, N_t, y_dim]`` at ``x_t``."""
-    from bnnp_jax.inference import bnnp_methods, givi, nuts, vi
+    from bnnp_jax.inference import registry
 
     x_c, y_c, x_t, _ = data
     fit_key, pred_key = jax.random.split(key)
-    n, steps, bar = s["num_samples"], s["vi_steps"], False
-    if method == "nuts":
-        res = nuts.fit(fit_key, model, x_c, y_c, num_warmup=s["nuts_warmup"], num_samples=s["nuts_samples"],
-                       num_chains=s["nuts_chains"], progress_bar=bar)
-        f = nuts.predict(pred_key, res, x_t, n)
-    elif method == "bnnp_amortised":
-        f = bnnp_methods.amortised_predict(pred_key, bnnp_methods.amortised_fit(fit_key, params, x_c, y_c), x_t, n)
-    elif method == "bnnp_per_task":
-        res = bnnp_methods.per_task_fit(fit_key, model, x_c, y_c, num_steps=steps, progress_bar=bar)
-        f = bnnp_methods.per_task_predict(pred_key, res, x_t, n)
-    elif method == "givi":
-        f = givi.predict(pred_key, givi.fit(fit_key, model, x_c, y_c, num_steps=steps, progress_bar=bar), x_t, n)
-    else:
-        f = vi.predict(pred_key, vi.fit(fit_key, model, x_c, y_c, method, num_steps=steps, progress_bar=bar), x_t, n)
+    steps, bar = s["vi_steps"], False
+    settings = {
+        "nuts": dict(num_warmup=s["nuts_warmup"], num_samples=s["nuts_samples"], num_chains=s["nuts_chains"],
+                     progress_bar=bar),
+        "bnnp_amortised": {},
+    }.get(method, dict(num_steps=steps, progress_bar=bar))
+    fitted = registry.fit(method, fit_key, params if method == "bnnp_amortised" else model, x_c, y_c, **settings)
+    f = registry.predict(pred_key, fitted, x_t, s["num_samples"])
     return np.asarray(jax.block_until_ready(f))
 
 
@@ -192,8 +189,9 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def run(args) -> int:
-    from bnnp_jax import run_config, train
-    from bnnp_jax.run_report import heldout
+    from bnnp_jax.training import config as run_config
+    from bnnp_jax.training import loop as train
+    from bnnp_jax.training.report import heldout
 
     s = settings(args)
     run_dir = Path(args.run_dir)

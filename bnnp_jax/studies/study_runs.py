@@ -8,6 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
+__all__ = ["add_arguments", "Results"]
+
 
 def add_arguments(parser: argparse.ArgumentParser, example_config: str, outputs: str) -> None:
     """``CONFIG --out DIR [--seeds ...] [--report-only] [--no-progress]``."""

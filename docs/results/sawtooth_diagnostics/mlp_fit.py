@@ -3,7 +3,7 @@
 Full-batch Adam (3e-3) on the noise-free mean sawtooth ``1.33 (mod(x, 0.75) - 0.375)``
 at 400 points on [-2, 2]; MAE of the fit every 1000 steps. ``standard``: weights
 ``N(0, 1/(D_in+1))``, zero biases; ``hinges``: first layer as
-``bnnp_jax.priors.spread_hinges`` (unit slopes, hinges evenly over [-2, 2]).
+``bnnp_jax.priors.weight_prior.spread_hinges`` (unit slopes, hinges evenly over [-2, 2]).
 A zero-mean fit scores MAE 0.249 (the teeth alone).
 
     python docs/results/sawtooth_diagnostics/mlp_fit.py   # ~1 min on 2 CPU cores

@@ -19,7 +19,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from bnnp_jax import evaluation, run_report, train
+from bnnp_jax.training import evaluation
+from bnnp_jax.training import report as run_report
+from bnnp_jax.training import loop as train
 from bnnp_jax.cli import _load_run
 from bnnp_jax.data import registry
 

@@ -1,0 +1,469 @@
+"""The Bayesian Neural Network Process (SPEC sections 2, 4 and 6).
+
+One task at a time; batch over tasks with ``jax.vmap`` (params unbatched).
+Per layer, the amortised linear layer turns the context set into a closed-form
+conditional posterior ``q(W_l | W_{<l}, D_c)``; ``S`` sample paths flow layer
+by layer, each path's features computed with that path's earlier samples.
+
+The parameters are a :class:`BNNPParams` pytree whose ``config`` is static
+aux-data, so the public functions need no separate config argument and jit
+specialises on it.
+
+Within-task minibatching (SPEC section 6) is the ``batch_size`` argument: the
+layer statistics are accumulated over batches of points with ``lax.scan``,
+and each batch's activations are *recomputed* from the inputs through the
+path's earlier samples, so memory does not grow with ``N``; the scan body is
+rematerialised (``jax.checkpoint``) so the backward pass does not store
+per-batch activations either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bnnp_jax.bnnp import amortised_layer
+from bnnp_jax import validation
+from bnnp_jax.core import blr
+from bnnp_jax.core import blr_dual
+from bnnp_jax.bnnp.path import sample_layers
+from bnnp_jax.priors import weight_prior as priors
+from bnnp_jax.core.gaussian import Gaussian, normal_log_prob
+from bnnp_jax.core.minibatch import batched_map, batched_sum
+from bnnp_jax.core import networks
+from bnnp_jax.core.networks import ACTIVATIONS, activation_fn, with_bias
+
+__all__ = ["FINAL_LAYER_MODES", "PSEUDO_PRECISIONS", "LAYER_FORMS", "BNNPConfig", "BNNPParams",
+           "PosteriorSamples", "Prediction", "init", "raw_sigma", "sigma_from_raw", "sigma_y", "forward", "minibatched", "layer_forms",
+           "sample_path", "layer_priors", "prior_factors", "masked_posterior", "masked_functions", "log_likelihood_sums",
+           "posterior_samples", "predict", "prior_samples"]
+
+Array = jax.Array
+FINAL_LAYER_MODES = ("learned", "exact")
+PSEUDO_PRECISIONS = ("per_unit", "per_point")
+LAYER_FORMS = ("auto", "primal", "dual")
+
+
+@dataclasses.dataclass(frozen=True)
+class BNNPConfig:
+    """Static architecture of a BNNP.
+
+    Attributes:
+      x_dim, y_dim: input and output sizes.
+      hidden: BNN hidden widths, e.g. ``(64, 64)``.
+      activation: BNN nonlinearity (applied at the input of layers 2..L).
+      prior_kind: ``unitwise`` | ``diagonal`` | ``shared``.
+      inference_hidden: inference-network hidden widths (default: twice the BNN's).
+      inference_sees_activations: feed layer inputs ``act(a_{l-1})`` to ``g_l``.
+      lora_rank: 0 for independent inference networks, ``r > 0`` for a shared
+        trunk with rank-``r`` adapters per layer.
+      final_layer: ``learned`` (``g_L`` emits ``log s``) or ``exact`` (use ``sigma_y``).
+      sigma_y_init: initial observation noise.
+      hinge_range: ``(low, high)`` to start the first layer's prior mean with ReLU
+        hinges spread over that input range (:func:`priors.spread_hinges`); ``None``
+        keeps the zero mean.
+      sigma_y_bound: if set, ``sigma_y = bound * sigmoid(raw)``; else ``exp(raw)``.
+      prior_min_std: floor on the prior's standard deviation in every direction
+        (covariance ``L L^T + prior_min_std^2 I``, :func:`priors.scale_tril`); 0 is off.
+      dtype: ``float32`` or ``float64`` (the latter needs ``jax_enable_x64``).
+      pseudo_precision: ``per_unit`` (``g_l`` emits ``log s_{n,d}`` for every unit, the
+        paper's layer) or ``per_point`` (one ``log s_n`` per point shared by the units of
+        a hidden layer; with ``prior_kind="shared"`` every layer then factorises one
+        ``[D, D]`` matrix per path instead of ``D_l`` of them: SPEC section 9).
+      layer_form: how each layer's posterior is computed: ``primal`` (the ``D x D``
+        precision, :func:`blr.sample_posterior`), ``dual`` (the ``N x N`` form,
+        :func:`blr_dual.sample_posterior_dual`) or ``auto``: dual when the context holds
+        fewer points than the layer has inputs (``N < D_{l-1} + 1``) and the layer is
+        neither minibatched nor the shared fast path. Same posterior and KL either way.
+    """
+
+    x_dim: int = 1
+    y_dim: int = 1
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "relu"
+    prior_kind: str = "unitwise"
+    inference_hidden: tuple[int, ...] | None = None
+    inference_sees_activations: bool = False
+    lora_rank: int = 0
+    final_layer: str = "learned"
+    sigma_y_init: float = 0.1
+    hinge_range: tuple[float, float] | None = None
+    sigma_y_bound: float | None = None
+    prior_min_std: float = 0.0
+    dtype: str = "float32"
+    pseudo_precision: str = "per_unit"
+    layer_form: str = "auto"
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.inference_hidden is not None:
+            object.__setattr__(self, "inference_hidden", tuple(int(h) for h in self.inference_hidden))
+        if self.hinge_range is not None:
+            object.__setattr__(self, "hinge_range", tuple(float(v) for v in self.hinge_range))
+        _validate_config(self)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return (self.x_dim, *self.hidden, self.y_dim)
+
+    @property
+    def net_hidden(self) -> tuple[int, ...]:
+        if self.inference_hidden is not None:
+            return self.inference_hidden
+        return tuple(2 * h for h in self.hidden) or (2 * max(self.x_dim, self.y_dim, 16),)
+
+    @property
+    def specs(self) -> list[amortised_layer.LayerSpec]:
+        return amortised_layer.layer_specs(self.widths, self.inference_sees_activations, self.final_layer == "exact",
+                                           per_point=self.pseudo_precision == "per_point")
+
+
+def _validate_config(c: BNNPConfig) -> None:
+    def bad(name, problem):
+        raise ValueError(f"BNNPConfig.{name}: {problem}")
+
+    for name in ("x_dim", "y_dim"):
+        if int(getattr(c, name)) < 1:
+            bad(name, f"must be a positive integer, got {getattr(c, name)!r}")
+    if any(h < 1 for h in c.hidden):
+        bad("hidden", f"widths must be positive, got {c.hidden}")
+    if c.activation not in ACTIVATIONS:
+        bad("activation", f"must be one of {sorted(ACTIVATIONS)}, got {c.activation!r}")
+    if c.prior_kind not in priors.PRIOR_KINDS:
+        bad("prior_kind", f"must be one of {priors.PRIOR_KINDS}, got {c.prior_kind!r}")
+    if c.final_layer not in FINAL_LAYER_MODES:
+        bad("final_layer", f"must be one of {FINAL_LAYER_MODES}, got {c.final_layer!r}")
+    if c.lora_rank < 0:
+        bad("lora_rank", f"must be >= 0, got {c.lora_rank}")
+    if c.lora_rank > 0 and c.inference_sees_activations:
+        bad("lora_rank", "the shared LoRA trunk needs one input size; it cannot be combined with inference_sees_activations")
+    if not 0 < c.sigma_y_init < math.inf:  # NaN fails every comparison
+        bad("sigma_y_init", f"must be > 0 and finite, got {c.sigma_y_init}")
+    if c.sigma_y_bound is not None and not c.sigma_y_bound > c.sigma_y_init:
+        bad("sigma_y_bound", f"must exceed sigma_y_init={c.sigma_y_init}, got {c.sigma_y_bound}")
+    if c.hinge_range is not None and not (len(c.hinge_range) == 2 and math.isfinite(c.hinge_range[0])
+                                          and math.isfinite(c.hinge_range[1]) and c.hinge_range[0] < c.hinge_range[1]):
+        bad("hinge_range", f"must be [low, high] with finite low < high, got {list(c.hinge_range)}")
+    if not 0 <= c.prior_min_std < math.inf:
+        bad("prior_min_std", f"must be >= 0 and finite, got {c.prior_min_std}")
+    if c.pseudo_precision not in PSEUDO_PRECISIONS:
+        bad("pseudo_precision", f"must be one of {PSEUDO_PRECISIONS}, got {c.pseudo_precision!r}")
+    if c.layer_form not in LAYER_FORMS:
+        bad("layer_form", f"must be one of {LAYER_FORMS}, got {c.layer_form!r}")
+    if c.dtype not in ("float32", "float64"):
+        bad("dtype", f"must be 'float32' or 'float64', got {c.dtype!r}")
+
+
+@flax.struct.dataclass
+class BNNPParams:
+    """Trainable parameters: ``prior`` (list of PriorParams), ``inference``
+    (inference networks), ``likelihood`` (``{"raw_sigma": [y_dim]}``); ``config`` is static."""
+
+    prior: list
+    inference: Any
+    likelihood: dict
+    config: BNNPConfig = flax.struct.field(pytree_node=False)
+
+
+class PosteriorSamples(NamedTuple):
+    """``weights``: list over layers of ``[S, D_{l-1}+1, D_l]``; ``kl``: scalar,
+    ``sum_l mean_s sum_d KL(q(w_d | W_{<l}^{(s)}) || p(w_d))``, or ``None`` when drawn
+    with ``with_kl=False``."""
+
+    weights: list
+    kl: Array | None
+
+
+class Prediction(NamedTuple):
+    """``samples [S, N_t, y_dim]`` function draws; ``mean``/``variance`` ``[N_t, y_dim]``
+    of the predictive (variance includes ``sigma_y^2``)."""
+
+    samples: Array
+    mean: Array
+    variance: Array
+
+
+def init(key: Array, config: BNNPConfig) -> BNNPParams:
+    """Prior at ``N(0, I/(D_in+1))`` (first-layer mean per ``hinge_range``), fresh
+    inference networks, ``sigma_y = sigma_y_init``."""
+    dtype = jnp.dtype(config.dtype)
+    if dtype == jnp.float64 and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
+        raise ValueError("BNNPConfig.dtype='float64' needs jax.config.update('jax_enable_x64', True) first")
+    raw = raw_sigma(config.sigma_y_init, config.sigma_y_bound)
+    inference = amortised_layer.init(key, config.specs, config.net_hidden, config.lora_rank, dtype)
+    prior = priors.init(config.widths, config.prior_kind, dtype)
+    if config.hinge_range is not None:
+        prior[0] = priors.spread_hinges(jax.random.fold_in(key, 1), prior[0], *config.hinge_range)
+    return BNNPParams(
+        prior=prior,
+        inference=inference,
+        likelihood={"raw_sigma": jnp.full((config.y_dim,), raw, dtype)},
+        config=config,
+    )
+
+
+def raw_sigma(sigma: float, bound: float | None) -> float:
+    """The unconstrained parameter of the observation noise ``sigma`` (inverse of
+    :func:`sigma_from_raw`): ``log sigma``, or ``logit(sigma / bound)`` when bounded."""
+    if bound is None:
+        return math.log(sigma)
+    r = sigma / bound
+    return math.log(r / (1 - r))
+
+
+def sigma_from_raw(raw: Array, bound: float | None) -> Array:
+    """``sigma_y = exp(raw)``, or ``bound * sigmoid(raw)`` (a ceiling keeps a badly fitted
+    likelihood from explaining everything as noise). The BNNP's and BNAM's parameterisation."""
+    return jnp.exp(raw) if bound is None else bound * jax.nn.sigmoid(raw)
+
+
+def sigma_y(params: BNNPParams) -> Array:
+    """Observation noise standard deviation ``[y_dim]``."""
+    return sigma_from_raw(params.likelihood["raw_sigma"], params.config.sigma_y_bound)
+
+
+def _layer_input(a: Array, l: int, activation: str) -> Array:
+    """``act(a_{l-1})``, the identity for the first layer: ``[N, D] -> [N, D]``."""
+    return a if l == 0 else activation_fn(activation)(a)
+
+
+def _features(a: Array, l: int, activation: str) -> Array:
+    """``Phi_l = [act(a_{l-1}), 1]``: ``[N, D] -> [N, D+1]``."""
+    return with_bias(_layer_input(a, l, activation))
+
+
+def forward(weights: Sequence[Array], x: Array, activation: str = "relu") -> Array:
+    """Network outputs for every sample path: ``weights[l] [S, D_{l-1}+1, D_l]``,
+    ``x [N, x_dim]`` -> ``[S, N, y_dim]``."""
+    return jax.vmap(lambda ws: networks.forward(ws, x, activation))(list(weights))
+
+
+def _final_precision(params: BNNPParams) -> Array | None:
+    return 1.0 / sigma_y(params) ** 2 if params.config.final_layer == "exact" else None
+
+
+def _layer_stats(params: BNNPParams, l: int, earlier: list, x: Array, y: Array, ctx_w: Array, batch_size):
+    """Natural statistics of layer ``l`` on one sample path, accumulated over
+    batches of points; activations are recomputed through ``earlier`` samples."""
+    cfg = params.config
+    spec = cfg.specs[l]
+    final_prec = _final_precision(params)
+
+    def batch_stats(xb, yb, wb):
+        a = networks.forward(earlier, xb, cfg.activation)  # a_{l-1} [B, D_{l-1}]
+        seen = activation_fn(cfg.activation)(a) if (cfg.inference_sees_activations and l > 0) else None
+        yhat, lam = amortised_layer.pseudo_observations(
+            params.inference, l, spec, cfg.net_hidden, xb, yb, seen, final_prec
+        )
+        return blr.natural_stats(_features(a, l, cfg.activation), yhat, lam * wb[:, None])
+
+    return blr.NaturalStats(*batched_sum(batch_stats, (x, y, ctx_w), batch_size))
+
+
+def minibatched(num_points: int, batch_size) -> bool:
+    """Whether ``batch_size`` splits ``num_points`` rows into several batches (SPEC section 6)."""
+    return batch_size is not None and batch_size < num_points
+
+
+def layer_forms(config: BNNPConfig, num_points: int, batch_size=None) -> tuple[str, ...]:
+    """The static form (``primal`` or ``dual``) of each layer's posterior for a
+    context of ``num_points`` rows (``BNNPConfig.layer_form``). Minibatching and the
+    shared fast path (SPEC sections 6 and 9) need the primal form's statistics."""
+    if minibatched(num_points, batch_size):
+        return ("primal",) * len(config.specs)
+    fast = config.prior_kind == "shared" and config.pseudo_precision == "per_point"
+    d_in = config.widths[:-1]
+    if config.layer_form != "auto":
+        return (config.layer_form,) * len(d_in)
+    return tuple("dual" if (num_points < d + 1 and not fast) else "primal" for d in d_in)
+
+
+def _walk(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, with_kl: bool):
+    """One path through all the points at once: each layer's input is the previous
+    layer's output on this path, computed once. A :class:`blr_dual.DualPrior` layer is
+    drawn in the dual form, a :class:`blr.PriorFactors` layer in the primal form."""
+    cfg = params.config
+    final_prec = _final_precision(params)
+    # Order the prior's LAPACK calls before every path's, and their VJPs after
+    # (blr's module docstring: concurrent batched LAPACK calls can deadlock on CPU).
+    layer_priors, x = jax.lax.optimization_barrier((layer_priors, x))
+    a, weights, kl = x, [], 0.0
+    for l, (k, prior) in enumerate(zip(jax.random.split(key, len(layer_priors)), layer_priors)):
+        h = _layer_input(a, l, cfg.activation)  # act(a_{l-1}) [N, D_{l-1}]
+        seen = h if (cfg.inference_sees_activations and l > 0) else None
+        yhat, lam = amortised_layer.pseudo_observations(params.inference, l, cfg.specs[l], cfg.net_hidden, x, y,
+                                                        seen, final_prec)
+        phi, lam = with_bias(h), lam * ctx_w[:, None]
+        if isinstance(prior, blr_dual.DualPrior):
+            w, kl_units = blr_dual.sample_posterior_dual(k, prior, phi, yhat, lam, with_kl)
+        else:
+            w, kl_units = blr.sample_posterior(k, prior, blr.natural_stats(phi, yhat, lam), with_kl)
+        weights.append(w.T)  # [D_{l-1}+1, D_l]
+        a = h @ w.T[:-1] + w.T[-1]
+        kl = kl + jnp.sum(kl_units) if with_kl else None
+    return weights, kl
+
+
+def sample_path(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, batch_size, with_kl: bool = True):
+    """One path of the hierarchical posterior: per layer, condition on this
+    path's earlier samples, sample ``W_l``, add ``sum_d KL``. ``layer_priors`` are
+    :class:`blr_dual.DualPrior` (dual form), :class:`blr.PriorFactors` or Gaussians (primal).
+    Minibatched, the statistics are accumulated over batches of points whose activations
+    are recomputed through the earlier samples (primal form only). Returns weights
+    ``[D_{l-1}+1, D_l]`` per layer and the path's KL (``None`` without ``with_kl``)."""
+    factors = [p if isinstance(p, (blr.PriorFactors, blr_dual.DualPrior)) else blr.PriorFactors.from_gaussian(p)
+               for p in layer_priors]
+    if not minibatched(x.shape[0], batch_size):
+        return _walk(key, params, factors, x, y, ctx_w, with_kl)
+    if any(isinstance(f, blr_dual.DualPrior) for f in factors):
+        raise ValueError("the dual form does not minibatch: pass primal layer priors with batch_size")
+    stats = lambda l, ws: _layer_stats(params, l, [w.T for w in ws], x, y, ctx_w, batch_size)  # noqa: E731
+    weights, kl = sample_layers(key, factors, stats, with_kl)
+    return [w.T for w in weights], kl
+
+
+def layer_priors(params: BNNPParams) -> list[Gaussian]:
+    """The prior of every layer as precision-form Gaussians."""
+    return [priors.to_gaussian(p, params.config.prior_kind, params.config.prior_min_std) for p in params.prior]
+
+
+def prior_factors(params: BNNPParams, forms: Sequence[str] | None = None) -> list:
+    """The prior of every layer as :class:`blr.PriorFactors` (:func:`priors.layer_factors`),
+    or, for the layers whose entry of ``forms`` is ``dual``, as :class:`blr_dual.DualPrior`."""
+    cfg = params.config
+    forms = ("primal",) * len(params.prior) if forms is None else tuple(forms)
+    primal = [p for p, f in zip(params.prior, forms) if f == "primal"]
+    factors = iter(priors.layer_factors(primal, cfg.prior_kind, cfg.prior_min_std) if primal else [])
+    return [next(factors) if f == "primal" else
+            blr_dual.DualPrior(p.mean, priors.scale_tril(p, cfg.prior_kind, cfg.prior_min_std))
+            for p, f in zip(params.prior, forms)]
+
+
+def _cast(params: BNNPParams, *arrays):
+    dtype = jnp.dtype(params.config.dtype)
+    return [jnp.asarray(a, dtype) for a in arrays]
+
+
+def masked_posterior(key, params: BNNPParams, x, y, ctx_w, num_samples: int, batch_size=None,
+                     with_kl: bool = True) -> PosteriorSamples:
+    """Posterior from the points of ``x [N, x_dim], y [N, y_dim]`` with context
+    weights ``ctx_w [N]`` (0 removes a point exactly: padding, targets). Without
+    ``with_kl`` the draws are the same and ``kl`` is ``None`` (cheaper: prediction)."""
+    x, y, ctx_w = _cast(params, x, y, ctx_w)
+    lp = prior_factors(params, layer_forms(params.config, x.shape[0], batch_size))
+    keys = jax.random.split(key, num_samples)
+    path = lambda k: sample_path(k, params, lp, x, y, ctx_w, batch_size, with_kl)
+    weights, kl = jax.vmap(path)(keys)
+    return PosteriorSamples(weights, jnp.mean(kl) if with_kl else None)
+
+
+def _posterior_samples(key, params, x_c, y_c, num_samples, batch_size=None, with_kl=True):
+    """Per-layer weight samples ``[S, D_{l-1}+1, D_l]`` and the KL term (``None`` without
+    ``with_kl``) given a context set ``x_c [N_c, x_dim]``, ``y_c [N_c, y_dim]`` (SPEC section 4).
+    Compiled per context size: pad to a fixed size with :func:`masked_posterior` to reuse it."""
+    return masked_posterior(key, params, x_c, y_c, jnp.ones(x_c.shape[0]), num_samples, batch_size, with_kl)
+
+
+def masked_functions(key, params: BNNPParams, x, y, ctx_w, x_eval, num_samples: int, batch_size=None) -> Array:
+    """Posterior function draws ``[S, N_eval, y_dim]`` at ``x_eval [N_eval, x_dim]`` from the
+    context weights ``ctx_w [N]`` of :func:`masked_posterior`. Draws without the KL; with
+    ``batch_size``, minibatched over both the context and ``x_eval``."""
+    post = masked_posterior(key, params, x, y, ctx_w, num_samples, batch_size, with_kl=False)
+    (x_eval,) = _cast(params, x_eval)
+    return batched_map(lambda xb: forward(post.weights, xb, params.config.activation), x_eval, batch_size)
+
+
+def log_likelihood_sums(params: BNNPParams, weights: list, x, y, point_w, batch_size=None) -> Array:
+    """``sum_n point_w[n, k] log N(y_n | f_s(x_n), sigma_y^2)`` for each path:
+    ``point_w [N, K]`` -> ``[S, K]``. Batched over points when ``batch_size``."""
+    x, y, point_w = _cast(params, x, y, point_w)
+    sig = sigma_y(params)
+
+    def batch_ll(xb, yb, wb):
+        f = forward(weights, xb, params.config.activation)  # [S, B, y_dim]
+        ll = jnp.sum(normal_log_prob(yb, f, sig), -1)
+        return jnp.einsum("sb,bk->sk", ll, wb)
+
+    return batched_sum(batch_ll, (x, y, point_w), batch_size)
+
+
+def _predict(key, params, x_c, y_c, x_t, num_samples, batch_size=None) -> Prediction:
+    """Posterior predictive at ``x_t [N_t, x_dim]``: function samples
+    ``[S, N_t, y_dim]``, predictive mean and variance (incl. ``sigma_y^2``)."""
+    f = masked_functions(key, params, x_c, y_c, jnp.ones(x_c.shape[0]), x_t, num_samples, batch_size)
+    return Prediction(f, jnp.mean(f, 0), jnp.var(f, 0) + sigma_y(params) ** 2)
+
+
+def _prior_samples(key, params, num_samples) -> list:
+    """Weight samples from the prior: list of ``[S, D_{l-1}+1, D_l]``."""
+    keys = jax.random.split(key, len(params.prior))
+    return [jnp.swapaxes(g.sample(k, (num_samples,)), -1, -2) for k, g in zip(keys, layer_priors(params))]
+
+
+_posterior_samples_jit = jax.jit(_posterior_samples, static_argnames=("num_samples", "batch_size", "with_kl"))
+_predict_jit = jax.jit(_predict, static_argnames=("num_samples", "batch_size"))
+_prior_samples_jit = jax.jit(_prior_samples, static_argnames=("num_samples",))
+
+
+# ----- public functions: host-side checks, then the jitted kernels above --------------
+# With concrete arguments the inputs are validated (:mod:`bnnp_jax.validation`: key,
+# parameters, shapes, dtypes, finiteness, sizes) and the data cast to the model's dtype;
+# a bad argument raises ``ValueError`` naming it. Called under ``jit``/``vmap``/``grad``
+# (any argument traced), the checks need values that do not exist yet, so they are
+# skipped and the call goes straight to the kernel: the caller's transformation owns
+# its inputs. An empty context (``x_c`` of shape ``[0, x_dim]``) is valid and gives
+# the prior; a ``batch_size`` at least as large as every set it batches means one
+# batch and reuses the unbatched compilation.
+
+
+def _traced(*args) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args))
+
+
+def _checked(key, params, num_samples, x_c, y_c):
+    validation.check_key(key)
+    validation.check_params(params, BNNPParams)
+    validation.check_positive_int("num_samples", num_samples)
+    c = params.config
+    return validation.check_pair("x_c", x_c, "y_c", y_c, c.x_dim, c.y_dim, dtype=np.dtype(c.dtype))
+
+
+def posterior_samples(key, params: BNNPParams, x_c, y_c, num_samples: int, batch_size: int | None = None,
+                      with_kl: bool = True) -> PosteriorSamples:
+    """Per-layer weight samples ``[S, D_{l-1}+1, D_l]`` and the KL term (``None`` without
+    ``with_kl``) given a context set ``x_c [N_c, x_dim]``, ``y_c [N_c, y_dim]`` (SPEC section 4;
+    ``N_c = 0`` gives the prior: ``kl = 0``). Compiled per context size: pad to a fixed size
+    with :func:`masked_posterior` to reuse it. Validated unless traced (see above)."""
+    if not _traced(key, params, x_c, y_c):
+        x_c, y_c = _checked(key, params, num_samples, x_c, y_c)
+        batch_size = validation.check_batch_size(batch_size, x_c.shape[0])
+    return _posterior_samples_jit(key, params, x_c, y_c, num_samples, batch_size, with_kl)
+
+
+def predict(key, params: BNNPParams, x_c, y_c, x_t, num_samples: int, batch_size: int | None = None) -> Prediction:
+    """Posterior predictive at ``x_t [N_t, x_dim]`` given ``x_c [N_c, x_dim]``, ``y_c [N_c, y_dim]``:
+    function samples ``[S, N_t, y_dim]``, predictive mean and variance (incl. ``sigma_y^2``).
+    An empty context gives the prior predictive; ``batch_size`` batches both the context
+    statistics and the target forward pass. Validated unless traced (see above)."""
+    if not _traced(key, params, x_c, y_c, x_t):
+        x_c, y_c = _checked(key, params, num_samples, x_c, y_c)
+        c = params.config
+        x_t = validation.check_array("x_t", x_t, 2, c.x_dim, dim_name="x_dim (last dimension)",
+                                     dtype=np.dtype(c.dtype))
+        batch_size = validation.check_batch_size(batch_size, max(x_c.shape[0], x_t.shape[0]))
+    return _predict_jit(key, params, x_c, y_c, x_t, num_samples, batch_size)
+
+
+def prior_samples(key, params: BNNPParams, num_samples: int) -> list:
+    """Weight samples from the prior: ``[S, D_{l-1}+1, D_l]`` per layer. Validated unless traced."""
+    if not _traced(key, params):
+        validation.check_key(key)
+        validation.check_params(params, BNNPParams)
+        validation.check_positive_int("num_samples", num_samples)
+    return _prior_samples_jit(key, params, num_samples)

@@ -1,0 +1,83 @@
+"""Linear algebra with LAPACK-safe derivatives, shared by every closed-form posterior.
+
+jaxlib 0.10's batched CPU LAPACK kernels split a large batch over XLA's
+intra-op thread pool and block until the pieces finish; two such calls running
+at once can hold every pool thread and deadlock (seen on 2 cores). So the
+samplers' LAPACK calls form one chain (factor, solve, solve), and
+:func:`cholesky` / :func:`tri_solve` carry custom VJPs whose backward passes
+are chains too (JAX's own rules emit independent solves that may overlap).
+:func:`solve_lower` is the plain broadcasting solve, for code off that path
+(:class:`~bnnp_jax.core.gaussian.Gaussian`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+
+__all__ = ["cholesky", "tri_solve", "solve_lower", "log_diag"]
+
+Array = jax.Array
+
+
+def log_diag(tril: Array) -> Array:
+    """``sum log diag(tril)`` over the last two axes: ``[..., D, D] -> [...]``."""
+    return jnp.sum(jnp.log(jnp.diagonal(tril, axis1=-2, axis2=-1)), axis=-1)
+
+
+def solve_lower(a: Array, b: Array, *, trans: int = 0) -> Array:
+    """Solve ``op(a) x = b`` for lower-triangular ``a [..., D, D]``, ``b [..., D, K]``,
+    broadcasting the batch dims (``op`` = transpose when ``trans=1``)."""
+    batch = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a = jnp.broadcast_to(a, batch + a.shape[-2:])
+    b = jnp.broadcast_to(b, batch + b.shape[-2:])
+    return solve_triangular(a, b, lower=True, trans=trans)
+
+
+@jax.custom_vjp
+def cholesky(a: Array) -> Array:
+    """Lower Cholesky factor ``[..., D, D]``; its VJP is two chained triangular solves."""
+    return jnp.linalg.cholesky(a)
+
+
+def _cholesky_fwd(a):
+    chol = jnp.linalg.cholesky(a)
+    return chol, chol
+
+
+def _cholesky_bwd(chol, g):
+    # Murray (2016), eq. 10: abar = L^{-T} Phi(L^T lbar) L^{-1}, Phi = tril with halved diagonal.
+    lt = jnp.swapaxes(chol, -1, -2)
+    p = jnp.tril(lt @ jnp.tril(g))
+    p = p - 0.5 * jnp.tril(jnp.triu(p))
+    y = solve_triangular(chol, p, lower=True, trans=1)  # L^{-T} P
+    s = jnp.swapaxes(solve_triangular(chol, jnp.swapaxes(y, -1, -2), lower=True, trans=1), -1, -2)
+    return (0.5 * (s + jnp.swapaxes(s, -1, -2)),)
+
+
+cholesky.defvjp(_cholesky_fwd, _cholesky_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def tri_solve(chol: Array, b: Array, trans: int = 0) -> Array:
+    """``op(chol)^{-1} b`` for lower-triangular ``chol [..., D, D]``, ``b [..., D, K]``
+    (equal batch dims), ``op`` = transpose when ``trans=1``; one LAPACK call each way."""
+    return solve_triangular(chol, b, lower=True, trans=trans)
+
+
+def _tri_solve_fwd(chol, b, trans):
+    x = solve_triangular(chol, b, lower=True, trans=trans)
+    return x, (chol, x)
+
+
+def _tri_solve_bwd(trans, res, g):
+    chol, x = res
+    gb = solve_triangular(chol, g, lower=True, trans=1 - trans)
+    gc = -(gb @ jnp.swapaxes(x, -1, -2)) if trans == 0 else -(x @ jnp.swapaxes(gb, -1, -2))
+    return jnp.tril(gc), gb
+
+
+tri_solve.defvjp(_tri_solve_fwd, _tri_solve_bwd)

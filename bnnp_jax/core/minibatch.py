@@ -1,0 +1,61 @@
+"""Sums over minibatches of points with ``lax.scan`` (SPEC section 6).
+
+Sequential Bayesian updates, within-task log-likelihoods and the memory-bounded
+forward pass all reduce to "apply ``fn`` to each batch of rows and add the
+results". The tail batch is zero-padded; callers make padded rows contribute
+nothing by passing a weight column (precision or mask) that pads to zero.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["chunk", "batched_sum", "batched_map"]
+
+Array = jax.Array
+
+
+def chunk(a: Array, batch_size: int) -> Array:
+    """``[N, ...] -> [ceil(N / B), B, ...]``, zero-padding the tail."""
+    n = a.shape[0]
+    num = -(-n // batch_size)
+    a = jnp.pad(a, [(0, num * batch_size - n)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape((num, batch_size) + a.shape[1:])
+
+
+def batched_sum(fn: Callable, arrays: Sequence[Array], batch_size: int | None, remat: bool = True):
+    """``sum_b fn(*[a[b] for a in arrays])`` over row batches of size ``batch_size``.
+
+    With ``batch_size=None`` (or ``>= N``) this is a single call. ``remat``
+    wraps ``fn`` in ``jax.checkpoint`` so reverse-mode keeps only each batch's
+    inputs, not its intermediates: since the batch results are *added*, the
+    backward pass needs no per-batch carry either.
+    """
+    n = arrays[0].shape[0]
+    if batch_size is None or batch_size >= n:
+        return fn(*arrays)
+    body_fn = jax.checkpoint(fn) if remat else fn
+    chunks = [chunk(a, batch_size) for a in arrays]
+    first = jax.eval_shape(fn, *[c[0] for c in chunks])
+    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
+
+    def body(acc, batch):
+        return jax.tree.map(jnp.add, acc, body_fn(*batch)), None
+
+    total, _ = jax.lax.scan(body, init, chunks)
+    return total
+
+
+def batched_map(fn: Callable, x: Array, batch_size: int | None) -> Array:
+    """``fn`` applied to row batches of ``x [N, ...]``, outputs concatenated along
+    axis ``out_axis=1`` convention: ``fn(x_b) -> [S, B, ...]`` gives ``[S, N, ...]``."""
+    n = x.shape[0]
+    if batch_size is None or batch_size >= n:
+        return fn(x)
+    out = jax.lax.map(fn, chunk(x, batch_size))  # [nb, S, B, ...]
+    out = jnp.moveaxis(out, 0, 1)
+    out = out.reshape((out.shape[0], -1) + out.shape[3:])
+    return out[:, :n]
