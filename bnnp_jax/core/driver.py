@@ -17,9 +17,10 @@ import time
 from typing import Any, Callable
 
 import jax
+import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["run_chunks"]
+__all__ = ["finite_check", "run_chunks"]
 
 
 def run_chunks(run_chunk: Callable[[Any, int, int], tuple[Any, Any]], carry: Any, total: int, chunk: int, *,
@@ -51,3 +52,15 @@ def run_chunks(run_chunk: Callable[[Any, int, int], tuple[Any, Any]], carry: Any
             if on_chunk is not None:
                 on_chunk(carry, out, seconds)
     return carry, outs
+
+
+def finite_check(desc: str) -> Callable[[Any, int], None]:
+    """A ``check`` for :func:`run_chunks`: raise ``FloatingPointError`` naming ``desc`` and
+    the first step whose loss is not finite."""
+
+    def check(losses, start: int) -> None:
+        finite = np.isfinite(np.asarray(losses))
+        if not np.all(finite):
+            raise FloatingPointError(f"{desc}: non-finite loss at step {start + int(np.argmin(finite))}")
+
+    return check

@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from jax.scipy.linalg import solve_triangular
 
-from bnnp_jax.core.driver import run_chunks
+from bnnp_jax.core.driver import finite_check, run_chunks
 from bnnp_jax.core.gaussian import LOG_2PI, Gaussian
 from bnnp_jax.inference import model as bnn
 
@@ -404,10 +404,7 @@ def fit(key: Array, model: bnn.BNNModel, x: Array, y: Array, layout, *, num_step
         return _chunk(*carry, keys[done:done + n], lrs[done:done + n], w, layout, model, x, y, mask,
                       num_particles, estimator, b1, b2)
 
-    def check(chunk_loss, done):
-        if not np.all(np.isfinite(chunk_loss)):
-            bad = done + int(np.argmin(np.isfinite(chunk_loss)))
-            raise FloatingPointError(f"{desc or 'gaussian_vi'}: non-finite loss at step {bad}")
+    check = finite_check(desc or "gaussian_vi")
 
     (p, opt_state), losses = run_chunks(run_chunk, (p, opt_state), num_steps, chunk_size, desc=desc,
                                         progress=progress_bar, check=check)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bnnp_jax.core.driver import run_chunks
+from bnnp_jax.core.driver import finite_check, run_chunks
 from bnnp_jax.core.gaussian import Gaussian
 from bnnp_jax.inference import evidence, lcvi
 from bnnp_jax.inference import gaussian_vi as gvi
@@ -89,10 +89,7 @@ def run_steps(key, step: Callable, state, num_steps: int, *, chunk_size: int = 5
         state, loss = chunk(state, sub, length)
         return (state, key), loss
 
-    def check(loss, start):
-        if not np.all(np.isfinite(loss)):
-            bad = start + int(np.argmin(np.isfinite(loss)))
-            raise FloatingPointError(f"{desc or 'optimisation'}: non-finite loss at step {bad}")
+    check = finite_check(desc or "optimisation")
 
     (state, _), losses = run_chunks(run_chunk, (state, key), num_steps, chunk_size, desc=desc, progress=progress_bar,
                                     check=check, postfix=lambda loss, n, sec: {"loss": float(loss[-1])})
