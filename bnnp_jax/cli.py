@@ -115,17 +115,25 @@ def _cmd_evaluate(args) -> int:
 def _cmd_sample_prior(args) -> int:
     import jax
 
-    from bnnp_jax.training import evaluation
+    from bnnp_jax.training import evaluation, models, plots
 
     config, params, _ = _load_run(args.run_dir)
-    grid = evaluation.grid_for(config.data.family, args.grid) if config.bnnp.x_dim == 1 else None
-    if grid is None:
+    if not models.get(config.model).has_weight_prior:
+        raise UsageError(f"sample-prior: model {config.model!r} is a neural process, which has no prior over "
+                         "functions to draw from (only a predictive given a context); use bnnp predict")
+    if config.arch.x_dim != 1:
         raise UsageError("sample-prior writes function draws on a 1-D grid; this run's x_dim is "
-                         f"{config.bnnp.x_dim} (use the library's bnnp.prior_samples instead)")
+                         f"{config.arch.x_dim} (use the library's bnnp_jax.prior_samples instead)")
+    if config.data is None:
+        raise UsageError("sample-prior takes its grid from the run's data.family, and this run has data: null "
+                         "(use the library's bnnp_jax.prior_samples instead)")
+    grid = evaluation.grid_for(config.data.family, args.grid)
     f = evaluation.prior_function_samples(jax.random.PRNGKey(args.seed), params, grid, args.num)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "prior_samples.npz"
+    out = Path(args.out) if args.out else Path(args.run_dir) / "prior_draws.npz"
     np.savez(out, x=np.asarray(grid), f=np.asarray(f))
-    print(f"wrote {args.num} prior function draws on {args.grid} points to {out}")
+    png = out.with_suffix(".png")
+    plots.function_draws(np.asarray(grid)[:, 0], np.asarray(f), png, f"{config.model}: learned prior draws")
+    print(f"wrote {args.num} prior function draws on {args.grid} points to {out} (plot: {png})")
     return 0
 
 
@@ -135,18 +143,52 @@ def _load_xy(path: str, need_y: bool, what: str):
     return validation.load_xy_file(path, need_y=need_y, what=what)
 
 
-def _cmd_predict(args) -> int:
+def _predictive(args, config, params, x_c, y_c, x_t):
+    """``(mean [N_t, y_dim], variance [N_t, y_dim], draws)`` of the run's model at ``x_t``:
+    ``draws [S, N_t, y_dim]`` are posterior function draws (BNNP, BNAM), ``None`` for the
+    neural processes, whose predictive is a mixture over points with no joint draws."""
     import jax
 
     import bnnp_jax
+    from bnnp_jax import validation
+    from bnnp_jax.training import models
+
+    key = jax.random.PRNGKey(args.seed)
+    if config.model == "bnnp":  # validated by the library function
+        pred = bnnp_jax.predict(key, params, x_c, y_c, x_t, args.num_samples, args.batch_size)
+        return pred.mean, pred.variance, pred.samples
+    adapter = models.get(config.model)
+    if args.batch_size is not None:
+        raise UsageError(f"--batch-size: only bnnp runs minibatch their context; this run's model is {config.model!r}")
+    if args.samples and not adapter.has_weight_prior:
+        raise UsageError(f"--samples: model {config.model!r} is a neural process: it predicts each target point "
+                         "on its own and gives no joint posterior function draws (drop --samples; the mean and "
+                         "variance are still written)")
+    num_samples = validation.check_positive_int("num_samples", args.num_samples)
+    arch, dtype = config.arch, np.dtype(config.arch.dtype)
+    x_c, y_c = validation.check_pair("x_c", x_c, "y_c", y_c, arch.x_dim, arch.y_dim, dtype=dtype)
+    x_t = validation.check_array("x_t", x_t, 2, arch.x_dim, dim_name="x_dim (last dimension)", dtype=dtype)
+    f, variance = adapter.predict(key, params, x_c, y_c, x_t, num_samples)  # f: draws or mixture component means
+    return np.asarray(f).mean(0), variance, (f if adapter.has_weight_prior else None)
+
+
+def _cmd_predict(args) -> int:
+    from bnnp_jax.training import plots
 
     config, params, _ = _load_run(args.run_dir)
     x_c, y_c = _load_xy(args.context, True, "--context")
     x_t, _ = _load_xy(args.targets, False, "--targets")
-    pred = bnnp_jax.predict(jax.random.PRNGKey(args.seed), params, x_c, y_c, x_t, args.num_samples, args.batch_size)
+    mean, variance, draws = _predictive(args, config, params, x_c, y_c, x_t)
     out = Path(args.out) if args.out else Path(args.run_dir) / "predictions.npz"
-    np.savez(out, x=x_t, samples=np.asarray(pred.samples), mean=np.asarray(pred.mean), variance=np.asarray(pred.variance))
-    print(f"wrote predictive samples {tuple(pred.samples.shape)}, mean and variance to {out}")
+    arrays = {"x": x_t, "mean": np.asarray(mean), "variance": np.asarray(variance)}
+    if args.samples:
+        arrays["samples"] = np.asarray(draws)
+    np.savez(out, **arrays)
+    png = out.with_suffix(".png")
+    plots.prediction(x_t, arrays["mean"], arrays["variance"], png, x_c, y_c,
+                     None if draws is None else np.asarray(draws), f"{config.model}: posterior predictive")
+    what = f"posterior function draws {arrays['samples'].shape}, " if args.samples else ""
+    print(f"wrote {what}predictive mean and variance {arrays['mean'].shape} to {out} (plot: {png})")
     return 0
 
 
@@ -172,23 +214,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_evaluate)
 
     s = sub.add_parser("sample-prior", help="draw functions from a run's learned prior",
-                       description="Write prior function draws on a grid over the family's input range (npz: x, f).")
+                       description="Write prior function draws on a grid over the family's input range "
+                       "(npz: x [G, 1], f [num, G, y_dim]) and a plot of them beside it (same name, .png). "
+                       "BNNP and BNAM runs (a BNAM's draws are joint over the grid); neural processes have "
+                       "no prior to draw from.")
     s.add_argument("run_dir")
     s.add_argument("--num", type=_positive_int, default=16, help="number of draws (default 16)")
     s.add_argument("--grid", type=_positive_int, default=200, help="grid size (default 200)")
     s.add_argument("--seed", type=_seed, default=0)
-    s.add_argument("--out", help="output npz (default RUN_DIR/prior_samples.npz)")
+    s.add_argument("--out", help="output npz (default RUN_DIR/prior_draws.npz)")
     s.set_defaults(func=_cmd_sample_prior)
 
     q = sub.add_parser("predict", help="amortised posterior predictive for new data",
-                       description="Predict at target inputs given a context set. Files are npz (arrays x, y) "
-                       "or csv (columns x..., then y...; use --y-dim from the run). Writes npz: x, samples, mean, variance.")
+                       description="Predict at target inputs given a context set, with any model bnnp train "
+                       "makes. Files are npz (arrays x, y) or csv (columns x..., then y...). Writes npz: x [N_t, "
+                       "x_dim], mean and variance [N_t, y_dim] of the predictive (and, with --samples, samples), "
+                       "and a plot beside it (same name, .png).")
     q.add_argument("run_dir")
     q.add_argument("--context", required=True, help="npz/csv with x [N, x_dim] and y [N, y_dim]")
     q.add_argument("--targets", required=True, help="npz/csv with x [M, x_dim]")
     q.add_argument("--out", help="output npz (default RUN_DIR/predictions.npz)")
-    q.add_argument("--num-samples", type=int, default=32)
-    q.add_argument("--batch-size", type=int, default=None, help="within-task minibatch size for large contexts")
+    q.add_argument("--num-samples", type=int, default=32, help="Monte-Carlo samples S of the predictive (default 32)")
+    q.add_argument("--samples", action="store_true", help="also write the posterior function draws, "
+                   "samples [S, N_t, y_dim] (BNNP and BNAM runs; neural processes give no joint draws)")
+    q.add_argument("--batch-size", type=int, default=None, help="within-task minibatch size for large contexts "
+                   "(bnnp runs)")
     q.add_argument("--seed", type=_seed, default=0)
     q.set_defaults(func=_cmd_predict)
 

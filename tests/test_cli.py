@@ -1,7 +1,10 @@
-"""CLI defects of issue 17: ``_enable_dtype`` reads the dtype of the model the run
-config trains (float64 BNAM and neural-process runs through ``bnnp train``), and a
-study subcommand whose module fails to import stays visible and reports the error."""
+"""The ``bnnp`` command line across model kinds: ``_enable_dtype`` reads the dtype of
+the model the run config trains (float64 BNAM and neural-process runs through
+``bnnp train``); ``predict`` and ``sample-prior`` serve every model kind, in float32
+and float64, and write a plot beside their npz; a study subcommand whose module
+fails to import stays visible and reports the error."""
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -95,3 +98,95 @@ def test_shipped_studies_import():
     sub = next(a for a in parser._actions if a.dest == "command")
     for name in cli.STUDIES:
         assert sub.choices[name].get_default("import_error") is None, sub.choices[name].description
+
+
+# ----- predict and sample-prior serve every model kind ------------------------------
+
+TINY = {
+    "bnnp": "bnnp: {x_dim: 1, y_dim: 1, hidden: [8], dtype: DTYPE}",
+    "bnam": ARCH["bnam"].replace("float64", "DTYPE"),
+    "np": ARCH["np"].replace("float64", "DTYPE"),
+}
+
+
+def _run_dir(root, model, dtype):
+    """A run directory as ``bnnp train`` leaves it (config.yaml, a checkpoint), holding the
+    untrained parameters: what predict and sample-prior read, without a training compile."""
+    from bnnp_jax.config import dump_yaml
+    from bnnp_jax.training import checkpoint
+
+    run = root / f"{model}_{dtype}"
+    run.mkdir()
+    (root / f"{model}.yaml").write_text(f"model: {model}\n{TINY.get(model, TINY['np']).replace('DTYPE', dtype)}\n{RUN}")
+    config = run_config.load(root / f"{model}.yaml")
+    cli._enable_dtype(config)
+    state, _ = train.init_state(config)
+    dump_yaml(config, run / "config.yaml")
+    checkpoint.save(run / "checkpoints", 0, state, {"history": {"loss": [], "eval": [], "seconds": 0.0}})
+    return run
+
+
+@pytest.fixture
+def xy_files(tmp_path):
+    x = np.linspace(-1, 1, 5)[:, None]
+    np.savez(tmp_path / "ctx.npz", x=x, y=np.sin(3 * x))
+    np.savez(tmp_path / "tgt.npz", x=np.linspace(-1.5, 1.5, 7)[:, None])
+    return ["--context", str(tmp_path / "ctx.npz"), "--targets", str(tmp_path / "tgt.npz")]
+
+
+def _predict(capsys, run, xy_files, out, *extra):
+    code = cli.main(["predict", str(run), *xy_files, "--num-samples", "3", "--out", str(out), *extra])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["bnnp", "bnam", "cnp", "np"])
+def test_predict_and_sample_prior_serve_every_model(model, tmp_path, capsys, xy_files, restore_x64):
+    run = _run_dir(tmp_path, model, "float32")
+    has_draws = model in ("bnnp", "bnam")
+    code, err = _predict(capsys, run, xy_files, tmp_path / "pred.npz", *(["--samples"] if has_draws else []))
+    assert code == 0, err
+    out = np.load(tmp_path / "pred.npz")
+    chex.assert_shape([out["mean"], out["variance"]], (7, 1))
+    assert (tmp_path / "pred.png").stat().st_size > 0
+    assert np.all(np.isfinite(out["mean"])) and np.all(out["variance"] > 0)
+    if has_draws:
+        chex.assert_shape(out["samples"], (3, 7, 1))
+        np.testing.assert_allclose(out["samples"].mean(0), out["mean"], rtol=1e-5, atol=1e-6)
+    else:  # a neural process gives no joint function draws: --samples is refused, naming it
+        assert "samples" not in out
+        code, err = _predict(capsys, run, xy_files, tmp_path / "refused.npz", "--samples")
+        assert code == 2 and err.startswith("bnnp: error: --samples: model") and "no joint" in err
+        assert not (tmp_path / "refused.npz").exists()
+
+    code = cli.main(["sample-prior", str(run), "--num", "3", "--grid", "20", "--out", str(tmp_path / "prior.npz")])
+    err = capsys.readouterr().err
+    if has_draws:
+        assert code == 0, err
+        prior = np.load(tmp_path / "prior.npz")
+        chex.assert_shape(prior["x"], (20, 1))
+        chex.assert_shape(prior["f"], (3, 20, 1))
+        assert np.all(np.isfinite(prior["f"])) and (tmp_path / "prior.png").stat().st_size > 0
+    else:
+        assert code == 2 and err.startswith("bnnp: error: sample-prior: model") and "neural process" in err
+        assert not (tmp_path / "prior.npz").exists()
+
+
+@pytest.mark.parametrize("model", ["bnnp", "bnam", "anp"])
+def test_predict_and_sample_prior_of_float64_runs(model, tmp_path, capsys, xy_files, restore_x64):
+    run = _run_dir(tmp_path, model, "float64")
+    jax.config.update("jax_enable_x64", False)  # the commands switch it on from the run's config
+    code, err = _predict(capsys, run, xy_files, tmp_path / "pred.npz")
+    assert code == 0, err
+    out = np.load(tmp_path / "pred.npz")
+    assert out["mean"].dtype == out["variance"].dtype == np.float64 and np.all(np.isfinite(out["mean"]))
+    if model == "bnnp":  # the sample-prior path is shared by BNNP and BNAM; one float64 check of it
+        jax.config.update("jax_enable_x64", False)
+        code = cli.main(["sample-prior", str(run), "--num", "2", "--grid", "10", "--out", str(tmp_path / "p.npz")])
+        assert code == 0, capsys.readouterr().err
+        assert np.load(tmp_path / "p.npz")["f"].dtype == np.float64
+
+
+def test_predict_batch_size_is_for_bnnp_runs(tmp_path, capsys, xy_files, restore_x64):
+    code, err = _predict(capsys, _run_dir(tmp_path, "cnp", "float32"), xy_files, tmp_path / "p.npz",
+                         "--batch-size", "2")
+    assert code == 2 and err.startswith("bnnp: error: --batch-size: only bnnp runs")

@@ -285,7 +285,7 @@ def test_cli_predict_errors_and_success(capsys, tmp_path, run):
         _assert_usage_error(*_main(capsys, "predict", run_dir, *args, *common), match)
     _assert_usage_error(*_main(capsys, "predict", run_dir, "--context", ctx, "--targets", tgt, "--num-samples", "0"),
                         r"num_samples: must be a positive integer, got 0")
-    code, err = _main(capsys, "predict", run_dir, "--context", ctx, "--targets", tgt, *common)
+    code, err = _main(capsys, "predict", run_dir, "--context", ctx, "--targets", tgt, "--samples", *common)
     assert code == 0, err
     out = np.load(tmp_path / "pred.npz")
     assert out["samples"].shape == (3, 4, 1) and np.all(np.isfinite(out["samples"]))

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bnnp_jax import metrics
+from bnnp_jax.bnnp import bnam
 from bnnp_jax.bnnp import model as bnnp
 from bnnp_jax.training import models
 from bnnp_jax.data import registry
@@ -68,8 +69,15 @@ def task_metrics(key, x, y, context, target, *, params, num_samples: int) -> dic
 
 @partial(jax.jit, static_argnums=3)
 def prior_function_samples(key, params, x_grid, num: int) -> jax.Array:
-    """Noise-free functions from the BNNP prior on ``x_grid [G, x_dim]``: ``[num, G, y_dim]``."""
-    return bnnp.forward(bnnp.prior_samples(key, params, num), x_grid.astype(params.config.dtype), params.config.activation)
+    """Noise-free functions from the prior of a BNNP or a BNAM on ``x_grid [G, x_dim]``:
+    ``[num, G, y_dim]``. A BNAM's draws are its predictive with an empty context, joint
+    over the grid (they depend on the whole grid, see :mod:`bnnp_jax.bnnp.bnam`)."""
+    x_grid = x_grid.astype(params.config.dtype)
+    if isinstance(params, bnam.BNAMParams):
+        c = params.config
+        empty_x, empty_y = jnp.zeros((0, c.x_dim), x_grid.dtype), jnp.zeros((0, c.y_dim), x_grid.dtype)
+        return bnam.predict(key, params, empty_x, empty_y, x_grid, num).samples
+    return bnnp.forward(bnnp.prior_samples(key, params, num), x_grid, params.config.activation)
 
 
 def grid_for(family: str, size: int = 64) -> jax.Array:

@@ -1,6 +1,8 @@
 """Figures for training runs (matplotlib, Agg backend): training curve, prior
 function draws beside the generator's, posterior predictives on held-out
-tasks, and image grids for pixel-regression families."""
+tasks, image grids for pixel-regression families, and the figures of
+``bnnp sample-prior`` (function draws on a grid) and ``bnnp predict`` (a
+predictive at new inputs)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from pathlib import Path
 
 import matplotlib
 
-__all__ = ["training_curve", "prior_draws", "posterior_predictive", "image_grid"]
+__all__ = ["training_curve", "prior_draws", "predictive_band", "posterior_predictive", "function_draws",
+           "prediction", "image_grid"]
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -64,22 +67,71 @@ def prior_draws(grid, learned, truth, untrained, path: Path) -> None:
     plt.close(fig)
 
 
+def predictive_band(ax, x, mean, sd, draws=None, num_draws: int = 8) -> None:
+    """On ``ax``: the predictive mean over 1-D inputs ``x [G]`` with a +-2 ``sd`` band
+    (``mean``, ``sd [G]``) and, when given, the first ``num_draws`` of ``draws [S, G]``."""
+    ax.fill_between(x, mean - 2 * sd, mean + 2 * sd, alpha=0.25, label="±2 sd")
+    if draws is not None:
+        ax.plot(x, np.asarray(draws)[:num_draws].T, lw=0.6, color="C0", alpha=0.6)
+    ax.plot(x, mean, color="C0")
+
+
 def posterior_predictive(tasks, grid, f_grid, sigma, path: Path, num: int = 4) -> None:
     """Held-out 1-D tasks: context (black), targets (red), predictive band and draws."""
     fig, axes = plt.subplots(1, num, figsize=(4 * num, 3.3))
     g = np.asarray(grid)[:, 0]
     for i, ax in enumerate(np.atleast_1d(axes)):
         f = np.asarray(f_grid[i])[..., 0]  # [S, G]
-        mean, sd = f.mean(0), np.sqrt(f.var(0) + float(sigma) ** 2)
-        ax.fill_between(g, mean - 2 * sd, mean + 2 * sd, alpha=0.25, label="±2 sd")
-        ax.plot(g, f[:8].T, lw=0.6, color="C0", alpha=0.6)
-        ax.plot(g, mean, color="C0")
+        predictive_band(ax, g, f.mean(0), np.sqrt(f.var(0) + float(sigma) ** 2), f)
         x, y = np.asarray(tasks.x[i])[:, 0], np.asarray(tasks.y[i])[:, 0]
         c, t = np.asarray(tasks.context[i]) > 0, np.asarray(tasks.target[i]) > 0
         ax.scatter(x[t], y[t], s=8, c="C3", label="target")
         ax.scatter(x[c], y[c], s=14, c="k", label="context")
         ax.set_title(f"held-out task {i} ({int(c.sum())} context)")
     np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def function_draws(grid, f, path: Path, title: str, num: int = 12) -> None:
+    """The first ``num`` function draws ``f [K, G, y_dim]`` over a 1-D grid ``grid [G]``,
+    one panel per output dimension."""
+    f = np.asarray(f)
+    fig, axes = plt.subplots(1, f.shape[-1], figsize=(5 * f.shape[-1], 3.5), squeeze=False)
+    for d, ax in enumerate(axes[0]):
+        ax.plot(grid, f[:num, :, d].T, lw=1)
+        ax.set(xlabel="x", ylabel=f"f_{d}(x)" if f.shape[-1] > 1 else "f(x)")
+    fig.suptitle(f"{title} ({min(num, f.shape[0])} of {f.shape[0]})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def prediction(x_t, mean, variance, path: Path, x_c=None, y_c=None, draws=None, title: str = "",
+               max_outputs: int = 4) -> None:
+    """A predictive at target inputs ``x_t [N_t, x_dim]``: ``mean``, ``variance [N_t, y_dim]``,
+    optional function ``draws [S, N_t, y_dim]``, one panel per output dimension (at most
+    ``max_outputs``). With one input dimension the panels are over ``x`` with the context
+    ``x_c [N_c, 1]``, ``y_c [N_c, y_dim]`` as points; otherwise over the target index,
+    mean with +-2 sd error bars."""
+    x_t, mean, sd = np.asarray(x_t), np.asarray(mean), np.sqrt(np.asarray(variance))
+    dims = min(mean.shape[-1], max_outputs)
+    fig, axes = plt.subplots(1, dims, figsize=(5 * dims, 3.5), squeeze=False)
+    for d, ax in enumerate(axes[0]):
+        if x_t.shape[-1] == 1:
+            order = np.argsort(x_t[:, 0])
+            f = None if draws is None else np.asarray(draws)[:, order, d]
+            predictive_band(ax, x_t[order, 0], mean[order, d], sd[order, d], f)
+            if x_c is not None and len(x_c):
+                ax.scatter(np.asarray(x_c)[:, 0], np.asarray(y_c)[:, d], s=14, c="k", label="context")
+            ax.set_xlabel("x")
+        else:
+            ax.errorbar(np.arange(len(mean)), mean[:, d], yerr=2 * sd[:, d], fmt=".", lw=0.8, label="mean ±2 sd")
+            ax.set_xlabel("target index")
+        ax.set_ylabel(f"y_{d}" if mean.shape[-1] > 1 else "y")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -139,9 +139,7 @@ def _model_predictive_plot(run_dir, config, params, tasks, key, num: int = 4):
         c, t = np.asarray(tasks.context[i]) > 0, np.asarray(tasks.target[i]) > 0
         x, y = np.asarray(tasks.x[i]), np.asarray(tasks.y[i])
         f, var = predict(jax.random.fold_in(key, i), params, x[c], y[c], grid.astype(x.dtype), 32)
-        mean, sd = np.asarray(f).mean(0)[:, 0], np.sqrt(np.asarray(var)[:, 0])
-        ax.fill_between(g, mean - 2 * sd, mean + 2 * sd, alpha=0.25, label="±2 sd")
-        ax.plot(g, mean, color="C0")
+        plots.predictive_band(ax, g, np.asarray(f).mean(0)[:, 0], np.sqrt(np.asarray(var)[:, 0]))
         ax.scatter(x[t, 0], y[t, 0], s=8, c="C3", label="target")
         ax.scatter(x[c, 0], y[c, 0], s=14, c="k", label="context")
         ax.set_title(f"{config.model}: held-out task {i} ({int(c.sum())} context)")
