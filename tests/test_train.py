@@ -108,8 +108,9 @@ def test_checkpoints_keep_last_two_and_load_run(full_run, tiny_config):
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
     bad = dataclasses.replace(tiny_config, training=dataclasses.replace(tiny_config.training, lr_start=1e9, lr_end=1e9))
-    with pytest.raises(train.TrainingDiverged, match="non-finite loss"):
+    with pytest.raises(train.TrainingDiverged, match="non-finite loss") as err:
         train.fit(bad, tmp_path, progress=False)
+    assert ("bnnp.dtype: float64" in str(err.value)) == (bad.arch.dtype == "float32")
     for p in checkpoint.list_checkpoints(tmp_path / "checkpoints"):
         template, _ = train.init_state(bad)
         _, state, _ = checkpoint.restore(p, template)

@@ -240,20 +240,32 @@ def _run_chunks(config: RunConfig, chunk: Callable, state: TrainState, desc: str
         return new_state, np.asarray(jax.block_until_ready(losses))
 
     state, _ = run_chunks(run_chunk, state, t.steps, t.steps_per_call, start=int(state.step), desc=desc,
-                          progress=progress, check=lambda losses, step0: _check_finite(losses, step0, run_dir),
+                          progress=progress, check=lambda losses, step0: _check_finite(losses, step0, run_dir, _dtype_hint(config)),
                           postfix=lambda losses, n, sec: {"loss": f"{losses.mean():.3f}",
                                                           "tasks_per_s": f"{n * t.tasks_per_step / sec:.1f}"},
                           on_chunk=on_chunk, stop=stop, leave=True, unit="step", dynamic_ncols=True)
     return state
 
 
-def _check_finite(losses: np.ndarray, first_step: int, run_dir: Path | None) -> None:
+def _dtype_hint(config: RunConfig) -> str:
+    """What to try after a float32 BNNP diverges: its path sampler factorises the
+    information form ``P0 + Phi^T Lambda Phi``, whose float32 Cholesky holds only to
+    precision ratios of about 1e4 (bnnp_jax.core.blr; docs/robustness.md), and small
+    ``sigma_y`` or sharp pseudo-observations exceed that."""
+    if config.model == "bnnp" and config.arch.dtype == "float32":
+        return ("; if the learning rate is sane, the likely cause is float32 itself: the layer posterior's Cholesky "
+                "factor holds only to precision ratios of about 1e4 (docs/robustness.md), so try bnnp.dtype: "
+                "float64 (the paper's setting)")
+    return ""
+
+
+def _check_finite(losses: np.ndarray, first_step: int, run_dir: Path | None, hint: str = "") -> None:
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
         last = checkpoint.list_checkpoints(run_dir / "checkpoints") if run_dir else []
         where = f"; last good checkpoint: {last[-1]}" if last else "; no checkpoint was written yet"
         raise TrainingDiverged(f"non-finite loss ({losses[bad[0]]}) at step {first_step + int(bad[0])}; "
-                               f"stopping without saving{where}")
+                               f"stopping without saving{where}{hint}")
 
 
 def _starting_state(config: RunConfig, run_dir: Path | None, resume: bool, sampler, progress: bool):
