@@ -1,6 +1,7 @@
 """The BNNP model: exact regression limit, minibatched/padded/vmapped against
 references, options, jit vs eager, dtypes."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,9 +55,7 @@ def test_minibatched_equals_full_batch(x64, kw):
     full = bnnp.posterior_samples(key, p, x, y, 4)
     for bs in (5, 16):
         mb = bnnp.posterior_samples(key, p, x, y, 4, batch_size=bs)
-        for a, b in zip(full.weights, mb.weights):
-            np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-10)
-        np.testing.assert_allclose(mb.kl, full.kl, rtol=1e-8)
+        chex.assert_trees_all_close(mb, full, rtol=1e-8, atol=1e-10)
 
 
 def test_minibatched_gradients_equal_full(x64):
@@ -71,8 +70,7 @@ def test_minibatched_gradients_equal_full(x64):
     grad = jax.jit(jax.grad(obj), static_argnums=1)  # eager dispatch of every op was most of the time
     g_full = grad(p, None)
     g_mb = grad(p, 4)
-    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_mb)):
-        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-9)
+    chex.assert_trees_all_close(g_mb, g_full, rtol=1e-7, atol=1e-9)
     # Every inference network receives gradient (none is detached).
     assert all(float(jnp.abs(leaf).sum()) > 0 for leaf in jax.tree.leaves(g_mb.inference))
 
@@ -86,9 +84,7 @@ def test_padded_equals_unpadded(x64):
     yp = jnp.concatenate([y, jnp.full((6, 1), -3.0)])
     w = jnp.concatenate([jnp.ones(15), jnp.zeros(6)])
     pad = bnnp.masked_posterior(key, p, xp, yp, w, 3)
-    for a, b in zip(ref.weights, pad.weights):
-        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(pad.kl, ref.kl, rtol=1e-10)
+    chex.assert_trees_all_close(pad, ref, rtol=1e-10, atol=1e-12)
 
 
 def test_empty_context_is_prior(x64):
@@ -97,7 +93,8 @@ def test_empty_context_is_prior(x64):
     post = bnnp.masked_posterior(jax.random.PRNGKey(0), p, x, y, jnp.zeros(8), 2)
     assert float(post.kl) == pytest.approx(0.0, abs=1e-9)
     pred = bnnp.predict(jax.random.PRNGKey(0), p, x[:0], y[:0], x, 2)
-    assert pred.samples.shape == (2, 8, 1) and np.all(np.isfinite(pred.samples))
+    chex.assert_shape(pred.samples, (2, 8, 1))
+    chex.assert_tree_all_finite(pred)
 
 
 def test_vmapped_terms_equal_loop(x64):

@@ -7,6 +7,7 @@ samples themselves (or from the binomial law), with fixed seeds.
 import gzip
 import struct
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,7 +58,7 @@ def test_shapes_masks_determinism(name, batches):
     sampler = _sampler(name)
     x, y, mask = sampler(KEY, T)
     n_max, n_range = SMALL[name]
-    assert x.shape == (T, n_max, info["x_dim"]) and y.shape == (T, n_max, info["y_dim"]) and mask.shape == (T, n_max)
+    chex.assert_shape([x, y, mask], [(T, n_max, info["x_dim"]), (T, n_max, info["y_dim"]), (T, n_max)])
     assert x.dtype == y.dtype == mask.dtype == jnp.float32
     _check_padding(x, y, mask, n_range)
     if n_range[1] - n_range[0] > 1:
