@@ -1,6 +1,8 @@
 """The BNNP model: exact regression limit, minibatched/padded/vmapped against
 references, options, jit vs eager, dtypes."""
 
+import math
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ import pytest
 from bnnp_jax.core import blr
 from bnnp_jax.bnnp import model as bnnp
 from bnnp_jax.bnnp import objectives
+from bnnp_jax.priors import weight_prior as priors
 from bnnp_jax.core.gaussian import Gaussian, kl_divergence
 
 
@@ -161,6 +164,22 @@ def test_prior_samples_moments(x64):
     assert [a.shape for a in w] == [(50_000, 2, 4), (50_000, 5, 1)]
     np.testing.assert_allclose(np.var(w[0], 0), 0.5, rtol=0.05)  # I / (D_in + 1) = 1/2
     np.testing.assert_allclose(np.var(w[1], 0), 0.2, rtol=0.05)
+
+
+def test_prior_samples_from_an_ill_conditioned_learned_covariance(x64):
+    """Meta-training can leave a unit's covariance factor with cond(L) ~ 1e11, whose
+    precision cannot be re-factored even in float64; draws come from L itself."""
+    p = _params(hidden=(4,))
+    raw = p.prior[1].scale  # [1, 5, 5]: log diagonal, strictly lower entries
+    d = raw.shape[-1]
+    ill = jnp.tril(jnp.ones((d, d)), -1) + jnp.diag(jnp.full(d, math.log(1e-4)))
+    layer = p.prior[1]._replace(scale=jnp.broadcast_to(ill, raw.shape).astype(raw.dtype))
+    p = p.replace(prior=[p.prior[0], layer])
+    tril = np.asarray(priors.scale_tril(layer, p.config.prior_kind))[0]
+    assert np.linalg.cond(tril) > 1e10
+    w = np.asarray(bnnp.prior_samples(jax.random.PRNGKey(0), p, 50_000)[1])[:, :, 0]  # [S, D]
+    assert np.all(np.isfinite(w))
+    np.testing.assert_allclose(np.cov(w.T), tril @ tril.T, atol=0.05 * np.max(tril @ tril.T))
 
 
 def test_jit_matches_eager():

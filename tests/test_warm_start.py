@@ -170,6 +170,9 @@ def test_step_zero_evaluation_and_reported_mmd_match_the_history(frozen_run, war
     assert first["mmd2_prior"] == learned(warm)
     report = run_report.write_report(tmp_path, frozen, state.params, fresh.params, history)
     assert last["mmd2_prior"] == report["prior_mmd"]["mmd2_learned_prior"]
+    spread = report["prior_spread"]
+    assert spread["learned"]["generator"] == spread["untrained"]["generator"]
+    assert len(spread["learned"]["layers"]) == len(state.params.prior)
     assert report["warm_start"] == history["warm_start"]
     assert {"log_predictive_density", "mae", "coverage"} <= set(first)
 

@@ -25,7 +25,7 @@ from bnnp_jax.data import registry
 from bnnp_jax.data.tasks import TaskBatch
 
 __all__ = ["heldout_tasks", "make_evaluator", "task_metrics", "prior_function_samples", "grid_for",
-           "prior_mmd_tracker", "prior_mmd", "summarise"]
+           "prior_mmd_tracker", "prior_mmd", "draw_params", "summarise"]
 
 
 def heldout_tasks(sampler: Callable, seed: int, num_tasks: int) -> TaskBatch:
@@ -34,8 +34,18 @@ def heldout_tasks(sampler: Callable, seed: int, num_tasks: int) -> TaskBatch:
     return sampler(key, num_tasks)
 
 
-def _task_functions(key, params, x, y, context, num_samples):
-    return bnnp.masked_functions(key, params, x, y, context, x, num_samples)
+def _task_functions(key, params, x, y, context, num_samples, context_index=None):
+    """Posterior function draws ``[S, N, y_dim]`` at every point of a padded task.
+
+    With ``context_index [N_c]`` the posterior is built from the gathered context
+    rows, as training builds it (:func:`bnnp_jax.bnnp.objectives.task_terms`), so
+    evaluation uses the same layer forms as training: with ``N_c`` below a layer's
+    input size that is the dual form, which needs no inverse of the prior's
+    covariance factor (a learned one can be too ill-conditioned for the primal form)."""
+    if context_index is None:
+        return bnnp.masked_functions(key, params, x, y, context, x, num_samples)
+    i = context_index
+    return bnnp.masked_functions(key, params, x[i], y[i], context[i], x, num_samples)
 
 
 def make_evaluator(tasks: TaskBatch, num_samples: int, seed: int = 0) -> Callable:
@@ -50,11 +60,16 @@ def make_evaluator(tasks: TaskBatch, num_samples: int, seed: int = 0) -> Callabl
 def _evaluate(params, tasks: TaskBatch, key, num_samples: int) -> dict:
     keys = jax.random.split(key, tasks.x.shape[0])
     if isinstance(params, bnnp.BNNPParams):
-        f = jax.vmap(lambda k, x, y, c: _task_functions(k, params, x, y, c, num_samples))(
-            keys, tasks.x, tasks.y, tasks.context)
         sig = bnnp.sigma_y(params)
-        per_task = jax.vmap(lambda fi, yi, ti: metrics.summary(fi, sig, yi.astype(fi.dtype), ti))(
-            f, tasks.y, tasks.target)
+
+        def one(task):
+            k, x, y, c, t, i = task
+            f = _task_functions(k, params, x, y, c, num_samples, i)
+            return metrics.summary(f, sig, y.astype(f.dtype), t)
+
+        # One task at a time (lax.map): vmapped over 64 tasks at the paper's widths, the
+        # per-unit layer matrices of every path take gigabytes in float64.
+        per_task = jax.lax.map(one, (keys, tasks.x, tasks.y, tasks.context, tasks.target, tasks.context_index))
     else:
         per_task = jax.vmap(lambda *a: task_metrics(*a, params=params, num_samples=num_samples))(
             keys, tasks.x, tasks.y, tasks.context, tasks.target)
@@ -97,9 +112,9 @@ def prior_mmd_tracker(key, untrained, family: str, num: int,
     are fixed once, so values along a run, and reference samples, are comparable."""
     grid = grid_for(family)
     k1, k2, k3 = jax.random.split(key, 3)
-    draw_params = {k: v for k, v in (family_params or {}).items() if k in _draw_params(family)}
+    family_draw = draw_params(family, family_params)
     init = prior_function_samples(k3, untrained, grid, num)[..., 0]
-    truth = registry.true_function_samples(k1, family, grid, num, **draw_params)[..., 0].astype(init.dtype)
+    truth = registry.true_function_samples(k1, family, grid, num, **family_draw)[..., 0].astype(init.dtype)
     ls = metrics.median_lengthscale(None, jnp.concatenate([truth, init]))
 
     def score(samples) -> float:
@@ -119,12 +134,15 @@ def prior_mmd(key, params, untrained, family: str, num: int, family_params: dict
     return {"mmd2_learned_prior": learned(params), **reference}
 
 
-def _draw_params(family: str) -> list[str]:
+def draw_params(family: str, family_params: dict | None) -> dict:
+    """The entries of ``family_params`` (a run's ``data.params``) that set the family's
+    generator function, without its sampling-only ones (noise, ranges)."""
     import inspect
 
     from bnnp_jax.data import synthetic
 
-    return [k for k in inspect.signature(synthetic.DRAWS[family]).parameters if k not in ("key", "x")]
+    names = [k for k in inspect.signature(synthetic.DRAWS[family]).parameters if k not in ("key", "x")]
+    return {k: v for k, v in (family_params or {}).items() if k in names}
 
 
 def summarise(history: dict) -> dict:

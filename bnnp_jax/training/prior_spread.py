@@ -17,7 +17,7 @@ import numpy as np
 from bnnp_jax.bnnp import model as bnnp
 from bnnp_jax.data import registry
 from bnnp_jax.priors import weight_prior
-from bnnp_jax.training.evaluation import grid_for, prior_function_samples
+from bnnp_jax.training.evaluation import draw_params, grid_for, prior_function_samples
 
 __all__ = ["function_spread", "weight_spread", "prior_spread"]
 
@@ -49,15 +49,17 @@ def weight_spread(params: bnnp.BNNPParams) -> list[dict]:
     return out
 
 
-def prior_spread(key: jax.Array, params: bnnp.BNNPParams, family: str, num: int = 256, grid_size: int = 64) -> dict:
+def prior_spread(key: jax.Array, params: bnnp.BNNPParams, family: str, num: int = 256, grid_size: int = 64,
+                 family_params: dict | None = None) -> dict:
     """Weight- and function-space spread of a BNNP prior beside the generator's.
 
     Function draws are noise-free, on the family's evaluation grid (the grid of
-    the prior MMD). ``family`` must be a 1-D family of :mod:`bnnp_jax.data.registry`.
+    the prior MMD). ``family`` must be a 1-D family of :mod:`bnnp_jax.data.registry`;
+    ``family_params`` (e.g. a run's ``data.params``) set its generator's function parameters.
     """
     grid = grid_for(family, grid_size)
     k_prior, k_truth = jax.random.split(key)
     f = prior_function_samples(k_prior, params, grid, num)[..., 0]
-    truth = registry.true_function_samples(k_truth, family, grid, num)[..., 0]
+    truth = registry.true_function_samples(k_truth, family, grid, num, **draw_params(family, family_params))[..., 0]
     x = np.asarray(grid[:, 0])
     return {"prior": function_spread(f, x), "generator": function_spread(truth, x), "layers": weight_spread(params)}

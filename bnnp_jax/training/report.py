@@ -22,6 +22,7 @@ from bnnp_jax.bnnp import model as bnnp
 from bnnp_jax.training import evaluation
 from bnnp_jax.training import models
 from bnnp_jax.training import plots
+from bnnp_jax.training import prior_spread
 from bnnp_jax.data import registry
 from bnnp_jax.training.config import RunConfig
 
@@ -110,6 +111,9 @@ def write_report(run_dir: Path, config: RunConfig, params, untrained, history: d
     elif has_prior_mmd(config):
         out["prior_mmd"] = evaluation.prior_mmd(key, params, untrained, config.data.family, t.plot_samples,
                                                 config.data.params)
+        out["prior_spread"] = {name: prior_spread.prior_spread(key, p, config.data.family,
+                                                               family_params=config.data.params)
+                               for name, p in (("learned", params), ("untrained", untrained))}
         _one_d_plots(run_dir, config, params, untrained, tasks, key)
     elif config.data.family == "digits":
         _image_plots(run_dir, config, params, tasks, key)
@@ -159,8 +163,7 @@ def _one_d_plots(run_dir, config, params, untrained, tasks, key):
     family = config.data.family
     grid = evaluation.grid_for(family, 200)
     k1, k2, k3, k4 = jax.random.split(key, 4)
-    draw_params = {k: v for k, v in config.data.params.items() if k in evaluation._draw_params(family)}
-    truth = registry.true_function_samples(k1, family, grid, 12, **draw_params)[..., 0]
+    truth = registry.true_function_samples(k1, family, grid, 12, **evaluation.draw_params(family, config.data.params))[..., 0]
     learned = evaluation.prior_function_samples(k2, params, grid, 12)[..., 0]
     init = evaluation.prior_function_samples(k3, untrained, grid, 12)[..., 0]
     plots.prior_draws(np.asarray(grid)[:, 0], learned, truth, init, run_dir / "prior_samples.png")
