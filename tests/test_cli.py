@@ -34,7 +34,8 @@ def restore_x64():
     jax.config.update("jax_enable_x64", before)
 
 
-@pytest.mark.parametrize("model", ["bnam", "np"])
+@pytest.mark.parametrize("model", [pytest.param("bnam", marks=pytest.mark.slow), "np"])  # bnam: ~1 min; its float64
+# predict and sample-prior stay in the default suite (test_predict_and_sample_prior_of_float64_runs)
 def test_float64_config_of_any_model_trains_through_the_cli(model, tmp_path, capsys, restore_x64):
     cfg = tmp_path / f"{model}64.yaml"
     cfg.write_text(f"model: {model}\n{ARCH[model]}\n{RUN}")

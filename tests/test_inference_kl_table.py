@@ -123,6 +123,7 @@ def test_meta_bnnp_config_is_the_table_recipe():
     assert t.steps * t.tasks_per_step == 50_000  # the paper's 50,000 prior datasets
 
 
+@pytest.mark.slow  # meta-trains a BNNP; every other column's end-to-end test stays in the default suite
 def test_meta_bnnp_column_end_to_end(tmp_path, x64):
     """A few meta-training steps into a run directory (prior frozen), then the table's
     bnnp_amortised column loads it through train.load_run and scores it at each sigma_y."""

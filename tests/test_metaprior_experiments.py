@@ -28,6 +28,7 @@ def _accuracy(params, mcfg, x, y, num_samples) -> float:
     return float(jnp.mean(jnp.argmax(jnp.mean(jax.nn.softmax(logits, -1), 0), -1) == y))
 
 
+@pytest.mark.slow  # a whole quick experiment; an accuracy result, not a unit check
 def test_quick_moons_reaches_95_percent(moons):
     """Seeded quick run (the config's quick: overrides); accuracy of the predictive mean."""
     assert moons["metrics"]["accuracy"] >= 0.95

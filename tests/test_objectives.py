@@ -19,7 +19,9 @@ def _setup(dtype=jnp.float64, dt="float64"):
     return p, batch
 
 
-@pytest.mark.parametrize("name", objectives.OBJECTIVES)
+# Every objective shares the layer code; the paper's (pp_avi) is checked by default, the others under -m slow.
+@pytest.mark.parametrize("name", [n if n == "pp_avi" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in objectives.OBJECTIVES])
 def test_check_grads(x64, name):
     p, batch = _setup()
     fn = getattr(objectives, name)
@@ -53,6 +55,7 @@ def test_trgt_ppl_is_log_mean_exp(x64):
     np.testing.assert_allclose(got, ref, rtol=1e-10)
 
 
+@pytest.mark.slow  # eager BNNP objectives; jit against eager stays in the default suite through test_bnnp and test_dual_form
 def test_jit_equals_eager_float32():
     p, batch = _setup(jnp.float32, "float32")
     key = jax.random.PRNGKey(5)

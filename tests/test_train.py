@@ -67,6 +67,7 @@ def test_resume_is_bit_identical(tiny_config, full_run, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # a training subprocess; in-process resume identity and the SIGKILL test stay in the default suite
 def test_sigterm_stops_after_the_chunk_checkpoints_and_resumes_identically(tiny_config, full_run, tmp_path):
     """SIGTERM at step 15 (between the checkpoints at 10 and 20): the loop finishes the
     running chunk, writes a checkpoint and history.json at that step and returns; resuming
@@ -127,6 +128,7 @@ def test_corrupt_checkpoint_is_reported(full_run, tmp_path, tiny_config):
         checkpoint.restore_latest(tmp_path / "empty", template)
 
 
+@pytest.mark.slow  # over a minute on 2 cores
 def test_sharded_equals_unsharded(tmp_path):
     """Run in a subprocess with 4 host devices; compare one chunk of steps. In
     float64, so that reduction-order differences between the sharded and the
@@ -207,6 +209,7 @@ def test_embedded_default_config_is_the_shipped_quick_config():
     assert args.config is None
 
 
+@pytest.mark.slow  # over a minute on 2 cores
 def test_digits_report_writes_image_plots(tmp_path):
     """The digits branch of the run report: prior draws as 8x8 images and 8x8 -> 16x16 super-resolution."""
     from bnnp_jax.training.report import write_report

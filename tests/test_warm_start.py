@@ -135,6 +135,7 @@ def warm_params(frozen_run):
     return fresh, warm, info
 
 
+@pytest.mark.slow  # a warm-started training run (about 2 min); the warm start's pieces are tested above
 def test_warm_up_freezes_the_prior_and_training_moves_only_its_scales(frozen_run, warm_params):
     frozen, _, state, history = frozen_run
     fresh, warm, info = warm_params
@@ -155,6 +156,7 @@ def test_warm_up_freezes_the_prior_and_training_moves_only_its_scales(frozen_run
     assert all(moved)  # the warm-up trained the inference networks
 
 
+@pytest.mark.slow  # a warm-started training run (about 2 min); the warm start's pieces are tested above
 def test_step_zero_evaluation_and_reported_mmd_match_the_history(frozen_run, warm_params, tmp_path):
     """The first evaluation is of the warm-started state; the MMD logged at the last
     evaluation is the number metrics.json reports."""
@@ -177,6 +179,7 @@ def test_step_zero_evaluation_and_reported_mmd_match_the_history(frozen_run, war
     assert {"log_predictive_density", "mae", "coverage"} <= set(first)
 
 
+@pytest.mark.slow  # a warm-started training run (about 2 min); the warm start's pieces are tested above
 def test_warm_started_resume_is_bit_identical(frozen_run, tmp_path):
     """Drop the last checkpoint (as if killed after step 4) and resume: restoring the
     checkpoint, not warming up again (which would reset Adam), gives the same result."""
