@@ -71,3 +71,22 @@ def test_evaluator_survives_an_ill_conditioned_learned_prior(x64):
     assert np.linalg.cond(np.tril(np.ones((d, d)), -1) + 0.1 * np.eye(d)) > 1e10
     out = training_evaluator(cfg, state.params)(params)
     assert all(np.isfinite(v) for v in out.values()), out
+
+
+def test_report_of_a_one_d_bnnp_run(tmp_path):
+    """metrics.json of a 1-D BNNP run: held-out metrics, the prior MMD beside the
+    untrained prior's, the prior spread of both, and the figures."""
+    from bnnp_jax.training.report import write_report
+
+    cfg = _tiny_config()
+    state, _ = train.init_state(cfg)
+    history = {"loss": [3.0, 2.0], "eval": [], "seconds": 1.0}
+    metrics = write_report(tmp_path, cfg, state.params, state.params, history)
+    assert np.isfinite(metrics["heldout"]["log_predictive_density"])
+    mmd = metrics["prior_mmd"]
+    assert np.isfinite(mmd["mmd2_learned_prior"]) and np.isfinite(mmd["mmd2_untrained_prior"])
+    spread = metrics["prior_spread"]
+    assert spread["learned"] == spread["untrained"]  # the same params, scored with the same key
+    np.testing.assert_allclose([layer["init_sd"] for layer in spread["learned"]["layers"]], [2**-0.5, 5**-0.5, 5**-0.5])
+    for name in ("prior_samples.png", "posterior_predictive.png", "training_curve.png", "metrics.json"):
+        assert (tmp_path / name).stat().st_size > 100, name

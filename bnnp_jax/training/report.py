@@ -167,17 +167,22 @@ def _one_d_plots(run_dir, config, params, untrained, tasks, key):
     learned = evaluation.prior_function_samples(k2, params, grid, 12)[..., 0]
     init = evaluation.prior_function_samples(k3, untrained, grid, 12)[..., 0]
     plots.prior_draws(np.asarray(grid)[:, 0], learned, truth, init, run_dir / "prior_samples.png")
-    f = _predict_grid(jax.random.split(k4, 4), params, jax.tree.map(lambda a: a[:4], tasks), grid)
+    n = min(4, tasks.x.shape[0])
+    f = _predict_grid(jax.random.split(k4, n), params, jax.tree.map(lambda a: a[:n], tasks), grid)
     plots.posterior_predictive(tasks, grid, f, bnnp.sigma_y(params)[0], run_dir / "posterior_predictive.png")
 
 
 @jax.jit
 def _predict_grid(keys, params, tasks, grid):
-    """Posterior function draws ``[T, 32, G, y_dim]`` on ``grid`` for each task's context."""
-    def one(key, x, y, c):
+    """Posterior function draws ``[T, 32, G, y_dim]`` on ``grid`` for each task's context,
+    built from the gathered context rows when the tasks carry them (as evaluation does:
+    :func:`bnnp_jax.training.evaluation._task_functions`)."""
+    def one(key, x, y, c, i):
+        if i is not None:
+            x, y, c = x[i], y[i], c[i]
         return bnnp.masked_functions(key, params, x, y, c, grid, 32)
 
-    return jax.vmap(one)(keys, tasks.x, tasks.y, tasks.context)
+    return jax.vmap(one)(keys, tasks.x, tasks.y, tasks.context, tasks.context_index)
 
 
 def _image_plots(run_dir, config, params, tasks, key):
