@@ -34,18 +34,19 @@ def heldout_tasks(sampler: Callable, seed: int, num_tasks: int) -> TaskBatch:
     return sampler(key, num_tasks)
 
 
-def _task_functions(key, params, x, y, context, num_samples, context_index=None):
-    """Posterior function draws ``[S, N, y_dim]`` at every point of a padded task.
+def _task_functions(key, params, x, y, context, num_samples, context_index=None, x_eval=None):
+    """Posterior function draws ``[S, N_eval, y_dim]`` at ``x_eval`` (default: every point
+    of the padded task).
 
     With ``context_index [N_c]`` the posterior is built from the gathered context
     rows, as training builds it (:func:`bnnp_jax.bnnp.objectives.task_terms`), so
     evaluation uses the same layer forms as training: with ``N_c`` below a layer's
     input size that is the dual form, which needs no inverse of the prior's
     covariance factor (a learned one can be too ill-conditioned for the primal form)."""
-    if context_index is None:
-        return bnnp.masked_functions(key, params, x, y, context, x, num_samples)
-    i = context_index
-    return bnnp.masked_functions(key, params, x[i], y[i], context[i], x, num_samples)
+    x_eval = x if x_eval is None else x_eval
+    if context_index is not None:
+        x, y, context = x[context_index], y[context_index], context[context_index]
+    return bnnp.masked_functions(key, params, x, y, context, x_eval, num_samples)
 
 
 def make_evaluator(tasks: TaskBatch, num_samples: int, seed: int = 0) -> Callable:

@@ -178,9 +178,7 @@ def _predict_grid(keys, params, tasks, grid):
     built from the gathered context rows when the tasks carry them (as evaluation does:
     :func:`bnnp_jax.training.evaluation._task_functions`)."""
     def one(key, x, y, c, i):
-        if i is not None:
-            x, y, c = x[i], y[i], c[i]
-        return bnnp.masked_functions(key, params, x, y, c, grid, 32)
+        return evaluation._task_functions(key, params, x, y, c, 32, i, grid)
 
     return jax.vmap(one)(keys, tasks.x, tasks.y, tasks.context, tasks.context_index)
 
