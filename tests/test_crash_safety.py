@@ -9,9 +9,10 @@ so the training step compiles once, and they inherit the suite's XLA flags
 (optimisation passes off, see conftest; every process uses the same flags, so
 the results are still bit-comparable).
 
-The default test resumes through ``train.fit(resume=True)`` (what ``bnnp train
---resume`` calls) because the CLI's end-of-run report costs more than the
-training; the ``slow`` test runs all three stages through the CLI.
+The default test trains, is killed and resumes through ``train.fit`` (what ``bnnp
+train`` calls; the CLI adds an evaluator, whose step-0 evaluation and end-of-run
+report cost more to compile than the training); the ``slow`` test runs all three
+stages through the CLI.
 """
 
 import json
@@ -36,10 +37,12 @@ CRASH_YAML = """
 model: bnnp
 data: {family: sawtooth}
 bnnp: {x_dim: 1, y_dim: 1, hidden: [4]}
-training: {steps: 300, tasks_per_step: 2, num_samples: 2, steps_per_call: 5, checkpoint_every: 10,
-           eval_every: 100000, eval_tasks: 4, eval_samples: 4, plot_samples: 16, seed: 0}
+training: {steps: 100, tasks_per_step: 2, num_samples: 2, steps_per_call: 5, checkpoint_every: 10,
+           eval_every: 100000, eval_tasks: 4, eval_samples: 4, plot_samples: 16, seed: 0, context_buckets: 1}
 """
-STEPS = 300
+STEPS = 100
+# context_buckets 1 (one padded context size, not four switch branches) and 100 steps (the kill
+# still lands with 80 left): the three processes' compile and steps were most of this test's time.
 
 
 def _env(tmp):
@@ -48,22 +51,27 @@ def _env(tmp):
                           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
 
 
-def _fit_in_subprocess(tmp, cfg, out, resume=False):
-    """``train.fit`` in a fresh process (no CLI report)."""
+def _fit_command(cfg, out, resume=False):
+    """``train.fit`` in a fresh process (no CLI evaluator or report)."""
     script = textwrap.dedent(f"""
         from bnnp_jax.training import config as run_config
         from bnnp_jax.training import loop as train
         train.fit(run_config.load({str(cfg)!r}), {str(out)!r}, resume={resume}, progress=False)
     """)
-    done = subprocess.run([sys.executable, "-c", script], env=_env(tmp), capture_output=True, text=True, timeout=900)
+    return [sys.executable, "-c", script]
+
+
+def _fit_in_subprocess(tmp, cfg, out, resume=False):
+    done = subprocess.run(_fit_command(cfg, out, resume), env=_env(tmp), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _train_and_kill(tmp, cfg, out, min_step=20):
-    """Start ``bnnp train``, SIGKILL it at a random moment after the checkpoint of
-    ``min_step`` exists; returns the newest checkpoint step at the kill."""
-    proc = subprocess.Popen(cli_command("train", str(cfg), "--out", str(out), "--no-progress"), env=_env(tmp),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _train_and_kill(tmp, cfg, out, min_step=20, cli=False):
+    """Start training in a subprocess (``train.fit``, or ``bnnp train`` with ``cli``), SIGKILL it
+    at a random moment after the checkpoint of ``min_step`` exists; returns the newest
+    checkpoint step at the kill."""
+    command = cli_command("train", str(cfg), "--out", str(out), "--no-progress") if cli else _fit_command(cfg, out)
+    proc = subprocess.Popen(command, env=_env(tmp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 900
     try:
         while _newest(out) < min_step:
@@ -162,7 +170,7 @@ def test_sigkill_then_cli_resume_matches_cli_run(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     reference_history = json.loads((ref / "history.json").read_text())
     out = tmp_path / "killed"
-    _train_and_kill(tmp_path, cfg, out, min_step=30)
+    _train_and_kill(tmp_path, cfg, out, min_step=30, cli=True)
     _check_killed_run(out, template, reference_history)
     done = subprocess.run(cli_command("train", str(cfg), "--out", str(out), "--resume", "--no-progress"),
                           env=_env(tmp_path), capture_output=True, text=True, timeout=1800)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -14,12 +15,26 @@ from bnnp_jax.metaprior.fit import FitConfig, illate
 from bnnp_jax.studies.metaprior import experiments as me
 
 
-@pytest.fixture(scope="module")
-def moons():
+def _fit_moons(**fit):
     from bnnp_jax.studies.metaprior.toys import fit_moons
 
     cfg = me.load_config("moons", quick=True)
+    cfg = dataclasses.replace(cfg, fit={**cfg.fit, **fit})
     return {**fit_moons(cfg, jax.random.PRNGKey(cfg.seed)), "eval_samples": cfg.eval_samples}
+
+
+@pytest.fixture(scope="module")
+def quick_moons():
+    """The seeded quick run exactly as the config gives it."""
+    return _fit_moons()
+
+
+@pytest.fixture(scope="module")
+def moons():
+    """The quick run with 2000 fit steps (KL warm-up scaled with them) instead of 8000: the fit
+    is step-bound, and the illation tests keep their margin with it (seed 0, when this was
+    set: after ~0.96 against >= 0.9, before <= 0.27)."""
+    return _fit_moons(steps=2000, kl_warmup=500)
 
 
 def _accuracy(params, mcfg, x, y, num_samples) -> float:
@@ -29,11 +44,11 @@ def _accuracy(params, mcfg, x, y, num_samples) -> float:
 
 
 @pytest.mark.slow  # a whole quick experiment; an accuracy result, not a unit check
-def test_quick_moons_reaches_95_percent(moons):
+def test_quick_moons_reaches_95_percent(quick_moons):
     """Seeded quick run (the config's quick: overrides); accuracy of the predictive mean."""
-    assert moons["metrics"]["accuracy"] >= 0.95
-    x_te, y_te = moons["data"][4:]
-    assert _accuracy(moons["params"], moons["mcfg"], x_te, y_te, moons["eval_samples"]) >= 0.95
+    assert quick_moons["metrics"]["accuracy"] >= 0.95
+    x_te, y_te = quick_moons["data"][4:]
+    assert _accuracy(quick_moons["params"], quick_moons["mcfg"], x_te, y_te, quick_moons["eval_samples"]) >= 0.95
 
 
 @pytest.mark.parametrize("task,which", [("classes", "output"), ("input", "input")])
