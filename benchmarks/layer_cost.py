@@ -52,26 +52,24 @@ def posterior_flops(config, n: int, S: int) -> int:
     shapes the code uses. Per layer (``D`` inputs with bias, ``O`` units, ``F`` = ``O``
     factors unitwise or 1 shared):
 
-    - once: the inference network on the ``n`` points; the prior's triangular inverse
-      (all layers padded to the widest ``D_max`` in one call: ``F D_max^3``), its
-      precision ``U^T U`` (``2 F D^3``) and ``P0 mu`` (``2 O D^2``);
+    - once: the inference network on the ``n`` points (the prior's covariance factor ``L``
+      is used as it is: the whitened form of ``blr.sample_posterior``);
     - per path: the features' forward pass through earlier draws, the statistics
-      ``Phi^T diag(lambda) Phi`` (``2 n D^2 F``) and ``Phi^T (lambda yhat)``, the Cholesky
-      (``F D^3 / 3``), the first solve (``D^2`` per right-hand side: ``O`` + the ``F D``
-      trace columns), the second (``2 O D^2``) and the KL's ``U (m - mu)`` (``2 O D^2``).
+      ``S = Phi^T diag(lambda) Phi`` (``2 n D^2 F``) and ``b = Phi^T (lambda yhat)``,
+      ``M = I + L^T S L`` (``4 F D^3``), ``r = L^T (b - S mu)`` (``4 O D^2``), the Cholesky
+      of ``M`` (``F D^3 / 3``), the first solve (``D^2`` per right-hand side: ``O`` + the
+      ``F D`` trace columns), the second (``2 O D^2``) and ``w = mu + L u`` (``2 O D^2``).
 
-    Layer 1's statistics, factor and first solve do not depend on the path (vmap
-    leaves them unbatched) and are counted once."""
+    Layer 1's statistics, ``M``, ``r``, factor and first solve do not depend on the path
+    (vmap leaves them unbatched) and are counted once."""
     widths, specs = config.widths, config.specs
-    d_max = max(widths[:-1]) + 1
     total = 0
     for l, spec in enumerate(specs):
         d, o = widths[l] + 1, widths[l + 1]
         f = o if config.prior_kind == "unitwise" else 1
-        once = _mlp_flops(n, (spec.in_dim, *config.net_hidden, max(spec.out_dim, 1))) + f * d_max**3 \
-            + 2 * f * d**3 + 2 * o * d * d
+        once = _mlp_flops(n, (spec.in_dim, *config.net_hidden, max(spec.out_dim, 1)))
         forward = sum(2 * n * (widths[j] + 1) * widths[j + 1] for j in range(l))
-        shared = 2 * n * d * d * f + 2 * n * d * o + f * d**3 / 3 + d * d * (o + f * d)
+        shared = 2 * n * d * d * f + 2 * n * d * o + 4 * f * d**3 + 4 * o * d * d + f * d**3 / 3 + d * d * (o + f * d)
         per_path = forward + 2 * o * d * d + 2 * o * d * d
         total += once + S * per_path + (S if l > 0 else 1) * shared
     return int(total)

@@ -228,7 +228,11 @@ def test_prior_min_std_adds_a_variance_floor_in_every_direction(x64, kind):
     prec = priors.to_gaussian(layer, kind, 0.05).prec_tril
     np.testing.assert_allclose(np.linalg.inv(np.asarray(prec @ jnp.swapaxes(prec, -1, -2))), raw + 0.0025 * np.eye(4),
                                rtol=1e-8)
-    root = priors.layer_factors([layer], kind, 0.05)[0].root
-    np.testing.assert_allclose(np.asarray(root @ floored), np.broadcast_to(np.eye(4), floored.shape), atol=1e-10)
+    factors = priors.layer_factors([layer], kind, 0.05)[0]
+    if kind == "diagonal":  # the exact precision root diag(1 / std)
+        np.testing.assert_allclose(np.asarray(factors.root @ floored), np.broadcast_to(np.eye(4), floored.shape),
+                                   atol=1e-10)
+    else:  # the whitened form takes L itself
+        np.testing.assert_allclose(np.asarray(factors.scale), np.asarray(floored), rtol=1e-12)
     with pytest.raises(ValueError, match="prior_min_std: must be >= 0"):
         bnnp.BNNPConfig(prior_min_std=-1.0)

@@ -174,9 +174,9 @@ def layer_priors(params: BNAMParams) -> list[Gaussian]:
     return [priors.to_gaussian(p, params.config.prior_kind) for p in params.prior]
 
 
-def prior_factors(params: BNAMParams) -> list[blr.PriorFactors]:
-    """All layers' prior roots in one LAPACK call (:func:`priors.layer_factors`), broadcast to one per unit."""
-    return [blr.PriorFactors(f.mean, jnp.broadcast_to(f.root, f.mean.shape + f.root.shape[-1:]))
+def prior_factors(params: BNAMParams) -> list:
+    """All layers' prior factors (:func:`priors.layer_factors`), broadcast to one per unit."""
+    return [type(f)(f.mean, jnp.broadcast_to(f[1], f.mean.shape + f[1].shape[-1:]))
             for f in priors.layer_factors(params.prior, params.config.prior_kind)]
 
 
@@ -209,7 +209,7 @@ def _sample_layers(key, factors: list, pseudo: list, phi: Array, ctx_w: Array) -
     ``phi [N, D]``, stacked along the unit axis into one factorisation."""
     stats = [blr.natural_stats(phi, yhat, lam * ctx_w[:, None]) for yhat, lam in pseudo]
     stacked = blr.NaturalStats(*(jnp.concatenate(s) for s in zip(*stats)))
-    prior = blr.PriorFactors(*(jnp.concatenate(p) for p in zip(*factors)))
+    prior = type(factors[0])(*(jnp.concatenate(p) for p in zip(*factors)))
     w, kl_units = blr.sample_posterior(key, prior, stacked)
     sizes = [f.mean.shape[0] for f in factors]
     starts = [sum(sizes[:i]) for i in range(len(sizes))]

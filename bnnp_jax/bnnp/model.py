@@ -287,7 +287,8 @@ def layer_forms(config: BNNPConfig, num_points: int, batch_size=None) -> tuple[s
 def _walk(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, with_kl: bool):
     """One path through all the points at once: each layer's input is the previous
     layer's output on this path, computed once. A :class:`blr_dual.DualPrior` layer is
-    drawn in the dual form, a :class:`blr.PriorFactors` layer in the primal form."""
+    drawn in the dual form, a :class:`blr.ScaleFactors` or :class:`blr.PriorFactors` layer in
+    the primal form."""
     cfg = params.config
     final_prec = _final_precision(params)
     # Order the prior's LAPACK calls before every path's, and their VJPs after
@@ -313,11 +314,12 @@ def _walk(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, with_kl: boo
 def sample_path(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, batch_size, with_kl: bool = True):
     """One path of the hierarchical posterior: per layer, condition on this
     path's earlier samples, sample ``W_l``, add ``sum_d KL``. ``layer_priors`` are
-    :class:`blr_dual.DualPrior` (dual form), :class:`blr.PriorFactors` or Gaussians (primal).
+    :class:`blr_dual.DualPrior` (dual form), :class:`blr.ScaleFactors`, :class:`blr.PriorFactors`
+    or Gaussians (primal).
     Minibatched, the statistics are accumulated over batches of points whose activations
     are recomputed through the earlier samples (primal form only). Returns weights
     ``[D_{l-1}+1, D_l]`` per layer and the path's KL (``None`` without ``with_kl``)."""
-    factors = [p if isinstance(p, (blr.PriorFactors, blr_dual.DualPrior)) else blr.PriorFactors.from_gaussian(p)
+    factors = [p if isinstance(p, (blr.ScaleFactors, blr.PriorFactors, blr_dual.DualPrior)) else blr.PriorFactors.from_gaussian(p)
                for p in layer_priors]
     if not minibatched(x.shape[0], batch_size):
         return _walk(key, params, factors, x, y, ctx_w, with_kl)
@@ -334,7 +336,7 @@ def layer_priors(params: BNNPParams) -> list[Gaussian]:
 
 
 def prior_factors(params: BNNPParams, forms: Sequence[str] | None = None) -> list:
-    """The prior of every layer as :class:`blr.PriorFactors` (:func:`priors.layer_factors`),
+    """The prior of every layer as the primal sampler's factors (:func:`priors.layer_factors`),
     or, for the layers whose entry of ``forms`` is ``dual``, as :class:`blr_dual.DualPrior`."""
     cfg = params.config
     forms = ("primal",) * len(params.prior) if forms is None else tuple(forms)

@@ -11,14 +11,14 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from bnnp_jax.core.blr import NaturalStats, PriorFactors, sample_posterior
+from bnnp_jax.core.blr import NaturalStats, PriorFactors, ScaleFactors, sample_posterior
 
 __all__ = ["sample_layers"]
 
 Array = jax.Array
 
 
-def sample_layers(key: Array, factors: Sequence[PriorFactors],
+def sample_layers(key: Array, factors: Sequence[PriorFactors | ScaleFactors],
                   layer_stats: Callable[[int, list[Array]], NaturalStats],
                   with_kl: bool = True) -> tuple[list[Array], Array | None]:
     """One path of a layer-wise conditional Gaussian posterior (SPEC section 4), the

@@ -17,13 +17,17 @@ posterior live here, with different float32 ranges (docs/robustness.md):
   ``lambda / p0`` up to 1e8, with fewer points than weights (N < D) or more.
 - The information form: :func:`natural_stats` ``Phi^T diag(lambda_d) Phi``,
   ``Phi^T (lambda_d yhat_d)``, then a Cholesky factor of ``P`` in
-  :func:`posterior_from_stats`, :func:`log_marginal_likelihood` and the BNNP's
-  path sampler :func:`sample_posterior`. In float32 it is within 1e-2 nats of
-  float64 up to ratio 1e4; beyond that, with N <= D, it loses the directions
-  the data do not reach (measured: up to 26 nats at 1e6 and NaN factors at 1e8
-  for D = 33; with N >> D it degrades more slowly, 0.08 nats at 1e8). The BNNP
-  keeps it for training: statistics that add over points make minibatching a
-  sum and one Cholesky serves draw, mean and KL; float64 is the switch.
+  :func:`posterior_from_stats`, :func:`log_marginal_likelihood` and
+  :func:`sample_posterior` given a precision root (:class:`PriorFactors`). In
+  float32 it is within 1e-2 nats of float64 up to ratio 1e4; beyond that, with
+  N <= D, it loses the directions the data do not reach (measured: up to 26 nats
+  at 1e6 and NaN factors at 1e8 for D = 33; with N >> D it degrades more slowly,
+  0.08 nats at 1e8). The BNNP keeps natural statistics for training: they add
+  over points, so minibatching is a sum, and one Cholesky serves draw, mean and
+  KL; float64 is the switch. Given the prior's covariance factor
+  (:class:`ScaleFactors`, what the BNNP passes), :func:`sample_posterior` works
+  in whitened coordinates instead, factoring ``I + L^T S L``, so that an
+  ill-conditioned learned ``L`` is never inverted.
 
 Both forms give exact sequential (minibatched) updates (SPEC section 6), and a
 point with ``lambda = 0`` vanishes exactly (zero statistics, or a zero row),
@@ -61,7 +65,7 @@ from bnnp_jax.core.gaussian import Gaussian
 from bnnp_jax.core.linalg import cholesky, log_diag, tri_solve
 
 __all__ = ["NaturalStats", "natural_stats", "posterior_from_stats", "posterior", "log_marginal_likelihood",
-           "PriorFactors", "inverse_trils", "sample_posterior"]
+           "PriorFactors", "ScaleFactors", "inverse_trils", "sample_posterior"]
 
 Array = jax.Array
 
@@ -182,6 +186,18 @@ class PriorFactors(NamedTuple):
         return cls(g.mean, jnp.swapaxes(g.prec_tril, -1, -2))
 
 
+class ScaleFactors(NamedTuple):
+    """A layer prior by its covariance factor, for :func:`sample_posterior`'s whitened form.
+
+    Attributes:
+      mean: ``[O, D]``.
+      scale: ``[O|1, D, D]`` lower-triangular ``L`` with prior covariance ``L L^T``.
+    """
+
+    mean: Array
+    scale: Array
+
+
 def inverse_trils(trils: Sequence[Array]) -> list[Array]:
     """``L^{-1}`` for lower-triangular ``[O_l, D_l, D_l]`` blocks of several layers
     in one LAPACK call: each is padded to ``[[L, 0], [0, I]]`` of the largest size."""
@@ -231,7 +247,9 @@ def sample_posterior(key: Array, prior: PriorFactors, stats: NaturalStats,
     """One draw of a layer's weights from the posterior of SPEC section 4 and its KL.
 
     Args:
-      prior: :class:`PriorFactors` (``root [O|1, D, D]``).
+      prior: :class:`PriorFactors` (``root [O|1, D, D]``: the information form) or
+        :class:`ScaleFactors` (``scale [O|1, D, D]``: the whitened form, which never
+        inverts the prior's covariance factor).
       stats: :class:`NaturalStats` (``precision [O|1, D, D]``, ``shift [O, D]``).
       with_kl: ``False`` skips the KL (returned as ``None``) and the ``D`` extra
         right-hand sides its trace term needs: prediction only wants draws.
@@ -240,6 +258,8 @@ def sample_posterior(key: Array, prior: PriorFactors, stats: NaturalStats,
       ``w [O, D]`` (``w = m + C^{-T} eps``, ``P = C C^T``) and ``KL(q || p)`` per unit ``[O]``
       (``None`` without ``with_kl``).
     """
+    if isinstance(prior, ScaleFactors):
+        return _sample_whitened(key, prior, stats, with_kl)
     root = prior.root
     p0 = jnp.matmul(jnp.swapaxes(root, -1, -2), root, precision=jax.lax.Precision.HIGHEST)  # see natural_stats
     h = jnp.einsum("...ij,...j->...i", p0, prior.mean) + stats.shift
@@ -250,4 +270,33 @@ def sample_posterior(key: Array, prior: PriorFactors, stats: NaturalStats,
         return w, None
     maha = jnp.sum(jnp.einsum("...ij,...j->...i", root, mean - prior.mean) ** 2, -1)
     kl = 0.5 * (trace + maha - h.shape[-1]) + log_diag(chol) - log_diag(root)
+    return w, kl
+
+
+def _sample_whitened(key: Array, prior: ScaleFactors, stats: NaturalStats,
+                     with_kl: bool) -> tuple[Array, Array | None]:
+    """:func:`sample_posterior` in whitened coordinates ``u = L^{-1} (w - mu)``.
+
+    The prior is ``N(0, I)`` in ``u`` and the posterior ``N(M^{-1} r, M^{-1})`` with
+    ``M = I + L^T S L = R R^T`` and ``r = L^T (b - S mu)`` (SPEC section 4 with
+    ``w = mu + L u``), so ``w = mu + L R^{-T} (R^{-1} r + eps)`` and
+    ``KL = (tr M^{-1} + |M^{-1} r|^2 - D) / 2 + log|R|``. Why: ``M``'s eigenvalues
+    are at least 1 whatever ``cond(L)``, whereas the information form's
+    ``P = L^{-T} L^{-1} + S`` needs ``L^{-1}``, which a learned, ill-conditioned
+    covariance factor does not survive (docs/robustness.md). It costs two ``D x D``
+    products per unit on every path, which the information form shares across paths.
+    """
+    hi = jax.lax.Precision.HIGHEST
+    scale, prec = prior.scale, stats.precision  # [O|1, D, D]
+    resid = stats.shift - jnp.einsum("...ij,...j->...i", prec, prior.mean, precision=hi)  # b - S mu [O, D]
+    r = jnp.einsum("...ji,...j->...i", scale, resid, precision=hi)  # L^T (b - S mu)
+    lts = jnp.matmul(jnp.swapaxes(scale, -1, -2), prec, precision=hi)
+    eye = jnp.eye(r.shape[-1], dtype=r.dtype)
+    chol = cholesky(eye + jnp.matmul(lts, scale, precision=hi))  # R [O|1, D, D]
+    eps = jax.random.normal(key, r.shape, r.dtype)
+    mean_u, u, trace = _solves(chol, r, jnp.broadcast_to(eye, chol.shape) if with_kl else None, eps)
+    w = prior.mean + jnp.einsum("...ij,...j->...i", scale, u, precision=hi)
+    if not with_kl:
+        return w, None
+    kl = 0.5 * (trace + jnp.sum(mean_u**2, -1) - r.shape[-1]) + log_diag(chol)
     return w, kl

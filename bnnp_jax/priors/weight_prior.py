@@ -15,8 +15,10 @@ stored:
 
 - :func:`scale_tril` ``[O|1, D, D]``: the covariance factor ``L`` (``Sigma = L L^T``);
   the dual-form sampler takes it as :class:`~bnnp_jax.core.blr_dual.DualPrior`.
-- :func:`layer_factors`: the precision root ``U = L^{-1}`` as
-  :class:`~bnnp_jax.core.blr.PriorFactors`, for the primal path sampler.
+- :func:`layer_factors`: the primal path sampler's view: ``L`` itself as
+  :class:`~bnnp_jax.core.blr.ScaleFactors` (the whitened form, which never inverts
+  ``L``), or for ``diagonal`` the exact precision root ``diag(1 / std)`` as
+  :class:`~bnnp_jax.core.blr.PriorFactors`.
 - :func:`to_gaussian`: a :class:`~bnnp_jax.core.gaussian.Gaussian` in precision
   form, for densities, KLs and the baselines' :class:`~bnnp_jax.inference.model.BNNModel`.
 
@@ -213,12 +215,16 @@ def trainable_mask(
 
 
 def layer_factors(layers: Sequence[PriorParams], kind: str, min_std: float = 0.0) -> list:
-    """Every layer's prior as :class:`bnnp_jax.core.blr.PriorFactors` (``root = L^{-1}``,
-    ``[O|1, D, D]``), with all layers' triangular inverses in one LAPACK call
-    (none for ``diagonal``); ``min_std`` as in :func:`scale_tril`."""
+    """Every layer's prior for :func:`bnnp_jax.core.blr.sample_posterior` (``[O|1, D, D]``
+    factors): :class:`~bnnp_jax.core.blr.ScaleFactors` with ``L`` (:func:`scale_tril`) for
+    ``unitwise`` and ``shared``, :class:`~bnnp_jax.core.blr.PriorFactors` with ``diag(1 / std)``
+    for ``diagonal``; ``min_std`` as in :func:`scale_tril`.
+
+    Why the whitened form for full factors: meta-learning can leave ``cond(L)`` beyond
+    1e10, where ``L^{-1}`` (and the information form built on it) is lost even in
+    float64, while ``I + L^T S L`` stays well conditioned (docs/robustness.md)."""
     from bnnp_jax.core import blr  # blr does not import priors; kept local so priors stays a leaf module
 
     if kind == "diagonal":
         return [blr.PriorFactors(p.mean, _diagonal_root(p, min_std)) for p in layers]
-    roots = blr.inverse_trils([scale_tril(p, kind, min_std) for p in layers])
-    return [blr.PriorFactors(p.mean, r) for p, r in zip(layers, roots)]
+    return [blr.ScaleFactors(p.mean, scale_tril(p, kind, min_std)) for p in layers]
