@@ -179,14 +179,21 @@ def test_gathered_and_bucketed_context_equal_padded_in_primal_form(x64):
     padded = b._replace(context_index=None)
     fns = [lambda q, bb=padded: objectives.batch_terms(key, q, bb, 3),
            lambda q: objectives.batch_terms(key, q, b, 3, context_buckets=1),
-           lambda q: objectives.batch_terms(key, q, b, 3, context_buckets=3)]
-    ref = jax.jit(fns[0])(p)  # jitted: eager lax.map/switch runs op by op and takes most of a minute
-    for fn in fns[1:]:
-        for a, r in zip(jax.jit(fn)(p), ref):
+           # two sizes (4, 8): both tasks (2 context points each) take the size-4 branch, as they
+           # took size 3 of three; each further branch only added compile time
+           lambda q: objectives.batch_terms(key, q, b, 3, context_buckets=2)]
+    # Jitted (eager lax.map/switch runs op by op and takes most of a minute); the padded and
+    # bucketed terms come out of their gradient programs (aux), one compile each.
+    def loss(q, fn):
+        terms = fn(q)
+        return jnp.mean(objectives.combine(terms, "pp_avi")), terms
+
+    terms_and_grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    g_ref, ref = terms_and_grad(p, fns[0])
+    g_bucketed, bucketed = terms_and_grad(p, fns[2])
+    for terms in (jax.jit(fns[1])(p), bucketed):
+        for a, r in zip(terms, ref):
             np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10)
-    loss = lambda q, fn: jnp.mean(objectives.combine(fn(q), "pp_avi"))  # noqa: E731
-    g_ref = jax.jit(jax.grad(loss), static_argnums=1)(p, fns[0])
-    g_bucketed = jax.jit(jax.grad(loss), static_argnums=1)(p, fns[2])
     for a, r in zip(jax.tree.leaves(g_bucketed), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, r, rtol=1e-8, atol=1e-10)
 
@@ -197,19 +204,25 @@ def test_dual_network_kl_equals_primal_without_hidden_layers(x64):
     b = _batch()
     key = jax.random.PRNGKey(4)
     padded = b._replace(context_index=None)
-    kls = [objectives.batch_terms(key, _params(hidden=(), x_dim=1, layer_form=form), bb, 3, context_buckets=nb).kl
+    kl = jax.jit(lambda q, bb, nb: objectives.batch_terms(key, q, bb, 3, context_buckets=nb).kl,
+                 static_argnums=2)  # jitted: eager lax.map/switch ran op by op
+    kls = [kl(_params(hidden=(), x_dim=1, layer_form=form), bb, nb)
            for form, bb, nb in (("primal", padded, 1), ("dual", padded, 1), ("dual", b, 1), ("dual", b, 3))]
     for kl in kls[1:]:
         np.testing.assert_allclose(kl, kls[0], rtol=1e-10)
 
 
 def test_auto_form_objective_gradients(x64):
-    """The default (dual for the hidden layer here, bucketed context) differentiates correctly."""
+    """The default layer forms (dual for the hidden layer here) with a bucketed context
+    differentiate correctly. Two context sizes (4, 7), not the default four (2, 4, 6, 7): both
+    tasks (3 context points each) take the size-4 branch either way, and each unused branch
+    only added compile time (most of this test's)."""
     p = _params(hidden=(10,))
     b = _batch(t=2, n=14)
     assert bnnp.layer_forms(p.config, b.context_index.shape[1])[1] == "dual"
-    check_grads(jax.jit(lambda q: objectives.pp_avi(jax.random.PRNGKey(2), q, b, 3)), (p,), order=1, modes=["rev"],
-                atol=1e-4, rtol=1e-4)
+    assert objectives.context_sizes(b.context_index.shape[1], 2) == (4, 7) and np.all(b.context.sum(1) == 3)
+    check_grads(jax.jit(lambda q: objectives.pp_avi(jax.random.PRNGKey(2), q, b, 3, context_buckets=2)), (p,),
+                order=1, modes=["rev"], atol=1e-4, rtol=1e-4)
 
 
 def test_bucketed_objective_jit_equals_eager_float32():

@@ -25,18 +25,34 @@ def _setup(dtype=jnp.float64, dt="float64"):
 def test_check_grads(x64, name):
     p, batch = _setup()
     fn = getattr(objectives, name)
-    # Jitted: op-by-op dispatch of the finite differences dominated the test's time.
-    check_grads(jax.jit(lambda params: fn(jax.random.PRNGKey(2), params, batch, 3, 0.5)), (p,), order=1, modes=["rev"], atol=1e-4, rtol=1e-4)
+    # Jitted: op-by-op dispatch of the finite differences dominated the test's time. One padded
+    # context size (context_buckets=1): the bucketed path's gradient is checked by
+    # test_dual_form's test_auto_form_objective_gradients (check_grads) and its equality to this
+    # padded gradient by test_gathered_and_bucketed_context_equal_padded_in_primal_form; here
+    # four switch branches tripled the compile.
+    check_grads(jax.jit(lambda params: fn(jax.random.PRNGKey(2), params, batch, 3, 0.5, context_buckets=1)), (p,),
+                order=1, modes=["rev"], atol=1e-4, rtol=1e-4)
 
 
 def test_objectives_relations(x64):
     p, batch = _setup()
     key = jax.random.PRNGKey(3)
-    t = objectives.batch_terms(key, p, batch, 5)
     beta = 0.3
-    np.testing.assert_allclose(objectives.pp_avi(key, p, batch, 5, beta), jnp.mean(beta * t.trgt_ppl + t.ctxt_ell - beta * t.kl), rtol=1e-12)
-    np.testing.assert_allclose(objectives.avi(key, p, batch, 5, beta), jnp.mean(t.ctxt_ell - beta * t.kl), rtol=1e-12)
-    np.testing.assert_allclose(objectives.npml(key, p, batch, 5), jnp.mean(t.trgt_ppl), rtol=1e-12)
+
+    # One jitted program (eager lax.map/switch ran op by op and took most of a minute), on one
+    # padded context size: the relations do not depend on it, and test_dual_form checks that
+    # the bucketed terms equal the padded ones.
+    @jax.jit
+    def run(p, batch):
+        return (objectives.batch_terms(key, p, batch, 5, context_buckets=1),
+                objectives.pp_avi(key, p, batch, 5, beta, context_buckets=1),
+                objectives.avi(key, p, batch, 5, beta, context_buckets=1),
+                objectives.npml(key, p, batch, 5, context_buckets=1))
+
+    t, pp_avi, avi, npml = run(p, batch)
+    np.testing.assert_allclose(pp_avi, jnp.mean(beta * t.trgt_ppl + t.ctxt_ell - beta * t.kl), rtol=1e-12)
+    np.testing.assert_allclose(avi, jnp.mean(t.ctxt_ell - beta * t.kl), rtol=1e-12)
+    np.testing.assert_allclose(npml, jnp.mean(t.trgt_ppl), rtol=1e-12)
     assert np.all(t.kl > 0)
 
 
@@ -45,13 +61,13 @@ def test_trgt_ppl_is_log_mean_exp(x64):
     p, batch = _setup()
     key = jax.random.PRNGKey(4)
     x, y, c, tg = batch.x[0], batch.y[0], batch.context[0], batch.target[0]
-    post = bnnp.masked_posterior(key, p, x, y, c, 6)
-    f = np.asarray(bnnp.forward(post.weights, x))[..., 0]
-    sig = float(bnnp.sigma_y(p)[0])
+    # jitted (op-by-op dispatch was most of the test's time)
+    f, sig = jax.jit(lambda p: (bnnp.forward(bnnp.masked_posterior(key, p, x, y, c, 6).weights, x), bnnp.sigma_y(p)))(p)
+    f, sig = np.asarray(f)[..., 0], float(sig[0])
     ll = -0.5 * ((np.asarray(y)[:, 0] - f) / sig) ** 2 - np.log(sig) - 0.5 * np.log(2 * np.pi)
     per_path = (ll * np.asarray(tg)).sum(1)
     ref = np.log(np.mean(np.exp(per_path - per_path.max()))) + per_path.max()
-    got = objectives.task_terms(key, p, x, y, c, tg, 6).trgt_ppl
+    got = jax.jit(lambda p: objectives.task_terms(key, p, x, y, c, tg, 6).trgt_ppl)(p)
     np.testing.assert_allclose(got, ref, rtol=1e-10)
 
 
