@@ -74,13 +74,14 @@ def test_whitened_kl_and_its_gradients_equal_the_information_form(x64):
         return jnp.sum(blr.sample_posterior(key, prior, stats)[1])
 
     args = tuple(jnp.array(a) for a in (mu, tril, yhat, lam))
-    np.testing.assert_allclose(kl(*args, True), kl(*args, False), rtol=1e-10)
-    g_w = jax.grad(kl, argnums=(0, 1, 2, 3))(*args, True)
-    g_i = jax.grad(kl, argnums=(0, 1, 2, 3))(*args, False)
+    kl_jit = jax.jit(kl, static_argnums=4)  # eager dispatch of every op would be most of the test
+    np.testing.assert_allclose(kl_jit(*args, True), kl_jit(*args, False), rtol=1e-10)
+    grad = jax.jit(jax.grad(kl, argnums=(0, 1, 2, 3)), static_argnums=4)
+    g_w, g_i = grad(*args, True), grad(*args, False)
     for a, b in zip(g_w, g_i):
         np.testing.assert_allclose(jnp.tril(a) if a.ndim == 3 else a, jnp.tril(b) if b.ndim == 3 else b,
                                    rtol=1e-8, atol=1e-10)
-    check_grads(lambda *a: kl(*a, True), args, order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+    check_grads(jax.jit(lambda *a: kl(*a, True)), args, order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
 
 
 def _ill_conditioned(d, o, condition):
@@ -166,8 +167,9 @@ def test_bnnp_primal_form_under_an_ill_conditioned_learned_prior_equals_the_dual
     x = jax.random.uniform(jax.random.PRNGKey(1), (20, 3), jnp.float64, -2, 2)
     y = jnp.sin(x[:, :1]) + x[:, 1:2]
     ones = jnp.ones(20)
-    kl_primal = bnnp.masked_posterior(jax.random.PRNGKey(2), primal, x, y, ones, 4).kl
-    kl_dual = bnnp.masked_posterior(jax.random.PRNGKey(2), dual, x, y, ones, 4).kl
+    posterior = jax.jit(bnnp.masked_posterior, static_argnums=5)  # eager dispatch would be most of the test
+    kl_primal = posterior(jax.random.PRNGKey(2), primal, x, y, ones, 4).kl
+    kl_dual = posterior(jax.random.PRNGKey(2), dual, x, y, ones, 4).kl
     np.testing.assert_allclose(kl_primal, kl_dual, rtol=1e-6)
-    f = bnnp.masked_functions(jax.random.PRNGKey(3), primal, x, y, ones, x, 8)
+    f = jax.jit(bnnp.masked_functions, static_argnums=6)(jax.random.PRNGKey(3), primal, x, y, ones, x, 8)
     assert np.all(np.isfinite(f))
