@@ -175,9 +175,13 @@ def layer_priors(params: BNAMParams) -> list[Gaussian]:
 
 
 def prior_factors(params: BNAMParams) -> list:
-    """All layers' prior factors (:func:`priors.layer_factors`), broadcast to one per unit."""
-    return [type(f)(f.mean, jnp.broadcast_to(f[1], f.mean.shape + f[1].shape[-1:]))
-            for f in priors.layer_factors(params.prior, params.config.prior_kind)]
+    """All layers' prior factors (:func:`priors.layer_factors`), broadcast to one per unit.
+    Both factor types are ``(mean [O, D], factor [O|1, D, D])``, so the type is kept as is."""
+    def per_unit(f):
+        mean, factor = f
+        return type(f)(mean, jnp.broadcast_to(factor, mean.shape + factor.shape[-1:]))
+
+    return [per_unit(f) for f in priors.layer_factors(params.prior, params.config.prior_kind)]
 
 
 def pseudo_observations(params: BNAMParams, x: Array, y: Array) -> list[tuple[Array, Array]]:
