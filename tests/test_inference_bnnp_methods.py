@@ -4,6 +4,7 @@ model has no hidden layer, and learning on a BNN."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from bnnp_jax.inference import bnnp_methods as bm
 from bnnp_jax.inference import model as bnn
@@ -51,3 +52,32 @@ def test_amortised_bnnp_without_hidden_layers_is_exact(x64):
     est = bm.amortised_elbo(jax.random.PRNGKey(10), res, num_samples=2000)
     assert abs(float(est.value - bnn.exact_log_evidence(model, x, y))) < 4 * float(est.stderr)
     assert bm.amortised_predict(jax.random.PRNGKey(11), res, x[:4], 6).shape == (6, 4, 1)
+
+
+def test_registry_closed_form_kl_of_the_exact_per_task_posterior_is_zero(x64):
+    from bnnp_jax.inference import registry
+
+    model = bnn.fixed_prior_model([2, 1], "relu", 0.3)
+    x, y = _data(model, 20, seed=0)
+    exact = bm.PerTaskResult(bm.per_task_init(jax.random.PRNGKey(1), model, x, final_layer="exact"), model, x, y,
+                             jnp.zeros(0))
+    post = [bnn.exact_posterior(model, x, y)]
+    assert abs(float(registry.linear_kl(exact, post))) < 1e-9
+    # a learned final layer at lambda ~ 55 instead of 1 / 0.3^2: over-confident, a positive KL
+    learned = bm.per_task_init(jax.random.PRNGKey(1), model, x)
+    learned = exact._replace(params=learned._replace(log_s=[jnp.zeros_like(learned.log_s[0])]))
+    assert float(registry.linear_kl(learned, post)) > 0.1
+    deep = bnn.fixed_prior_model([2, 3, 1], "relu", 0.3)
+    with pytest.raises(ValueError, match="no hidden layer"):
+        registry.linear_kl(exact._replace(model=deep), post)
+
+
+def test_registry_budget_uses_each_methods_own_keywords():
+    from bnnp_jax.inference import registry
+
+    assert registry.budget("mfvi", 10, (1e-2, 1e-3), 4) == dict(num_steps=10, lr=(1e-2, 1e-3), num_particles=4,
+                                                                progress_bar=False)
+    assert registry.budget("givi", 10, num_draws=4) == dict(num_steps=10, num_samples=4, progress_bar=False)
+    assert registry.budget("bnnp_amortised", 10) == {} and registry.budget("nuts", 10) == {}
+    with pytest.raises(ValueError, match="unknown inference method 'vi'"):
+        registry.budget("vi", 10)

@@ -25,12 +25,15 @@ import jax.numpy as jnp
 
 from bnnp_jax.bnnp import amortised_layer
 from bnnp_jax.core import blr
+from bnnp_jax.core.gaussian import kl_divergence
+from bnnp_jax.core.networks import with_bias
 from bnnp_jax.inference import evidence, givi
 from bnnp_jax.inference import model as bnn
 from bnnp_jax.inference.vi import run_adam
 
 __all__ = ["FINAL_LAYER_MODES", "PerTaskParams", "PerTaskResult", "per_task_init", "per_task_path",
            "per_task_elbo_terms", "per_task_loss", "per_task_fit", "per_task_elbo", "per_task_predict",
+           "per_task_linear_kl",
            "AmortisedResult", "amortised_fit", "amortised_elbo", "amortised_predict"]
 
 Array = jax.Array
@@ -75,17 +78,32 @@ def per_task_init(key, model: bnn.BNNModel, x: Array, final_layer: str = "learne
     return PerTaskParams(yhat, log_s)
 
 
+def _layer_precision(model: bnn.BNNModel, params: PerTaskParams, l: int, y: Array) -> Array:
+    """Layer ``l``'s pseudo-precisions ``[N, D_l]``: ``1 / sigma_y^2`` on an exact final layer."""
+    if l == model.num_layers - 1 and len(params.log_s) < model.num_layers:
+        return jnp.broadcast_to(model.sigma_y**-2, y.shape)
+    return amortised_layer.pseudo_precision(params.log_s[l])
+
+
 def per_task_path(key, model: bnn.BNNModel, params: PerTaskParams, x_c: Array, y_c: Array, x: Array | None):
     """One posterior path given the dataset ``(x_c, y_c)``: ``f`` at ``x`` (default ``x_c``) and the KL."""
 
     def layer(l, phi_c):
         last = l == model.num_layers - 1
         targets = y_c if last else params.yhat[l]
-        lam = (jnp.broadcast_to(model.sigma_y**-2, y_c.shape) if len(params.log_s) < model.num_layers and last
-               else amortised_layer.pseudo_precision(params.log_s[l]))
-        return blr.natural_stats(phi_c, targets, lam)
+        return blr.natural_stats(phi_c, targets, _layer_precision(model, params, l, y_c))
 
     return givi.layerwise_path(key, model, x_c, x, layer)
+
+
+def per_task_linear_kl(result: PerTaskResult, targets: list) -> Array:
+    """``KL(q || targets[0])`` in closed form for a model with no hidden layer, where the
+    per-task ``q`` is one Bayesian linear regression on the data (SPEC section 4) -> scalar."""
+    model, params = result.model, result.params
+    if model.num_layers != 1:
+        raise ValueError(f"result: a closed-form KL needs a model with no hidden layer, got widths {model.widths}")
+    q = blr.posterior(with_bias(result.x), result.y, _layer_precision(model, params, 0, result.y), model.prior_gaussians()[0])
+    return jnp.sum(kl_divergence(q, targets[0]))
 
 
 def per_task_elbo_terms(key, model, params: PerTaskParams, x, y, num_samples: int):

@@ -34,13 +34,13 @@ import jax.numpy as jnp
 
 from bnnp_jax.core import blr
 from bnnp_jax.bnnp.path import sample_layers
-from bnnp_jax.core.gaussian import Gaussian
+from bnnp_jax.core.gaussian import Gaussian, kl_divergence
 from bnnp_jax.inference import evidence
 from bnnp_jax.inference import model as bnn
 from bnnp_jax.inference.vi import run_adam
 from bnnp_jax.core.networks import activation_fn, with_bias
 
-__all__ = ["layerwise_path", "GIVIParams", "GIVIResult", "prec_tril", "layer_stats", "layer_posterior",
+__all__ = ["layerwise_path", "GIVIParams", "GIVIResult", "prec_tril", "layer_stats", "layer_posterior", "linear_kl",
            "init", "sample_path", "elbo_terms", "loss", "fit", "elbo", "predict"]
 
 Array = jax.Array
@@ -123,6 +123,16 @@ def layer_posterior(phi_u: Array, pseudo_y: Array, raw: Array, prior: Gaussian) 
     """``q(W_l | U_{l-1})`` by BLR on the whitened design (module docstring)."""
     feats, targets = _whitened(phi_u, pseudo_y, raw)
     return blr.posterior(feats, targets, jnp.ones_like(targets), prior)
+
+
+def linear_kl(result: GIVIResult, targets: list) -> Array:
+    """``KL(q || targets[0])`` in closed form for a model with no hidden layer, where GIVI's
+    ``q`` is the one layer's :func:`layer_posterior` -> scalar."""
+    model, p = result.model, result.params
+    if model.num_layers != 1:
+        raise ValueError(f"result: a closed-form KL needs a model with no hidden layer, got widths {model.widths}")
+    q = layer_posterior(with_bias(p.z), p.pseudo_y[0], p.prec_raw[0], model.prior_gaussians()[0])
+    return jnp.sum(kl_divergence(q, targets[0]))
 
 
 def spread_subset(key, x: Array, num: int) -> Array:

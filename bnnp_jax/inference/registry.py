@@ -5,9 +5,10 @@ predict with the fitted result, and estimate its ELBO.
 ``x [N, D_0]``, ``y [N, D_L]`` under a :class:`~bnnp_jax.inference.model.BNNModel`
 (for ``bnnp_amortised``, ``model`` is the meta-trained ``BNNPParams``: nothing is
 fitted); ``settings`` are the method's own keyword arguments (its ``fit``'s
-docstring). The result's type names its method, so :func:`predict` and :func:`elbo`
-need no method argument. Studies look methods up here instead of branching on
-their names.
+docstring). The result's type names its method, so :func:`predict`, :func:`elbo` and
+:func:`linear_kl` need no method argument. :func:`budget` spells one optimisation
+budget (steps, learning rates, Monte-Carlo draws per step) in each method's own
+keyword names. Studies look methods up here instead of branching on their names.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import jax
 
 from bnnp_jax.inference import bnnp_methods, givi, nuts, vi
 
-__all__ = ["Method", "METHODS", "fit", "predict", "elbo"]
+__all__ = ["Method", "METHODS", "fit", "predict", "elbo", "linear_kl", "budget"]
 
 Array = jax.Array
 
@@ -27,12 +28,17 @@ Array = jax.Array
 class Method(NamedTuple):
     """``fit(key, model, x, y, **settings) -> result``;
     ``predict(key, result, x_test, num_samples) -> f [S, N_t, D_L]``;
-    ``elbo(key, result, x, y, num_samples, **kw) -> evidence.ELBOEstimate`` (``None``: NUTS has none)."""
+    ``elbo(key, result, x, y, num_samples, **kw) -> evidence.ELBOEstimate`` (``None``: NUTS has none);
+    ``linear_kl(result, targets) -> scalar``, ``KL(q || targets)`` in closed form with ``targets``
+    one Gaussian per layer (``None``: no Gaussian ``q``); ``draws_arg``: the name of ``fit``'s
+    Monte-Carlo draws per step (``None``: ``fit`` optimises nothing)."""
 
     fit: Callable
     predict: Callable
     elbo: Callable | None
     result_type: type
+    linear_kl: Callable | None = None
+    draws_arg: str | None = None
 
 
 def _per_task_elbo(key, result, x, y, num_samples=10_000, **kw):
@@ -47,10 +53,11 @@ def _amortised_elbo(key, result, x, y, num_samples=10_000, **kw):
 
 METHODS: dict[str, Method] = {
     "nuts": Method(nuts.fit, nuts.predict, None, nuts.NUTSResult),
-    **{m: Method(partial(vi.fit, method=m), vi.predict, vi.elbo, vi.VIResult) for m in vi.METHODS},
-    "givi": Method(givi.fit, givi.predict, givi.elbo, givi.GIVIResult),
+    **{m: Method(partial(vi.fit, method=m), vi.predict, vi.elbo, vi.VIResult, vi.kl_to_gaussians, "num_particles")
+       for m in vi.METHODS},
+    "givi": Method(givi.fit, givi.predict, givi.elbo, givi.GIVIResult, givi.linear_kl, "num_samples"),
     "bnnp_per_task": Method(bnnp_methods.per_task_fit, bnnp_methods.per_task_predict, _per_task_elbo,
-                            bnnp_methods.PerTaskResult),
+                            bnnp_methods.PerTaskResult, bnnp_methods.per_task_linear_kl, "num_samples"),
     "bnnp_amortised": Method(bnnp_methods.amortised_fit, bnnp_methods.amortised_predict, _amortised_elbo,
                              bnnp_methods.AmortisedResult),
 }
@@ -85,3 +92,30 @@ def elbo(key: Array, result, x: Array, y: Array, num_samples: int = 10_000, **kw
     if m.elbo is None:
         raise ValueError("result: NUTS has no variational posterior, hence no ELBO")
     return m.elbo(key, result, x, y, num_samples, **kw)
+
+
+def linear_kl(result, targets: list) -> Array:
+    """``KL(q || targets)`` in closed form -> scalar: ``targets`` one Gaussian per layer, e.g.
+    ``[inference.model.exact_posterior(model, x, y)]`` on a model with no hidden layer, where
+    every method's ``q`` is Gaussian and this is its exact KL to the true posterior."""
+    m = _of(result)
+    if m.linear_kl is None:
+        raise ValueError(f"result: {type(result).__name__} has no Gaussian q, hence no closed-form KL")
+    return m.linear_kl(result, targets)
+
+
+def budget(method: str, num_steps: int, lr: tuple[float, float] | None = None, num_draws: int | None = None,
+           progress_bar: bool = False) -> dict:
+    """One optimisation budget as ``method``'s :func:`fit` keywords: ``num_steps`` Adam steps,
+    learning rates ``lr = (start, end)`` and ``num_draws`` Monte-Carlo draws per step
+    (``None``: the method's default). Empty for a method that optimises nothing (the
+    amortised BNNP; NUTS, whose budget is its warm-up and sample counts)."""
+    m = _get(method)
+    if m.draws_arg is None:
+        return {}
+    out = dict(num_steps=num_steps, progress_bar=progress_bar)
+    if lr is not None:
+        out["lr"] = tuple(lr)
+    if num_draws is not None:
+        out[m.draws_arg] = num_draws
+    return out

@@ -242,10 +242,9 @@ def baseline_score(cfg: GoldilocksConfig, meta: MetaDataset, method: str, seed: 
     x_c, y_c, x_t, y_t = (jnp.asarray(a) for a in (t.x[0][ctx], t.y[0][ctx], t.x[0][tgt], t.y[0][tgt]))
     key_fit, key_pred = jax.random.split(jax.random.PRNGKey(seed))
     tic = time.perf_counter()
-    settings = {"mfvi": dict(num_particles=b.num_particles),
-                "givi": dict(num_inducing=b.num_inducing, num_samples=b.num_particles)}[method]
-    result = registry.fit(method, key_fit, model, x_c, y_c, num_steps=b.num_steps, lr=tuple(b.lr),
-                          progress_bar=progress, **settings)
+    own = {"givi": {"num_inducing": b.num_inducing}}.get(method, {})
+    result = registry.fit(method, key_fit, model, x_c, y_c,
+                          **registry.budget(method, b.num_steps, tuple(b.lr), b.num_particles, progress), **own)
     f = registry.predict(key_pred, result, x_t, cfg.study.eval_samples)
     scores = metrics.summary(f, model.sigma_y, y_t, jnp.ones(y_t.shape[0], f.dtype))
     return {**{k: float(v) for k, v in scores.items()}, "seconds": time.perf_counter() - tic}

@@ -161,53 +161,25 @@ def _fit_and_elbo(method: str, key, model, x, y, cfg: KLTableConfig, meta_bnnp=N
     """Train ``method`` on ``(x, y)`` and estimate its ELBO -> ``(ELBOEstimate, fit)``, the fit
     (with its ``losses``, the ELBO trajectory) ``None`` for ``bnnp_amortised``. ``meta_bnnp``:
     the BNNP for ``bnnp_amortised`` (:func:`load_meta_bnnp`; loaded here when None)."""
-    from bnnp_jax.inference import bnnp_methods, givi, vi
+    from bnnp_jax.inference import registry, vi
 
     t = cfg.train
-    lr = (t.lr_start, t.lr_end)
     kf, ke = jax.random.split(key)
-    s = cfg.elbo_samples
-    if method in vi.METHODS:
-        res = vi.fit(kf, model, x, y, method, num_steps=t.num_steps, lr=lr, num_particles=t.num_particles,
-                     progress_bar=False, **dataclasses.asdict(cfg.vi))
-        return vi.elbo(ke, res, x, y, s), res
-    if method == "givi":
-        res = givi.fit(kf, model, x, y, num_inducing=t.givi_inducing, num_steps=t.num_steps, lr=lr,
-                       num_samples=t.num_particles, progress_bar=False)
-        return givi.elbo(ke, res, x, y, s), res
-    if method == "bnnp_per_task":
-        res = bnnp_methods.per_task_fit(kf, model, x, y, num_steps=t.num_steps, lr=lr, num_samples=t.num_particles,
-                                        progress_bar=False)
-        return bnnp_methods.per_task_elbo(ke, res, s), res
-    if meta_bnnp is None:
-        meta_bnnp = load_meta_bnnp(cfg)
-    return _amortised_elbo(ke, meta_bnnp, model, x, y, cfg), None
+    if method == "bnnp_amortised":  # zero-shot at the table's sigma_y: nothing is trained
+        return _amortised_elbo(ke, meta_bnnp or load_meta_bnnp(cfg), model, x, y, cfg), None
+    own = {"givi": {"num_inducing": t.givi_inducing}, **{m: dataclasses.asdict(cfg.vi) for m in vi.METHODS}}
+    res = registry.fit(method, kf, model, x, y, **registry.budget(method, t.num_steps, (t.lr_start, t.lr_end),
+                                                                   t.num_particles), **own.get(method, {}))
+    return registry.elbo(ke, res, x, y, cfg.elbo_samples), res
 
 
-def closed_form_kl(method: str, res, model, x, y) -> float:
+def closed_form_kl(res, model, x, y) -> float:
     """``KL(q || p(W | D))`` in closed form for a model with no hidden layer, where every
     method's ``q`` is Gaussian and the posterior is exact (no Monte Carlo) -> float."""
-    from bnnp_jax.core import blr
-    from bnnp_jax.core.gaussian import kl_divergence
-    from bnnp_jax.inference import bnnp_methods, givi, vi
     from bnnp_jax.inference import model as bnn
-    from bnnp_jax.core.networks import with_bias
+    from bnnp_jax.inference import registry
 
-    post = bnn.exact_posterior(model, x, y)
-    prior = model.prior_gaussians()[0]
-    if method in vi.METHODS:
-        return float(vi.kl_to_gaussians(res, [post]))
-    if method == "givi":
-        p = res.params
-        q = givi.layer_posterior(with_bias(p.z), p.pseudo_y[0], p.prec_raw[0], prior)
-    elif method == "bnnp_per_task":
-        p = res.params
-        lam = (bnnp_methods._precision(p.log_s[-1]) if p.log_s
-               else jnp.broadcast_to(model.sigma_y**-2, y.shape))
-        q = blr.posterior(with_bias(x), y, lam, prior)
-    else:
-        raise ValueError(f"no closed form for {method!r}")
-    return float(jnp.sum(kl_divergence(q, post)))
+    return float(registry.linear_kl(res, [bnn.exact_posterior(model, x, y)]))
 
 
 def elbo_trace(losses, max_points: int = 200) -> dict:
@@ -342,7 +314,7 @@ def run_sigma(key, sigma: float, data, cfg: KLTableConfig, meta_bnnp=None) -> li
         if res is not None:
             rec.update(elbo_trace(res.losses))
             if model.num_layers == 1:
-                rec["kl_closed_form"] = closed_form_kl(method, res, model, x, y)
+                rec["kl_closed_form"] = closed_form_kl(res, model, x, y)
         records.append(rec)
         exact = f", exact {kl.exact:.3f}" if "kl_exact" in rec else ""
         closed = f", closed form {rec['kl_closed_form']:.4f}" if "kl_closed_form" in rec else ""

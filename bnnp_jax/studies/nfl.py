@@ -88,12 +88,11 @@ def fit_predict(key, method: str, model, params, data, s: dict) -> np.ndarray:
 
     x_c, y_c, x_t, _ = data
     fit_key, pred_key = jax.random.split(key)
-    steps, bar = s["vi_steps"], False
-    settings = {
-        "nuts": dict(num_warmup=s["nuts_warmup"], num_samples=s["nuts_samples"], num_chains=s["nuts_chains"],
-                     progress_bar=bar),
-        "bnnp_amortised": {},
-    }.get(method, dict(num_steps=steps, progress_bar=bar))
+    if method == "nuts":  # its budget is warm-up and draws, not optimisation steps
+        settings = dict(num_warmup=s["nuts_warmup"], num_samples=s["nuts_samples"], num_chains=s["nuts_chains"],
+                        progress_bar=False)
+    else:
+        settings = registry.budget(method, s["vi_steps"])
     fitted = registry.fit(method, fit_key, params if method == "bnnp_amortised" else model, x_c, y_c, **settings)
     f = registry.predict(pred_key, fitted, x_t, s["num_samples"])
     return np.asarray(jax.block_until_ready(f))
