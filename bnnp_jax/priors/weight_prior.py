@@ -37,12 +37,13 @@ import numpy as np
 
 from bnnp_jax.core.gaussian import Gaussian
 
-__all__ = ["PRIOR_KINDS", "SIDES", "PriorParams", "init_layer", "init", "spread_hinges", "scale_tril",
+__all__ = ["PRIOR_KINDS", "SIDES", "STEP_SCALES", "fan_in_step_scale", "PriorParams", "init_layer", "init", "spread_hinges", "scale_tril",
            "scale_std", "to_gaussian", "trainable_mask", "layer_factors"]
 
 Array = jax.Array
 PRIOR_KINDS = ("unitwise", "diagonal", "shared")
 SIDES = ("front", "back")
+STEP_SCALES = ("none", "fan_in")  # training.prior_step_scale: see fan_in_step_scale
 
 
 class PriorParams(NamedTuple):
@@ -177,6 +178,29 @@ def _layer_mask(params: PriorParams, kind: str, selected: np.ndarray) -> PriorPa
         rows = selected.any(axis=0)
         scale_mask = rows[:, None] & rows[None, :]
     return PriorParams(jnp.asarray(mean_mask), jnp.asarray(scale_mask))
+
+
+def fan_in_step_scale(params: PriorParams, kind: str) -> PriorParams:
+    """Per-entry multipliers of the optimiser's step, shaped like ``params``: ``1 / sqrt(D)``
+    (``D = D_in + 1``) on the mean and on the strictly-lower Cholesky entries, 1 on the
+    log-diagonal (and on a ``diagonal`` prior's log standard deviations).
+
+    Why: Adam moves every entry by about the learning rate per step whatever its gradient's
+    size, so a unit's ``D (D - 1) / 2`` off-diagonal entries, whose gradients are mostly
+    Monte-Carlo noise, random-walk and widen the prior's row norms far beyond the initial
+    ``1 / sqrt(D)`` (docs/sawtooth.md). Under Adam this multiplier equals storing those
+    entries times ``sqrt(D)`` (the scaled parameterisation ``w = (mu' + L' eps) / sqrt(D)``),
+    so each entry moves on the scale of its initial standard deviation. Log-scale entries
+    are scale-free and keep a multiplier of 1.
+    """
+    _check_kind(kind)
+    d = params.mean.shape[-1]
+    c = 1.0 / math.sqrt(d)
+    mean = jnp.full_like(params.mean, c)
+    if kind == "diagonal":
+        return PriorParams(mean, jnp.ones_like(params.scale))
+    eye = jnp.eye(d, dtype=bool)
+    return PriorParams(mean, jnp.broadcast_to(jnp.where(eye, 1.0, c), params.scale.shape).astype(params.scale.dtype))
 
 
 def trainable_mask(

@@ -123,6 +123,9 @@ class TrainingConfig:
     faster; 1 pads every task to the largest context. ``train_prior_mean: false``
     meta-learns only the prior covariances; ``warm_start`` (bnnp only,
     :class:`WarmStartConfig`) sets the prior mean from a pooled fit first.
+    ``prior_step_scale: fan_in`` scales Adam's step on the prior means and on the
+    strictly-lower Cholesky entries by ``1 / sqrt(D_in + 1)``
+    (:func:`bnnp_jax.priors.weight_prior.fan_in_step_scale`); ``none`` leaves it as is.
     """
 
     steps: int = 1000
@@ -147,6 +150,7 @@ class TrainingConfig:
     plot_samples: int = 200
     train_prior_mean: bool = True
     warm_start: WarmStartConfig | None = None
+    prior_step_scale: str = "none"
 
     def __post_init__(self):
         def bad(name, problem):
@@ -169,6 +173,8 @@ class TrainingConfig:
             bad("prior_fraction", f"must be in [0, 1], got {self.prior_fraction}")
         if self.prior_side not in priors.SIDES:
             bad("prior_side", f"must be one of {priors.SIDES}, got {self.prior_side!r}")
+        if self.prior_step_scale not in priors.STEP_SCALES:
+            bad("prior_step_scale", f"must be one of {priors.STEP_SCALES}, got {self.prior_step_scale!r}")
         if self.context_buckets < 1:
             bad("context_buckets", f"must be a positive integer, got {self.context_buckets}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -203,6 +209,9 @@ class RunConfig:
                                   f"leave it at 1.0 (got {t.prior_fraction})")
             if not t.train_prior_mean:
                 raise ConfigError(f"training.train_prior_mean: model {self.model!r} has no weight prior; leave it true")
+            if t.prior_step_scale != "none":
+                raise ConfigError(f"training.prior_step_scale: model {self.model!r} has no weight prior; "
+                                  "leave it 'none'")
             if not t.learn_sigma_y:
                 raise ConfigError(f"training.learn_sigma_y: model {self.model!r} predicts its own noise; "
                                   "leave it true")

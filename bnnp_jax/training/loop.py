@@ -92,7 +92,19 @@ def make_optimizer(config: RunConfig, mask: Any) -> optax.GradientTransformation
     # Frozen entries get exactly zero gradient, hence zero Adam updates.
     mask_grads = optax.GradientTransformation(lambda p: optax.EmptyState(),
                                               lambda g, s, p=None: (jax.tree.map(jnp.multiply, g, mask), s))
-    return optax.chain(mask_grads, optax.adam(schedule))
+    adam = optax.adam(schedule)
+    scale = models.weight_prior_step_scale(mask, t) if t.prior_step_scale != "none" else None
+    if scale is None:
+        return optax.chain(mask_grads, adam)
+
+    # The step scale multiplies Adam's output (a multiplier before Adam would cancel in
+    # its normalisation); wrapping Adam keeps the optimiser state's structure, so
+    # checkpoints restore whichever setting wrote them.
+    def scaled_update(g, s, p=None):
+        updates, s = adam.update(g, s, p)
+        return jax.tree.map(jnp.multiply, updates, scale), s
+
+    return optax.chain(mask_grads, optax.GradientTransformation(adam.init, scaled_update))
 
 
 def init_state(config: RunConfig) -> tuple[TrainState, optax.GradientTransformation]:

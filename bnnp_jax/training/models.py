@@ -37,7 +37,7 @@ from bnnp_jax.bnnp import model as bnnp
 from bnnp_jax.bnnp import objectives
 from bnnp_jax.priors import weight_prior as priors
 
-__all__ = ["Adapter", "weight_prior_mask", "ADAPTERS", "NAMES", "get", "for_params", "mixture_summary"]
+__all__ = ["Adapter", "weight_prior_mask", "weight_prior_step_scale", "ADAPTERS", "NAMES", "get", "for_params", "mixture_summary"]
 
 Array = jax.Array
 
@@ -69,6 +69,20 @@ def weight_prior_mask(params, training) -> Any:
         prior=jax.tree.map(as_float, prior_mask, params.prior),
         inference=jax.tree.map(jnp.ones_like, params.inference),
         likelihood=jax.tree.map(lambda a: jnp.full_like(a, float(t.learn_sigma_y)), params.likelihood),
+    )
+
+
+def weight_prior_step_scale(params, training) -> Any | None:
+    """Multipliers of the optimiser's step shaped like ``params`` (BNNPParams / BNAMParams),
+    or None for ``prior_step_scale: none``: :func:`~bnnp_jax.priors.weight_prior.fan_in_step_scale`
+    on the prior, 1 on the inference networks and ``sigma_y``."""
+    if training.prior_step_scale == "none":
+        return None
+    kind = params.config.prior_kind
+    return params.replace(
+        prior=[priors.fan_in_step_scale(p, kind) for p in params.prior],
+        inference=jax.tree.map(jnp.ones_like, params.inference),
+        likelihood=jax.tree.map(jnp.ones_like, params.likelihood),
     )
 
 
