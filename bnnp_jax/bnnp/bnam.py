@@ -40,7 +40,8 @@ import jax.numpy as jnp
 from bnnp_jax.bnnp import amortised_layer
 from bnnp_jax.core import blr
 from bnnp_jax.priors import weight_prior as priors
-from bnnp_jax.bnnp.model import FINAL_LAYER_MODES, Prediction, raw_sigma, sigma_from_raw
+from bnnp_jax.bnnp.model import Prediction
+from bnnp_jax.bnnp.params import FINAL_LAYER_MODES, raw_sigma, sigma_from_raw
 from bnnp_jax.core.gaussian import Gaussian, normal_log_prob
 from bnnp_jax.core.networks import ACTIVATIONS, activation_fn, with_bias
 from bnnp_jax.bnnp.objectives import TaskTerms
