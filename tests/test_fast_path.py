@@ -13,36 +13,17 @@ from bnnp_jax.core import linalg, networks
 from bnnp_jax.bnnp import model as bnnp
 from bnnp_jax.core.gaussian import Gaussian, kl_divergence
 
+import dense_reference
 
-def _layer(rng, n, d, o, shared_prec, shared_prior):
-    phi = rng.normal(size=(n, d))
-    yhat = rng.normal(size=(n, o))
-    lam = rng.uniform(0.2, 5.0, size=(n, 1 if shared_prec else o))
-    a = rng.normal(size=(1 if shared_prior else o, d, d))
-    cov = a @ np.swapaxes(a, -1, -2) / d + 0.3 * np.eye(d)
-    mu = rng.normal(size=(o, d))
-    return phi, yhat, lam, mu, cov
+
+_layer = dense_reference.layer
 
 
 def _factors(mu, cov):
     return blr.PriorFactors(jnp.array(mu), jnp.linalg.inv(jnp.linalg.cholesky(jnp.array(cov))))
 
 
-def _dense(phi, yhat, lam, mu, cov, eps):
-    """Per-unit textbook posterior with explicit inverses, the draw m + chol(P)^{-T} eps, and the KL."""
-    o, d = mu.shape
-    lam = np.broadcast_to(lam, yhat.shape)
-    cov = np.broadcast_to(cov, (o, d, d))
-    ws, kls = [], []
-    for k in range(o):
-        p0 = np.linalg.inv(cov[k])
-        prec = p0 + phi.T @ np.diag(lam[:, k]) @ phi
-        s = np.linalg.inv(prec)
-        m = s @ (p0 @ mu[k] + phi.T @ (lam[:, k] * yhat[:, k]))
-        ws.append(m + np.linalg.solve(np.linalg.cholesky(prec).T, eps[k]))
-        dm = m - mu[k]
-        kls.append(0.5 * (np.trace(p0 @ s) + dm @ p0 @ dm - d + np.linalg.slogdet(cov[k])[1] - np.linalg.slogdet(s)[1]))
-    return np.stack(ws), np.array(kls)
+_dense = dense_reference.posterior  # the information-form root chol(P)^{-T}
 
 
 @pytest.mark.parametrize("shared_prec,shared_prior", [(False, False), (True, False), (False, True), (True, True)])
@@ -162,8 +143,14 @@ def test_per_point_networks_emit_one_log_s_per_point():
 
 
 def test_bnnp_fast_path_matches_dense_layers(x64):
-    """Each layer of a per-point, shared-prior BNNP path equals the dense per-unit posterior."""
+    """Each layer of a per-point, shared-prior BNNP path equals the dense per-unit posterior,
+    drawn with the whitened root the BNNP uses (``priors.layer_factors``). The prior is made
+    anisotropic first: under the isotropic initial prior every square root coincides."""
     p = _params()
+    rng = np.random.default_rng(11)
+    p = p.replace(prior=[q._replace(mean=q.mean + 0.3 * rng.normal(size=q.mean.shape),
+                                    scale=q.scale + 0.3 * np.tril(rng.normal(size=q.scale.shape)))
+                         for q in p.prior])
     x = jnp.linspace(-2, 2, 17)[:, None]
     y = jnp.sin(2 * x)
     key = jax.random.PRNGKey(3)
@@ -181,7 +168,7 @@ def test_bnnp_fast_path_matches_dense_layers(x64):
         phi = np.concatenate([a if l == 0 else np.maximum(a, 0), np.ones((17, 1))], 1)
         spec = p.config.specs[l]
         yhat, lam = bnnp.amortised_layer.pseudo_observations(p.inference, l, spec, p.config.net_hidden, x, y, None, None)
-        w_ref, kl_l = _dense(phi, np.asarray(yhat), np.asarray(lam), np.asarray(g.mean), cov, eps)
+        w_ref, kl_l = _dense(phi, np.asarray(yhat), np.asarray(lam), np.asarray(g.mean), cov, eps, root="whitened")
         np.testing.assert_allclose(weights[l], w_ref.T, rtol=1e-8, atol=1e-10)
         kl_ref += kl_l.sum()
     np.testing.assert_allclose(kl, kl_ref, rtol=1e-8)

@@ -12,38 +12,17 @@ from jax.test_util import check_grads
 
 from bnnp_jax.core import blr, blr_dual
 
+import dense_reference
+
 
 def _layer(rng, n, d, o, shared_prec, shared_prior):
-    phi = rng.normal(size=(n, d))
-    yhat = rng.normal(size=(n, o))
-    lam = rng.uniform(0.2, 5.0, size=(n, 1 if shared_prec else o))
-    a = rng.normal(size=(1 if shared_prior else o, d, d))
-    tril = np.linalg.cholesky(a @ np.swapaxes(a, -1, -2) / d + 0.3 * np.eye(d))
-    mu = rng.normal(size=(o, d))
-    return phi, yhat, lam, mu, tril
+    """:func:`dense_reference.layer` with the prior covariance as its Cholesky factor."""
+    phi, yhat, lam, mu, cov = dense_reference.layer(rng, n, d, o, shared_prec, shared_prior)
+    return phi, yhat, lam, mu, np.linalg.cholesky(cov)
 
 
 def _dense(phi, yhat, lam, mu, tril, eps):
-    """Per unit, with explicit inverses: mean and KL of the textbook posterior, and the
-    whitened draw ``m + L chol(I + L^T S L)^{-T} eps``; also checks that this draw's
-    covariance ``L M^{-1} L^T`` is the posterior covariance."""
-    o, d = mu.shape
-    lam = np.broadcast_to(lam, yhat.shape)
-    tril = np.broadcast_to(tril, (o, d, d))
-    ws, kls = [], []
-    for k in range(o):
-        cov0 = tril[k] @ tril[k].T
-        s_data = phi.T @ np.diag(lam[:, k]) @ phi
-        p0 = np.linalg.inv(cov0)
-        cov = np.linalg.inv(p0 + s_data)
-        m = cov @ (p0 @ mu[k] + phi.T @ (lam[:, k] * yhat[:, k]))
-        root = np.linalg.cholesky(np.eye(d) + tril[k].T @ s_data @ tril[k])
-        a = tril[k] @ np.linalg.inv(root).T
-        np.testing.assert_allclose(a @ a.T, cov, rtol=1e-9, atol=1e-12)
-        ws.append(m + a @ eps[k])
-        dm = m - mu[k]
-        kls.append(0.5 * (np.trace(p0 @ cov) + dm @ p0 @ dm - d + np.linalg.slogdet(cov0)[1] - np.linalg.slogdet(cov)[1]))
-    return np.stack(ws), np.array(kls)
+    return dense_reference.posterior(phi, yhat, lam, mu, tril @ np.swapaxes(tril, -1, -2), eps, root="whitened")
 
 
 @pytest.mark.parametrize("shared_prec,shared_prior", [(False, False), (True, False), (False, True), (True, True)])
