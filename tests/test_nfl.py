@@ -3,6 +3,7 @@ metrics are finite and in range, and the three output files are written."""
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -62,3 +63,56 @@ def test_nfl_quick_runs_every_method(tiny_run, tmp_path):
 def test_nfl_rejects_unknown_method(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="--methods"):
         nfl.run(_args(tiny_run, tmp_path, "--methods", "nuts,magic"))
+
+
+def _fake_records():
+    recs = []
+    for seed in (0, 1):
+        for t, (a, b) in enumerate([(0.0, 1.0), (0.0, 2.0), (0.5, 3.5), (0.0, 4.0)]):
+            base = {"seed": seed, "task": t, "eld": 0.0, "mae": 0.1, "coverage": 0.9, "seconds": 1.0}
+            recs.append({**base, "method": "nuts", "lpd": a + 0.1 * seed, "r_hat_f_max": 1.0 + 0.03 * t,
+                         "ess_f_min": 50.0, "r_hat_w_max": 3.0, "divergent": 0, "accept_rate": 0.8,
+                         "rhat_flag": 1.0 + 0.03 * t > nfl.RHAT_FLAG})
+            recs.append({**base, "method": "mfvi", "lpd": b + 0.1 * seed})
+    return recs
+
+
+def test_paired_differences_are_per_task_with_a_t_interval():
+    from scipy import stats
+
+    paired = nfl.paired_differences(_fake_records())
+    assert list(paired) == ["mfvi"]
+    d = np.array([1.0, 2.0, 3.0, 4.0])  # per-task differences, seed effects cancel in the pairing
+    half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2.0
+    got = paired["mfvi"]["lpd"]
+    np.testing.assert_allclose([got["mean"], got["lo"], got["hi"]], [2.5, 2.5 - half, 2.5 + half], rtol=1e-12)
+    assert got["tasks"] == 4 and paired["mfvi"]["mae"]["mean"] == 0.0
+    assert nfl.paired_differences([r for r in _fake_records() if r["method"] != "nuts"]) == {}
+
+
+def test_report_flags_unconverged_nuts_tasks():
+    recs = _fake_records()
+    s = dict(tasks=4, seeds=2, nuts_chains=4, nuts_warmup=10, nuts_samples=10)
+    md = nfl.table(nfl.aggregate(recs), s, nfl.paired_differences(recs), recs)
+    assert "Paired difference to NUTS over 4 tasks" in md and "| mfvi | +2.500 [" in md
+    assert md.count("**R-hat**") == 4  # tasks 2 and 3 (R-hat 1.06, 1.09) in both seeds
+    assert "Flagged (seed, task): [(0, 2), (0, 3), (1, 2), (1, 3)]" in md
+
+
+def test_function_space_r_hat_sees_chains_that_disagree(x64):
+    """Two chains around different weights give a large function R-hat; chains from one
+    distribution give about 1 (no NUTS run needed: the diagnostics read the draws)."""
+    from bnnp_jax.inference import model as bnn
+    from bnnp_jax.inference import nuts
+
+    model = bnn.fixed_prior_model([1, 1], "relu", 0.1)
+    rng = np.random.default_rng(0)
+    x = np.linspace(-1.0, 1.0, 5)[:, None]
+    noise = 0.05 * rng.normal(size=(2, 400, 2))
+    same = nuts.NUTSResult(jnp.asarray(noise + np.array([1.0, 0.0])), model, None)
+    apart = nuts.NUTSResult(jnp.asarray(noise + np.array([[[1.0, 0.0]], [[-1.0, 0.0]]])), model, None)
+    r_same = nuts.function_diagnostics(same, x)
+    r_apart = nuts.function_diagnostics(apart, x)
+    assert r_same["r_hat"].shape == (5, 1) and r_same["ess"].shape == (5, 1)
+    assert np.all(r_same["r_hat"] < 1.02) and np.all(r_same["ess"] > 300)
+    assert np.all(r_apart["r_hat"][x[:, 0] != 0] > 2.0)

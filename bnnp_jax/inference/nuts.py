@@ -21,7 +21,8 @@ import numpy as np
 
 from bnnp_jax.inference import model as bnn
 
-__all__ = ["NUTSDiagnostics", "NUTSResult", "potential_fn", "summarise", "fit", "flat_samples", "predict"]
+__all__ = ["NUTSDiagnostics", "NUTSResult", "potential_fn", "summarise", "fit", "flat_samples", "predict",
+           "function_diagnostics"]
 
 Array = jax.Array
 
@@ -140,3 +141,21 @@ def predict(key: Array, result: NUTSResult, x_test: Array, num_samples: int) -> 
     pool = flat_samples(result)
     idx = jax.random.choice(key, pool.shape[0], (num_samples,), replace=num_samples > pool.shape[0])
     return bnn.forward_flat(result.model, pool[idx], x_test)
+
+
+def function_diagnostics(result: NUTSResult, x: Array) -> dict:
+    """Split R-hat and ESS of the network's output ``f(x)`` at ``x [N, D_0]``, every draw of every
+    chain -> ``{"r_hat": [N, D_L], "ess": [N, D_L]}`` (NaN where too few draws).
+
+    Why function space: a BNN's posterior has exactly equivalent weight modes (hidden units
+    permuted or sign-flipped), between which chains never mix, so weight-space R-hat is large even
+    when every chain predicts the same; what a prediction needs is agreement of ``f``."""
+    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+
+    c, s, p = result.samples.shape
+    f = np.asarray(bnn.forward_flat(result.model, result.samples.reshape(c * s, p), x)).reshape(c, s, -1)
+    nan = np.full(f.shape[-1], np.nan)
+    r_hat = split_gelman_rubin(f) if s >= 4 else nan
+    ess = effective_sample_size(f) if s >= 2 else nan
+    shape = (x.shape[0], -1)
+    return {"r_hat": np.asarray(r_hat).reshape(shape), "ess": np.asarray(ess).reshape(shape)}
