@@ -10,6 +10,10 @@
   re-fits only the input-unit or only the output-unit codes through a boolean
   mask over the code pytree; masked-out codes are selected with ``jnp.where``
   and so stay bit-identical.
+- Code variants (``MetaPriorConfig.codes``): ``point`` codes are fitted, illated and
+  masked like the means of ``Q(Z)`` (there is no ``log_std``, no code prior and so no
+  ``prior='posterior'`` illation); ``one_hot`` has no codes, so there is nothing to
+  illate (ValueError) and no E-phase for ``em_period`` (ValueError).
 
 Training runs ``lax.scan`` over chunks of steps inside one jitted function
 (cached on the static config) with a tqdm bar over chunks.
@@ -63,20 +67,26 @@ class FitConfig:
                              f"{self.lr}, {self.batch_size}, {self.em_period}, {self.kl_warmup}")
 
 
-def code_mask(codes: mp.Codes, which: str = "all") -> mp.Codes:
-    """Boolean mask pytree (scalar per leaf) marking the codes to re-fit.
+def code_mask(codes: mp.Codes | None, which: str = "all") -> mp.Codes | None:
+    """Boolean mask pytree (scalar per leaf) marking the codes to re-fit, with the structure
+    of ``codes`` (``log_std`` None for point codes; ``codes=None``, one-hot, gives None).
 
     ``which``: ``all`` | ``input`` (layer 0) | ``output`` (layer L) | ``hidden``
     (layers 1..L-1) | ``none``. The global code is trainable only under ``all``.
     """
     if which not in CODE_SUBSETS:
         raise ValueError(f"which must be one of {CODE_SUBSETS}, got {which!r}")
+    if codes is None:
+        return None
     last = len(codes.units) - 1
     pick = {"all": lambda l: True, "input": lambda l: l == 0, "output": lambda l: l == last,
             "hidden": lambda l: 0 < l < last, "none": lambda l: False}[which]
-    units = tuple(mp.CodeQ(jnp.asarray(pick(l)), jnp.asarray(pick(l))) for l in range(len(codes.units)))
-    g = jnp.asarray(which == "all")
-    return mp.Codes(units, mp.CodeQ(g, g))
+
+    def like(q: mp.CodeQ, on: bool) -> mp.CodeQ:
+        return mp.CodeQ(jnp.asarray(on), None if q.log_std is None else jnp.asarray(on))
+
+    units = tuple(like(q, pick(l)) for l, q in enumerate(codes.units))
+    return mp.Codes(units, like(codes.glob, which == "all"))
 
 
 def _select(pred, new, old):
@@ -167,10 +177,20 @@ def fit(key: Array, params: mp.MetaPriorParams, config: mp.MetaPriorConfig, fcfg
         train_model: bool = True, code_prior: mp.Codes | None = None, progress: bool = True,
         desc: str = "metaprior") -> tuple:
     """Maximise the ELBO. ``x [N, D_0]``, ``y [N, D_L]`` or labels ``[N]``, ``weight [N]``
-    (padding mask); ``code_prior`` replaces ``p(Z) = N(0, I)``.
+    (padding mask); ``code_prior`` replaces ``p(Z) = N(0, I)`` (``codes='latent'`` only).
+    ``codes='one_hot'`` needs ``train_model=True`` and ``em_period=0`` (it has no codes).
     Returns ``(params, elbo_per_point [steps])``."""
     if x.ndim != 2 or x.shape[1] != config.widths[0]:
         raise ValueError(f"x must be [N, {config.widths[0]}], got {x.shape}")
+    if config.codes == "one_hot" and not train_model:
+        raise ValueError("train_model=False fits only the codes, and codes='one_hot' has none to fit")
+    if config.codes == "one_hot" and fcfg.em_period:
+        raise ValueError(f"em_period must be 0 with codes='one_hot' (no codes for the E-phase), got {fcfg.em_period}")
+    if code_prior is not None and config.codes != "latent":
+        raise ValueError(f"code_prior needs codes='latent', got codes={config.codes!r}")
+    if (params.codes is None) != (config.codes == "one_hot"):
+        raise ValueError(f"params.codes must be None exactly when codes='one_hot' (config.codes={config.codes!r}); "
+                         f"were params made by init with this config?")
     weight = jnp.ones(x.shape[0], x.dtype) if weight is None else jnp.asarray(weight, x.dtype)
     mask = code_mask(params.codes, which_codes)
     opt = _optimizer(fcfg)
@@ -190,9 +210,17 @@ def illate(key: Array, params: mp.MetaPriorParams, config: mp.MetaPriorConfig, f
     task with the hypernetwork fixed, starting from ``params.codes`` (paper sec. 4, 6).
     ``prior``: ``standard`` keeps the paper's ``p(Z) = N(0, I)``; ``posterior`` uses the
     starting ``Q(Z)`` as the new task's prior (a sequential Bayesian update).
+    ``codes='point'``: re-fits the point estimates (maximum likelihood; ``prior`` must be
+    ``standard``, which then means no prior). ``codes='one_hot'`` cannot be illated (ValueError).
     Returns ``(params, elbo_per_point [steps])``; ``params.hyper`` is returned unchanged."""
     if prior not in ("standard", "posterior"):
         raise ValueError(f"prior must be 'standard' or 'posterior', got {prior!r}")
+    if config.codes == "one_hot":
+        raise ValueError("codes='one_hot' cannot be illated: its codes are fixed one-hot vectors and g is frozen "
+                         "during illation, so nothing would be re-fitted")
+    if prior == "posterior" and config.codes != "latent":
+        raise ValueError(f"prior='posterior' needs codes='latent' (codes={config.codes!r} has no Q(Z) to use as "
+                         f"a prior)")
     code_prior = params.codes if prior == "posterior" else None
     return fit(key, params, config, fcfg, x, y, weight, which_codes=which, train_model=False,
                code_prior=code_prior, progress=progress, desc=f"illate[{which}]")

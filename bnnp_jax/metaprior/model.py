@@ -21,6 +21,22 @@ minibatches are scaled by ``N / B``.
 
 Networks follow SPEC section 2: ``W_l [D_{l-1}+1, D_l]``, bias row last,
 ``a_l = [act(a_{l-1}), 1] W_l`` with identity before the first layer.
+
+Code variants (``MetaPriorConfig.codes``; paper sec. 5.3):
+
+- ``latent`` (paper: Gaussian-LV, the default): ``Q(Z)`` as above, the ELBO above.
+- ``point`` (maximum-likelihood codes): every code is a learned point estimate
+  (``CodeQ.log_std`` is ``None``); no code is sampled, there is no code prior and
+  no code KL, so the objective is ``E_p(W|Z) log p(D|W)`` at those codes.
+- ``one_hot`` (paper: Gaussian-OH): unit ``u`` of layer ``l`` has the fixed code
+  ``e_{o_l + u}``, one-hot over all ``U = sum_l D_l`` units of the network
+  (``o_l = D_0 + ... + D_{l-1}``); nothing about codes is learned or sampled
+  (``MetaPriorParams.codes`` is ``None``) and there is no code KL. The split
+  first layer of ``g`` is then a learned embedding lookup (``HyperNet.num_units``):
+  receiver ``i`` contributes row ``o_l + i`` of ``A``, sender ``j`` row
+  ``o_{l-1} + j`` of ``B``. ``ZSample.units[l]`` holds the unit indices ``[D_l]``.
+  No global code (a one-hot code of a single global entity is a constant, which
+  ``A``'s bias already provides); ``code_dim`` and ``init_code_std`` are unused.
 """
 
 from __future__ import annotations
@@ -39,14 +55,16 @@ from bnnp_jax.core import networks
 from bnnp_jax.core.networks import activation_fn, forward
 from bnnp_jax.metaprior.hypernet import HyperNet
 
-__all__ = ["HEADS", "LIKELIHOODS", "MetaPriorConfig", "CodeQ", "Codes", "ZSample", "MetaPriorParams",
-           "init", "code_kl", "split_normal", "sample_codes", "mean_codes", "noise_shapes",
+__all__ = ["HEADS", "LIKELIHOODS", "CODES", "MetaPriorConfig", "CodeQ", "Codes", "ZSample", "MetaPriorParams",
+           "init", "code_kl", "split_normal", "sample_codes", "mean_codes", "one_hot_codes", "point_codes",
+           "draw_codes", "noise_shapes",
            "weight_moments", "weights_from_noise", "sample_weights", "lrt_forward", "sigma_y",
            "log_likelihood", "elbo", "predict", "predictive_probs"]
 
 Array = jax.Array
 HEADS = ("gaussian", "implicit")
 LIKELIHOODS = ("gaussian", "categorical")
+CODES = ("latent", "one_hot", "point")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +72,8 @@ class MetaPriorConfig:
     """Static settings (hashable, so it can be a jit static argument).
 
     ``widths = (D_0, ..., D_L)``; ``sigma_y`` fixes the regression noise (None
-    learns it); ``init_code_std`` is the initial std of ``Q(Z)``.
+    learns it); ``init_code_std`` is the initial std of ``Q(Z)``; ``codes`` picks the
+    code variant, ``latent`` | ``one_hot`` | ``point`` (module docstring).
     """
 
     widths: tuple[int, ...]
@@ -70,6 +89,7 @@ class MetaPriorConfig:
     init_code_std: float = 0.1
     init_weight_log_std: float = -1.0
     fan_in_scaling: bool = True
+    codes: str = "latent"
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -86,6 +106,11 @@ class MetaPriorConfig:
             raise ValueError(f"noise_dim must be >= 1 for the implicit head, got {self.noise_dim}")
         if self.sigma_y is not None and self.sigma_y <= 0:
             raise ValueError(f"sigma_y must be positive or None, got {self.sigma_y}")
+        if self.codes not in CODES:
+            raise ValueError(f"codes must be one of {CODES}, got {self.codes!r}")
+        if self.codes == "one_hot" and self.global_dim:
+            raise ValueError(f"global_dim must be 0 with codes='one_hot' (a one-hot code of one global entity is "
+                             f"a constant, already g's first-layer bias), got {self.global_dim}")
         activation_fn(self.activation)
         activation_fn(self.hyper_activation)
 
@@ -97,37 +122,47 @@ class MetaPriorConfig:
     def num_layers(self) -> int:
         return len(self.widths) - 1
 
+    @property
+    def num_units(self) -> int:
+        """``U = D_0 + ... + D_L``, the one-hot code width of ``codes='one_hot'``."""
+        return sum(self.widths)
+
     def hypernet(self) -> HyperNet:
         return HyperNet(hidden=self.hyper_hidden, out_features=2 if self.head == "gaussian" else 1,
                         activation=self.hyper_activation, use_global=self.global_dim > 0,
-                        noise_dim=self.noise_dim if self.head == "implicit" else 0)
+                        noise_dim=self.noise_dim if self.head == "implicit" else 0,
+                        num_units=self.num_units if self.codes == "one_hot" else 0)
 
 
 class CodeQ(NamedTuple):
-    """Diagonal Gaussian over a block of codes: ``mean, log_std [U, K]`` (or ``[G]``)."""
+    """Diagonal Gaussian over a block of codes: ``mean, log_std [U, K]`` (or ``[G]``).
+    ``log_std`` is ``None`` for point-estimated codes (``codes='point'``)."""
 
     mean: Array
-    log_std: Array
+    log_std: Array | None
 
 
 class Codes(NamedTuple):
-    """``Q(Z)``: one :class:`CodeQ` per layer ``0..L`` (``[D_l, K]``) and the global one ``[G]``."""
+    """``Q(Z)``: one :class:`CodeQ` per layer ``0..L`` (``[D_l, K]``) and the global one ``[G]``
+    (the point estimates, for ``codes='point'``)."""
 
     units: tuple[CodeQ, ...]
     glob: CodeQ
 
 
 class ZSample(NamedTuple):
-    """One draw (or the mean) of all codes: ``units[l] [D_l, K]``, ``glob [G]``."""
+    """One draw (or the mean) of all codes: ``units[l] [D_l, K]``, ``glob [G]``; for
+    ``codes='one_hot'``, ``units[l]`` holds the unit indices ``[D_l]`` (int32) and ``glob [0]``."""
 
     units: tuple[Array, ...]
     glob: Array
 
 
 class MetaPriorParams(NamedTuple):
-    """Everything trainable: ``codes`` (Q(Z)), ``hyper`` (flax params of g), ``raw_sigma [D_L]``."""
+    """Everything trainable: ``codes`` (Q(Z); ``None`` for ``codes='one_hot'``), ``hyper`` (flax
+    params of g), ``raw_sigma [D_L]``."""
 
-    codes: Codes
+    codes: Codes | None
     hyper: dict
     raw_sigma: Array
 
@@ -135,29 +170,38 @@ class MetaPriorParams(NamedTuple):
 @partial(jax.jit, static_argnames=("config", "dtype"))
 def init(key: Array, config: MetaPriorConfig, dtype=jnp.float32) -> MetaPriorParams:
     """Code means from the prior ``N(0, I)`` (distinct codes break the unit symmetry),
-    code stds ``init_code_std``, hypernetwork from flax's initialisers with the
-    log-std head bias at ``init_weight_log_std``."""
+    code stds ``init_code_std`` (``codes='point'``: the same means, no stds; ``one_hot``:
+    no codes), hypernetwork from flax's initialisers with the log-std head bias at
+    ``init_weight_log_std``."""
     k_codes, k_glob, k_hyper = jax.random.split(key, 3)
     keys = jax.random.split(k_codes, len(config.widths))
     log_sd = math.log(config.init_code_std)
-    units = tuple(CodeQ(jax.random.normal(k, (w, config.code_dim), dtype), jnp.full((w, config.code_dim), log_sd, dtype))
+    point = config.codes == "point"
+    units = tuple(CodeQ(jax.random.normal(k, (w, config.code_dim), dtype),
+                        None if point else jnp.full((w, config.code_dim), log_sd, dtype))
                   for k, w in zip(keys, config.widths))
-    glob = CodeQ(jax.random.normal(k_glob, (config.global_dim,), dtype), jnp.full((config.global_dim,), log_sd, dtype))
-    z = mean_codes(Codes(units, glob))
+    glob = CodeQ(jax.random.normal(k_glob, (config.global_dim,), dtype),
+                 None if point else jnp.full((config.global_dim,), log_sd, dtype))
+    codes = None if config.codes == "one_hot" else Codes(units, glob)
+    z = one_hot_codes(config, dtype) if codes is None else mean_codes(codes)
     noise = jnp.zeros((1, 1, config.noise_dim), dtype) if config.head == "implicit" else None
     hyper = config.hypernet().init(k_hyper, *_hyper_inputs(config, z, 1, noise))
     hyper = jax.tree.map(lambda a: a.astype(dtype), hyper)
     if config.head == "gaussian":
         bias = hyper["params"]["head"]["bias"].at[1].set(config.init_weight_log_std)
         hyper = {"params": {**hyper["params"], "head": {**hyper["params"]["head"], "bias": bias}}}
-    return MetaPriorParams(Codes(units, glob), hyper, jnp.zeros((config.widths[-1],), dtype))
+    return MetaPriorParams(codes, hyper, jnp.zeros((config.widths[-1],), dtype))
 
 
 def code_kl(codes: Codes, prior: Codes | None = None) -> Array:
     """Closed-form ``KL(Q(Z) || p(Z))`` summed over all codes (scalar). With ``prior=None``,
     ``p = N(0, I)``: ``0.5 * sum(sigma^2 + mu^2 - 1 - 2 log sigma)``; otherwise ``p`` is another
     diagonal Gaussian (e.g. the trained ``Q(Z)`` as the prior of a new task):
-    ``0.5 * sum((sigma^2 + (mu - m)^2) / s^2 - 1 + 2 log(s / sigma))``."""
+    ``0.5 * sum((sigma^2 + (mu - m)^2) / s^2 - 1 + 2 log(s / sigma))``.
+    Point-estimated codes (``log_std`` None) have no KL: ValueError."""
+    if codes is None or any(q.log_std is None for q in list(codes.units) + [codes.glob]):
+        raise ValueError("codes must be a Q(Z) with log_std (codes='latent'); point and one-hot codes have no KL")
+
     def kl(q: CodeQ, p: CodeQ | None) -> Array:
         if p is None:
             return jnp.sum(diag_normal_kl(q.mean, jnp.exp(q.log_std), 0.0, 1.0))
@@ -176,7 +220,10 @@ def split_normal(key: Array, shapes: list[tuple], sample_shape: tuple = (), dtyp
 
 
 def sample_codes(key: Array, codes: Codes, sample_shape: tuple = ()) -> ZSample:
-    """Reparameterised draws ``z = mu + sigma * eps`` of every code, with leading ``sample_shape``."""
+    """Reparameterised draws ``z = mu + sigma * eps`` of every code, with leading ``sample_shape``
+    (``codes='latent'``; :func:`draw_codes` serves every variant)."""
+    if any(q.log_std is None for q in list(codes.units) + [codes.glob]):
+        raise ValueError("codes are point estimates (log_std is None): nothing to sample; use draw_codes")
     qs = list(codes.units) + [codes.glob]
     eps = split_normal(key, [q.mean.shape for q in qs], sample_shape, codes.glob.mean.dtype)
     z = [q.mean + jnp.exp(q.log_std) * e for q, e in zip(qs, eps)]
@@ -184,7 +231,37 @@ def sample_codes(key: Array, codes: Codes, sample_shape: tuple = ()) -> ZSample:
 
 
 def mean_codes(codes: Codes) -> ZSample:
+    """The means of ``Q(Z)`` (or the point estimates): ``units[l] [D_l, K]``, ``glob [G]``."""
     return ZSample(tuple(q.mean for q in codes.units), codes.glob.mean)
+
+
+def one_hot_codes(config: MetaPriorConfig, dtype=jnp.float32) -> ZSample:
+    """The fixed codes of ``codes='one_hot'`` as unit indices: ``units[l] = o_l + arange(D_l)``
+    (int32, ``o_l = D_0 + ... + D_{l-1}``), ``glob`` empty ``[0]`` of ``dtype``."""
+    offsets = itertools.accumulate((0,) + config.widths[:-1])
+    return ZSample(tuple(jnp.arange(o, o + w, dtype=jnp.int32) for o, w in zip(offsets, config.widths)),
+                   jnp.zeros((0,), dtype))
+
+
+def point_codes(params: MetaPriorParams, config: MetaPriorConfig) -> ZSample:
+    """The codes the network uses without sampling: ``Q(Z)``'s means (``latent``), the point
+    estimates (``point``) or the unit indices (``one_hot``)."""
+    if config.codes == "one_hot":
+        if params.codes is not None:
+            raise ValueError("params.codes must be None for codes='one_hot' (the codes are fixed)")
+        return one_hot_codes(config, params.raw_sigma.dtype)
+    if params.codes is None:
+        raise ValueError(f"params.codes is None but config.codes={config.codes!r} needs codes")
+    return mean_codes(params.codes)
+
+
+def draw_codes(key: Array, params: MetaPriorParams, config: MetaPriorConfig, sample_shape: tuple = ()) -> ZSample:
+    """Codes for ``sample_shape`` forward passes: reparameterised draws from ``Q(Z)`` (``latent``),
+    or :func:`point_codes` broadcast to ``sample_shape`` (``point``, ``one_hot``: no sampling)."""
+    if config.codes == "latent":
+        return sample_codes(key, params.codes, sample_shape)
+    z = point_codes(params, config)
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, tuple(sample_shape) + a.shape), z)
 
 
 def _hyper_inputs(config: MetaPriorConfig, z: ZSample, layer: int, noise: Array | None = None) -> tuple:
@@ -277,10 +354,14 @@ def elbo(key: Array, params: MetaPriorParams, config: MetaPriorConfig, x: Array,
     weights (padding mask; default ones), ``scale = N / B`` for minibatches.
     The Monte-Carlo average uses ``num_samples`` draws of ``Z`` (and of ``W``).
     ``code_prior`` replaces ``p(Z) = N(0, I)`` by a diagonal Gaussian (see :func:`code_kl`).
+    ``codes='point'`` / ``'one_hot'``: the codes are not sampled and there is no code KL, so
+    the two returned values are equal.
     """
+    if code_prior is not None and config.codes != "latent":
+        raise ValueError(f"code_prior needs codes='latent' (codes={config.codes!r} has no code prior)")
     weight = jnp.ones(x.shape[0], x.dtype) if weight is None else weight
     k_z, k_w = jax.random.split(key)
-    z = sample_codes(k_z, params.codes, (num_samples,))
+    z = draw_codes(k_z, params, config, (num_samples,))
     noise = split_normal(k_w, noise_shapes(config, x.shape[0]), (num_samples,), x.dtype)
 
     def one(zz: ZSample, e: list[Array]) -> Array:
@@ -288,6 +369,8 @@ def elbo(key: Array, params: MetaPriorParams, config: MetaPriorConfig, x: Array,
         return jnp.sum(weight * log_likelihood(out, y, params, config))
 
     ell = scale * jnp.mean(jax.vmap(one)(z, noise))
+    if config.codes != "latent":
+        return ell, ell
     return ell - code_kl(params.codes, code_prior), ell
 
 
@@ -298,7 +381,7 @@ def predict(key: Array, params: MetaPriorParams, config: MetaPriorConfig, x: Arr
     Pass ``z`` (one unbatched draw) to clamp the codes, e.g. to :func:`mean_codes`;
     ``weight_noise=False`` uses the Gaussian head's mean weights."""
     k_z, k_w = jax.random.split(key)
-    zs = sample_codes(k_z, params.codes, (num_samples,)) if z is None else \
+    zs = draw_codes(k_z, params, config, (num_samples,)) if z is None else \
         jax.tree.map(lambda a: jnp.broadcast_to(a, (num_samples,) + a.shape), z)
     use_noise = weight_noise or config.head == "implicit"
     noise = split_normal(k_w, noise_shapes(config), (num_samples,), x.dtype) if use_noise else None
