@@ -91,15 +91,29 @@ def _mf_acc(key, params, bcfg, x, y, s) -> dict:
 
 def _code_geometry(codes: mp.Codes, x_tr: np.ndarray, dim: float = 0.05) -> dict:
     """Paper fig. 4c claim: rarely lit (border) input pixels share codes. Mean distance of the
-    input code means to their group centroid and mean code std, for pixels whose mean training
-    intensity is below ``dim`` vs the others."""
-    m, sd = np.asarray(codes.units[0].mean), np.exp(np.asarray(codes.units[0].log_std))
+    input code means to their group centroid and mean code std (latent codes only), for pixels
+    whose mean training intensity is below ``dim`` vs the others."""
+    m = np.asarray(codes.units[0].mean)
     rare = x_tr.mean(0) < dim
     spread = lambda a: float(np.linalg.norm(a - a.mean(0), axis=1).mean()) if len(a) else float("nan")
-    return {"num_dim_pixels": int(rare.sum()), "num_never_lit_pixels": int((x_tr.max(0) == 0).sum()),
-            "input_code_spread_dim": spread(m[rare]), "input_code_spread_lit": spread(m[~rare]),
-            "input_code_std_dim": float(sd[rare].mean()) if rare.any() else float("nan"),
-            "input_code_std_lit": float(sd[~rare].mean())}
+    out = {"num_dim_pixels": int(rare.sum()), "num_never_lit_pixels": int((x_tr.max(0) == 0).sum()),
+           "input_code_spread_dim": spread(m[rare]), "input_code_spread_lit": spread(m[~rare])}
+    if codes.units[0].log_std is not None:
+        sd = np.exp(np.asarray(codes.units[0].log_std))
+        out.update(input_code_std_dim=float(sd[rare].mean()) if rare.any() else float("nan"),
+                   input_code_std_lit=float(sd[~rare].mean()))
+    return out
+
+
+def _code_summary(params: mp.MetaPriorParams, x_tr: np.ndarray) -> dict:
+    """Code statistics of a trained model: per-layer mean code std (latent codes) and the input-code
+    geometry (latent and point codes); one-hot codes are fixed, so there is nothing to report."""
+    if params.codes is None:
+        return {}
+    out = _code_geometry(params.codes, x_tr)
+    if params.codes.units[0].log_std is not None:
+        out["code_std_per_layer"] = [float(jnp.exp(q.log_std).mean()) for q in params.codes.units]
+    return out
 
 
 def _plot_codes(path: Path, p0: mp.MetaPriorParams, params: mp.MetaPriorParams, x_tr: np.ndarray, side: int,
@@ -130,19 +144,18 @@ def _plot_codes(path: Path, p0: mp.MetaPriorParams, params: mp.MetaPriorParams, 
 
 def run_digits(cfg: ExperimentConfig, out: Path, mnist: str | None = None) -> dict:
     """One hidden layer, K = 10: test (and validation) accuracy of MetaPrior and MF-VI, and the
-    map of the codes. With ``n_val > 0`` the models are fitted on the training images less
-    the validation split."""
+    map of the codes (not for ``model.codes = one_hot``, whose codes are fixed). With
+    ``n_val > 0`` the models are fitted on the training images less the validation split."""
     out.mkdir(parents=True, exist_ok=True)
     x_all, y_all, x_te, y_te, side = load_data(cfg.seed, cfg.n_train, cfg.n_test, mnist)
     x_tr, y_tr, x_va, y_va = hold_out(cfg.seed, x_all, y_all, cfg.n_val)
     m = train_both(cfg, (x_tr, y_tr, x_te, y_te, side))
     key = jax.random.PRNGKey(cfg.seed + 1)
     results = {"dataset": "mnist" if mnist else "sklearn-digits-8x8", "n_train": len(x_tr), "n_val": len(x_va),
-               "n_test": len(x_te),
+               "n_test": len(x_te), "codes": m["mcfg"].codes,
                "metaprior": {**_mp_acc(key, m["params"], m["mcfg"], x_te, y_te, cfg.eval_samples),
                              "final_elbo_per_point": final_elbo(m["trace"]),
-                             "code_std_per_layer": [float(jnp.exp(q.log_std).mean()) for q in m["params"].codes.units],
-                             **_code_geometry(m["params"].codes, x_tr)},
+                             **_code_summary(m["params"], x_tr)},
                "mfvi": {**_mf_acc(key, m["mfp"], m["bcfg"], x_te, y_te, cfg.eval_samples),
                         "final_elbo_per_point": final_elbo(m["mf_trace"])}}
     if len(y_va):
@@ -150,7 +163,8 @@ def run_digits(cfg: ExperimentConfig, out: Path, mnist: str | None = None) -> di
                               ("mfvi", _mf_acc(key, m["mfp"], m["bcfg"], x_va, y_va, cfg.eval_samples))):
             results[name].update({f"val_{k}": v for k, v in metrics.items()})
     results["accuracy"] = results["metaprior"]["accuracy"]
-    _plot_codes(out / "digits_codes.png", m["p0"], m["params"], x_tr, side, cfg.seed)
+    if m["params"].codes is not None:
+        _plot_codes(out / "digits_codes.png", m["p0"], m["params"], x_tr, side, cfg.seed)
     return results
 
 

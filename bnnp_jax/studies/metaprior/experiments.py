@@ -27,16 +27,17 @@ import numpy as np
 import yaml
 
 from bnnp_jax.config import with_quick
-from bnnp_jax.metaprior.model import MetaPriorConfig
+from bnnp_jax.metaprior.model import CODES, MetaPriorConfig
 from bnnp_jax.metaprior.fit import FitConfig
 from bnnp_jax.metaprior.mfvi import MFConfig
 from bnnp_jax.studies.metaprior.mlp_baseline import MLPConfig
 
-__all__ = ["EXPERIMENTS", "VALIDATION_SPLIT", "CONFIG_DIR", "ExperimentConfig", "config_from_dict", "load_config",
+__all__ = ["EXPERIMENTS", "VALIDATION_SPLIT", "CODE_VARIANT_EXPERIMENTS", "CONFIG_DIR", "ExperimentConfig", "config_from_dict", "load_config",
            "write_results", "add_arguments", "run", "summarise", "main"]
 
 EXPERIMENTS = ("cubic", "moons", "digits", "fewshot", "prior")
 VALIDATION_SPLIT = ("moons", "digits")  # experiments whose data loader honours n_val
+CODE_VARIANT_EXPERIMENTS = ("digits",)  # experiments that run with model.codes other than latent
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 # MetaPriorConfig / MFConfig fields the experiment sets itself from the data.
 _DERIVED = {"widths", "likelihood"}
@@ -159,6 +160,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; "
                              "plain or .gz); default: sklearn's bundled 8x8 digits")
     parser.add_argument("--config", default=None, help="YAML config (default configs/metaprior_EXPERIMENT.yaml)")
+    parser.add_argument("--codes", default=None, choices=CODES,
+                        help="digits only: the MetaPrior's code variant, overriding the config's model.codes: "
+                             "latent (Gaussian-LV, default), one_hot (Gaussian-OH: fixed one-hot unit codes, g's "
+                             "first layer a learned embedding) or point (maximum-likelihood codes, no code KL)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,6 +187,14 @@ def run(args: argparse.Namespace) -> int:
         kwargs = {"mnist": args.mnist} if args.experiment in ("digits", "fewshot") else {}
     if args.seed is not None and args.seeds:
         raise ValueError("give --seed or --seeds, not both")
+    if getattr(args, "codes", None) is not None:
+        if args.experiment not in CODE_VARIANT_EXPERIMENTS:
+            raise ValueError(f"--codes applies to {CODE_VARIANT_EXPERIMENTS} only, not {args.experiment!r}")
+        cfg = dataclasses.replace(cfg, model={**cfg.model, "codes": args.codes})
+    if args.experiment != "prior" and cfg.model.get("codes", "latent") != "latent" \
+            and args.experiment not in CODE_VARIANT_EXPERIMENTS:
+        raise ValueError(f"model.codes = {cfg.model['codes']!r} is implemented for {CODE_VARIANT_EXPERIMENTS} only "
+                         f"(the other experiments read or illate Q(Z)), not {args.experiment!r}")
     if args.n_val is not None:
         if args.experiment == "prior":
             raise ValueError("--n-val does not apply to the prior study")
