@@ -68,6 +68,8 @@ def test_spread_inducing_inputs_cover_the_data():
     idx = np.asarray(givi.spread_subset(jax.random.PRNGKey(0), x, 4))
     assert len(set(idx.tolist())) == 4
     assert {0, 29} <= set(idx.tolist())  # after any first point, the next picks reach both ends
+    # NumPy data (as a study passes it) gives the same choice
+    np.testing.assert_array_equal(givi.spread_subset(jax.random.PRNGKey(0), np.asarray(x), 4), idx)
 
 
 def test_givi_reaches_the_exact_posterior_where_a_random_subset_bunched(x64):

@@ -139,6 +139,7 @@ def spread_subset(key, x: Array, num: int) -> Array:
     """Indices ``[num]`` of ``num <= N`` data points spread over ``x [N, D]``: farthest-point
     (k-centre) selection from a random first point, each next point the one farthest from
     those chosen."""
+    x = jnp.asarray(x)  # a NumPy x cannot be indexed by the scan's traced index
     first = jax.random.randint(key, (), 0, x.shape[0])
     dist = jnp.sum((x - x[first]) ** 2, -1)
 

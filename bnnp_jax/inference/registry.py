@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from bnnp_jax.inference import bnnp_methods, givi, nuts, vi
 
@@ -77,8 +78,8 @@ def _of(result: Any) -> Method:
 
 
 def fit(method: str, key: Array, model, x: Array, y: Array, **settings):
-    """Fit ``method`` (a key of :data:`METHODS`) on ``x [N, D_0]``, ``y [N, D_L]``."""
-    return _get(method).fit(key, model, x, y, **settings)
+    """Fit ``method`` (a key of :data:`METHODS`) on ``x [N, D_0]``, ``y [N, D_L]`` (JAX or NumPy arrays)."""
+    return _get(method).fit(key, model, jnp.asarray(x), jnp.asarray(y), **settings)
 
 
 def predict(key: Array, result, x_test: Array, num_samples: int) -> Array:
