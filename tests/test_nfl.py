@@ -3,6 +3,7 @@ metrics are finite and in range, and the three output files are written."""
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -116,3 +117,44 @@ def test_function_space_r_hat_sees_chains_that_disagree(x64):
     assert r_same["r_hat"].shape == (5, 1) and r_same["ess"].shape == (5, 1)
     assert np.all(r_same["r_hat"] < 1.02) and np.all(r_same["ess"] > 300)
     assert np.all(r_apart["r_hat"][x[:, 0] != 0] > 2.0)
+
+
+def _toy_tasks(n_tasks=3, n=6):
+    from types import SimpleNamespace
+
+    x = np.linspace(-1, 1, n_tasks * n).reshape(n_tasks, n, 1)
+    ctx = np.zeros((n_tasks, n)); ctx[:, :3] = 1.0
+    return SimpleNamespace(x=x, y=np.sin(3 * x), context=ctx, target=1.0 - ctx)
+
+
+def test_an_interrupted_study_resumes_to_the_same_records(tmp_path, monkeypatch):
+    """Records are appended as they are made; a resumed study keeps them and computes the rest
+    with the same keys, so its records equal an uninterrupted study's (wall times aside)."""
+    params = None  # fit_predict and the model are stubbed: this tests the bookkeeping
+    calls = []
+
+    def fake_fit_predict(key, method, model, params, data, s):
+        calls.append(method)
+        if len(calls) == 5 and interrupt["on"]:
+            raise KeyboardInterrupt
+        f = np.asarray(jax.random.normal(key, (s["num_samples"], data[2].shape[0], 1)))
+        return f, None
+
+    interrupt = {"on": False}
+    monkeypatch.setattr(nfl, "fit_predict", fake_fit_predict)
+    model = type("M", (), {"sigma_y": jnp.asarray([0.1])})()
+    monkeypatch.setattr("bnnp_jax.inference.model.from_bnnp", lambda p: model)
+    s = dict(tasks=3, seeds=2, methods=["bnnp_amortised", "mfvi"], nuts_warmup=1, nuts_samples=1, nuts_chains=1,
+             vi_steps=1, num_samples=4)
+    whole = nfl.evaluate(params, _toy_tasks(), s, progress=False, log=tmp_path / "a.jsonl")
+    interrupt["on"], calls[:] = True, []
+    with pytest.raises(KeyboardInterrupt):
+        nfl.evaluate(params, _toy_tasks(), s, progress=False, log=tmp_path / "b.jsonl")
+    assert len(nfl.load_records(tmp_path / "b.jsonl", s)) == 4
+    interrupt["on"] = False
+    resumed = nfl.evaluate(params, _toy_tasks(), s, progress=False, log=tmp_path / "b.jsonl")
+    assert len(calls) == 5 + 8  # the 4 kept records were not recomputed
+    drop = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+    assert drop(resumed) == drop(whole) and len(whole) == 12
+    with pytest.raises(ValueError, match="holds records made with"):
+        nfl.evaluate(params, _toy_tasks(), {**s, "vi_steps": 2}, progress=False, log=tmp_path / "b.jsonl")

@@ -28,13 +28,15 @@ weights, whose R-hat is large whenever chains sit in different permutation modes
 of the hidden units. A task whose function R-hat exceeds ``RHAT_FLAG`` is flagged
 in the table. Outputs in ``DIR`` (default ``RUN_DIR/nfl``): ``results.json``
 (settings, summaries and one record per seed, task and method), ``nfl_table.md``
-and ``nfl.png``.
+and ``nfl.png``; ``records.jsonl`` grows record by record, so ``--resume`` continues
+an interrupted study without recomputing what it holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -42,7 +44,7 @@ import jax
 import numpy as np
 
 __all__ = ["METHODS", "METRICS", "LABELS", "DEFAULTS", "QUICK", "RHAT_FLAG", "add_arguments", "settings",
-           "split_task", "fit_predict", "score", "nuts_record", "evaluate", "aggregate", "paired_differences",
+           "split_task", "fit_predict", "score", "nuts_record", "load_records", "evaluate", "aggregate", "paired_differences",
            "table", "plot", "run"]
 
 METHODS = ("nuts", "bnnp_amortised", "bnnp_per_task", "givi", "mfvi", "fcvi")
@@ -63,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name, value in DEFAULTS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"default {value} (quick {QUICK[name]})")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--resume", action="store_true",
+                   help="continue OUT/records.jsonl: records already there are kept, the rest are computed")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -136,8 +140,33 @@ def score(f: np.ndarray, sigma_y, y_t: np.ndarray) -> dict:
     }
 
 
-def evaluate(params, tasks, s: dict, progress: bool = True) -> list[dict]:
-    """One record per (seed, task, method)."""
+RESUMABLE_KEYS = ("nuts_warmup", "nuts_samples", "nuts_chains", "vi_steps", "num_samples")
+
+
+def load_records(log: Path, s: dict) -> list[dict]:
+    """Records already in ``log`` (JSON lines after a settings header), checked against ``s``:
+    the budgets must match; seeds, tasks and methods may grow. A line torn by a kill is dropped."""
+    lines = log.read_text().splitlines()
+    if not lines:
+        return []
+    header = json.loads(lines[0])
+    want = {k: s[k] for k in RESUMABLE_KEYS}
+    if header.get("settings") != want:
+        raise ValueError(f"--out: {log} holds records made with {header.get('settings')}, not {want}; "
+                         "choose another --out or the same settings")
+    records = []
+    for line in lines[1:]:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # the last line of a killed run
+    return records
+
+
+def evaluate(params, tasks, s: dict, progress: bool = True, log: Path | None = None) -> list[dict]:
+    """One record per (seed, task, method). With ``log`` (a JSON-lines file), each record is
+    appended and flushed as it is made, and records already there are kept, not recomputed:
+    an interrupted study resumes where it stopped, with the same keys, so the same numbers."""
     from tqdm import tqdm
 
     from bnnp_jax.inference import model as bnn
@@ -147,22 +176,39 @@ def evaluate(params, tasks, s: dict, progress: bool = True) -> list[dict]:
     sigma_y = np.asarray(model.sigma_y)
     n_tasks = min(s["tasks"], int(tasks.x.shape[0]))
     data = [split_task(tasks, t, dtype) for t in range(n_tasks)]
-    records = []
-    bar = tqdm(total=s["seeds"] * n_tasks * len(s["methods"]), disable=not progress, desc="nfl", dynamic_ncols=True)
-    for seed in range(s["seeds"]):
-        for t, d in enumerate(data):
-            for i, method in enumerate(s["methods"]):
-                key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), t), i)
-                tic = time.perf_counter()
-                f, fitted = fit_predict(key, method, model, params, d, s)
-                seconds = time.perf_counter() - tic
-                records.append({"seed": seed, "task": t, "method": method, "num_context": int(d[0].shape[0]),
-                                "num_target": int(d[2].shape[0]), **score(f, sigma_y, d[3]), "seconds": seconds,
-                                **(nuts_record(fitted, d[2]) if method == "nuts" else {})})
-                bar.set_postfix(method=method)
-                bar.update(1)
-    bar.close()
-    return records
+    records = load_records(log, s) if log is not None and log.exists() else []
+    done = {(r["seed"], r["task"], r["method"]) for r in records}
+    if log is not None and not log.exists():
+        log.write_text(json.dumps({"settings": {k: s[k] for k in RESUMABLE_KEYS}}) + "\n")
+    sink = open(log, "a") if log is not None else None
+    todo = [(seed, t, i, m) for seed in range(s["seeds"]) for t in range(n_tasks)
+            for i, m in enumerate(s["methods"]) if (seed, t, m) not in done]
+    bar = tqdm(total=len(todo), disable=not progress, desc="nfl", dynamic_ncols=True)
+    try:
+        for seed, t, i, method in todo:
+            d = data[t]
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), t), i)
+            tic = time.perf_counter()
+            f, fitted = fit_predict(key, method, model, params, d, s)
+            seconds = time.perf_counter() - tic
+            rec = {"seed": seed, "task": t, "method": method, "num_context": int(d[0].shape[0]),
+                   "num_target": int(d[2].shape[0]), **score(f, sigma_y, d[3]), "seconds": seconds,
+                   **(nuts_record(fitted, d[2]) if method == "nuts" else {})}
+            records.append(rec)
+            if sink is not None:
+                sink.write(json.dumps(rec) + "\n")
+                sink.flush()
+                os.fsync(sink.fileno())
+            bar.set_postfix(method=method)
+            bar.update(1)
+    finally:
+        bar.close()
+        if sink is not None:
+            sink.close()
+    keep = {(seed, t, m) for seed in range(s["seeds"]) for t in range(n_tasks) for m in s["methods"]}
+    order = {m: i for i, m in enumerate(s["methods"])}
+    return sorted((r for r in records if (r["seed"], r["task"], r["method"]) in keep),
+                  key=lambda r: (r["seed"], r["task"], order[r["method"]]))
 
 
 def aggregate(records: list[dict]) -> dict:
@@ -278,7 +324,11 @@ def run(args) -> int:
         raise ValueError(f"run_dir: nfl needs a BNNP run (a learned weight prior), got model {config.model!r}")
     out = Path(args.out) if args.out else run_dir / "nfl"
     out.mkdir(parents=True, exist_ok=True)
-    records = evaluate(params, heldout(config), s, progress=not args.no_progress)
+    log = out / "records.jsonl"
+    if log.exists() and not args.resume:
+        raise ValueError(f"--out: {out} already holds records ({log.name}); pass --resume to continue them, "
+                         "or choose another --out")
+    records = evaluate(params, heldout(config), s, progress=not args.no_progress, log=log)
     summary, paired = aggregate(records), paired_differences(records)
     (out / "results.json").write_text(json.dumps(
         {"run_dir": str(run_dir), "family": config.data.family, "settings": s, "summary": summary,
