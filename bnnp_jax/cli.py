@@ -27,7 +27,7 @@ STUDIES = {
 }
 
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "sawtooth_quick.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "main_job.yaml"
 
 
 class UsageError(Exception):
@@ -59,7 +59,7 @@ def _cmd_train(args) -> int:
     from bnnp_jax.training import loop as train
     from bnnp_jax.training.report import write_report
 
-    if args.config is None:  # the embedded default: a copy of configs/sawtooth_quick.yaml shipped in the wheel
+    if args.config is None:  # the embedded default: a copy of configs/main_job.yaml shipped in the wheel
         args.config = str(DEFAULT_CONFIG)
     config = run_config.override(run_config.load(args.config), steps=args.steps, seed=args.seed)
     _enable_dtype(config)
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="meta-train a BNNP from a YAML config", description="Meta-train a BNNP. "
                        "Writes config.yaml, checkpoints/, history.json, metrics.json and plots to the run directory.")
     t.add_argument("config", nargs="?", default=None,
-                   help="YAML config, e.g. configs/sawtooth.yaml (default: the embedded sawtooth_quick config)")
+                   help="YAML config, e.g. configs/sawtooth.yaml (default: the embedded main_job config, configs/main_job.yaml)")
     t.add_argument("--steps", type=int, help="override training.steps")
     t.add_argument("--seed", type=_seed, help="override training.seed")
     t.add_argument("--out", help="run directory (default: runs/CONFIG_NAME)")

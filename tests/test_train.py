@@ -201,12 +201,12 @@ def test_shipped_configs_load():
 
 
 def test_embedded_default_config_is_the_shipped_quick_config():
-    """`bnnp train` with no CONFIG uses a packaged copy of configs/sawtooth_quick.yaml; keep them equal."""
+    """`bnnp train` with no CONFIG uses a packaged copy of configs/main_job.yaml; keep them equal."""
     from pathlib import Path
 
     from bnnp_jax import cli
 
-    shipped = Path(__file__).resolve().parents[1] / "configs" / "sawtooth_quick.yaml"
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "main_job.yaml"
     assert cli.DEFAULT_CONFIG.read_text() == shipped.read_text()
     args = cli.build_parser().parse_args(["train"])
     assert args.config is None

@@ -17,7 +17,7 @@ from bnnp_jax.training.report import heldout, objective_terms, training_evaluato
 
 
 def _tiny_config():
-    cfg = run_config.load("bnnp_jax/configs/sawtooth_quick.yaml")
+    cfg = run_config.load("configs/sawtooth_quick.yaml")
     small = dataclasses.replace(cfg.bnnp, hidden=(4, 4))
     return dataclasses.replace(cfg, bnnp=small, training=dataclasses.replace(
         cfg.training, eval_tasks=3, eval_samples=4, plot_samples=16))
