@@ -37,8 +37,8 @@ import numpy as np
 
 from bnnp_jax.core.gaussian import Gaussian
 
-__all__ = ["PRIOR_KINDS", "SIDES", "STEP_SCALES", "fan_in_step_scale", "PriorParams", "init_layer", "init", "spread_hinges", "scale_tril",
-           "scale_std", "to_gaussian", "trainable_mask", "layer_factors"]
+__all__ = ["PRIOR_KINDS", "SIDES", "STEP_SCALES", "PriorParams", "init_layer", "init", "spread_hinges", "scale_tril",
+           "scale_std", "to_gaussian", "trainable_mask", "fan_in_step_scale", "layer_factors"]
 
 Array = jax.Array
 PRIOR_KINDS = ("unitwise", "diagonal", "shared")

@@ -93,7 +93,7 @@ def make_optimizer(config: RunConfig, mask: Any) -> optax.GradientTransformation
     mask_grads = optax.GradientTransformation(lambda p: optax.EmptyState(),
                                               lambda g, s, p=None: (jax.tree.map(jnp.multiply, g, mask), s))
     adam = optax.adam(schedule)
-    scale = models.weight_prior_step_scale(mask, t) if t.prior_step_scale != "none" else None
+    scale = models.weight_prior_step_scale(mask, t)  # None for prior_step_scale: none
     if scale is None:
         return optax.chain(mask_grads, adam)
 

@@ -37,7 +37,8 @@ from bnnp_jax.bnnp import model as bnnp
 from bnnp_jax.bnnp import objectives
 from bnnp_jax.priors import weight_prior as priors
 
-__all__ = ["Adapter", "weight_prior_mask", "weight_prior_step_scale", "ADAPTERS", "NAMES", "get", "for_params", "mixture_summary"]
+__all__ = ["Adapter", "weight_prior_mask", "weight_prior_step_scale", "ADAPTERS", "NAMES", "get", "for_params",
+           "mixture_summary"]
 
 Array = jax.Array
 
