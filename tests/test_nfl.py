@@ -158,3 +158,19 @@ def test_an_interrupted_study_resumes_to_the_same_records(tmp_path, monkeypatch)
     assert drop(resumed) == drop(whole) and len(whole) == 12
     with pytest.raises(ValueError, match="holds records made with"):
         nfl.evaluate(params, _toy_tasks(), {**s, "vi_steps": 2}, progress=False, log=tmp_path / "b.jsonl")
+
+
+def test_a_line_torn_by_a_kill_is_dropped_before_new_records_are_appended(tmp_path, monkeypatch):
+    monkeypatch.setattr(nfl, "fit_predict", lambda key, method, model, params, data, s: (
+        np.asarray(jax.random.normal(key, (s["num_samples"], data[2].shape[0], 1))), None))
+    model = type("M", (), {"sigma_y": jnp.asarray([0.1])})()
+    monkeypatch.setattr("bnnp_jax.inference.model.from_bnnp", lambda p: model)
+    s = dict(tasks=2, seeds=1, methods=["mfvi"], nuts_warmup=1, nuts_samples=1, nuts_chains=1, vi_steps=1,
+             num_samples=4)
+    log = tmp_path / "r.jsonl"
+    nfl.evaluate(None, _toy_tasks(), {**s, "tasks": 1}, progress=False, log=log)
+    with open(log, "a") as f:
+        f.write('{"seed": 0, "task": 1, "meth')  # a kill mid-write
+    out = nfl.evaluate(None, _toy_tasks(), s, progress=False, log=log)
+    assert [r["task"] for r in out] == [0, 1]
+    assert [r["task"] for r in nfl.load_records(log, s)] == [0, 1]

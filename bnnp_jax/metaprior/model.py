@@ -193,13 +193,18 @@ def init(key: Array, config: MetaPriorConfig, dtype=jnp.float32) -> MetaPriorPar
     return MetaPriorParams(codes, hyper, jnp.zeros((config.widths[-1],), dtype))
 
 
+def _point_estimates(codes: Codes) -> bool:
+    """True for point-estimated codes (``codes='point'``: no ``log_std`` anywhere)."""
+    return any(q.log_std is None for q in list(codes.units) + [codes.glob])
+
+
 def code_kl(codes: Codes, prior: Codes | None = None) -> Array:
     """Closed-form ``KL(Q(Z) || p(Z))`` summed over all codes (scalar). With ``prior=None``,
     ``p = N(0, I)``: ``0.5 * sum(sigma^2 + mu^2 - 1 - 2 log sigma)``; otherwise ``p`` is another
     diagonal Gaussian (e.g. the trained ``Q(Z)`` as the prior of a new task):
     ``0.5 * sum((sigma^2 + (mu - m)^2) / s^2 - 1 + 2 log(s / sigma))``.
     Point-estimated codes (``log_std`` None) have no KL: ValueError."""
-    if codes is None or any(q.log_std is None for q in list(codes.units) + [codes.glob]):
+    if codes is None or _point_estimates(codes):
         raise ValueError("codes must be a Q(Z) with log_std (codes='latent'); point and one-hot codes have no KL")
 
     def kl(q: CodeQ, p: CodeQ | None) -> Array:
@@ -222,7 +227,7 @@ def split_normal(key: Array, shapes: list[tuple], sample_shape: tuple = (), dtyp
 def sample_codes(key: Array, codes: Codes, sample_shape: tuple = ()) -> ZSample:
     """Reparameterised draws ``z = mu + sigma * eps`` of every code, with leading ``sample_shape``
     (``codes='latent'``; :func:`draw_codes` serves every variant)."""
-    if any(q.log_std is None for q in list(codes.units) + [codes.glob]):
+    if _point_estimates(codes):
         raise ValueError("codes are point estimates (log_std is None): nothing to sample; use draw_codes")
     qs = list(codes.units) + [codes.glob]
     eps = split_normal(key, [q.mean.shape for q in qs], sample_shape, codes.glob.mean.dtype)

@@ -44,8 +44,8 @@ import jax
 import numpy as np
 
 __all__ = ["METHODS", "METRICS", "LABELS", "DEFAULTS", "QUICK", "RHAT_FLAG", "add_arguments", "settings",
-           "split_task", "fit_predict", "score", "nuts_record", "load_records", "evaluate", "aggregate", "paired_differences",
-           "table", "plot", "run"]
+           "split_task", "fit_predict", "score", "nuts_record", "load_records", "evaluate", "aggregate",
+           "paired_differences", "table", "plot", "run"]
 
 METHODS = ("nuts", "bnnp_amortised", "bnnp_per_task", "givi", "mfvi", "fcvi")
 METRICS = ("lpd", "eld", "mae", "coverage", "seconds")
@@ -178,8 +178,13 @@ def evaluate(params, tasks, s: dict, progress: bool = True, log: Path | None = N
     data = [split_task(tasks, t, dtype) for t in range(n_tasks)]
     records = load_records(log, s) if log is not None and log.exists() else []
     done = {(r["seed"], r["task"], r["method"]) for r in records}
-    if log is not None and not log.exists():
-        log.write_text(json.dumps({"settings": {k: s[k] for k in RESUMABLE_KEYS}}) + "\n")
+    if log is not None:
+        # Rewrite header and kept records atomically: a line torn by a kill is dropped here,
+        # so new records never get appended onto it.
+        lines = [json.dumps({"settings": {k: s[k] for k in RESUMABLE_KEYS}})] + [json.dumps(r) for r in records]
+        tmp = log.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, log)
     sink = open(log, "a") if log is not None else None
     todo = [(seed, t, i, m) for seed in range(s["seeds"]) for t in range(n_tasks)
             for i, m in enumerate(s["methods"]) if (seed, t, m) not in done]

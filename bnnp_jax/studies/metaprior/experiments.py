@@ -32,7 +32,8 @@ from bnnp_jax.metaprior.fit import FitConfig
 from bnnp_jax.metaprior.mfvi import MFConfig
 from bnnp_jax.studies.metaprior.mlp_baseline import MLPConfig
 
-__all__ = ["EXPERIMENTS", "VALIDATION_SPLIT", "CODE_VARIANT_EXPERIMENTS", "CONFIG_DIR", "ExperimentConfig", "config_from_dict", "load_config",
+__all__ = ["EXPERIMENTS", "VALIDATION_SPLIT", "CODE_VARIANT_EXPERIMENTS", "CONFIG_DIR", "ExperimentConfig",
+           "config_from_dict", "load_config",
            "write_results", "add_arguments", "run", "summarise", "main"]
 
 EXPERIMENTS = ("cubic", "moons", "digits", "fewshot", "prior")
