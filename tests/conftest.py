@@ -5,6 +5,9 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see bnnp_jax/__init__.py
+# One OpenMP thread per xdist worker: scikit-learn's OpenMP loops (t-SNE in the digits
+# plot) spin-wait for a core the other worker holds, which made one test take minutes.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Compiling hundreds of small programs, not running them, is most of this suite's
 # time. XLA's backend optimisation passes are off here, which halves the compile

@@ -47,7 +47,7 @@ def test_step_scale_multiplies_adams_update_and_keeps_the_state_layout():
         cfg = _config(mode)
         state, opt = train.init_state(cfg)
         grads = jax.tree.map(lambda a: jnp.ones_like(a) * 0.3, state.params)
-        updates, new_opt = opt.update(grads, state.opt_state, state.params)
+        updates, new_opt = jax.jit(opt.update)(grads, state.opt_state, state.params)  # one dispatch, not one per op
         outs[mode] = (state.params, updates, new_opt)
     params, plain, opt_none = outs["none"]
     _, scaled, opt_fan = outs["fan_in"]
