@@ -50,13 +50,16 @@ def test_no_hidden_layer_exact_regression(x64):
     assert abs(elbo - float(blr.log_marginal_likelihood(phi, y, lam, prior))) < 5 * elbo_se
 
 
-@pytest.mark.parametrize("kw", [{}, {"prior_kind": "shared"}, {"inference_sees_activations": True}])
-def test_minibatched_equals_full_batch(x64, kw):
+# Both batch sizes leave a ragged last batch (37 = 7 x 5 + 2 = 2 x 16 + 5); each option
+# compiles every size anew, so the options run the many-batch size only.
+@pytest.mark.parametrize("kw,sizes", [({}, (5, 16)), ({"prior_kind": "shared"}, (5,)),
+                                      ({"inference_sees_activations": True}, (5,))])
+def test_minibatched_equals_full_batch(x64, kw, sizes):
     p = _params(**kw)
     x, y = _data(37)
     key = jax.random.PRNGKey(3)
     full = bnnp.posterior_samples(key, p, x, y, 4)
-    for bs in (5, 16):
+    for bs in sizes:
         mb = bnnp.posterior_samples(key, p, x, y, 4, batch_size=bs)
         chex.assert_trees_all_close(mb, full, rtol=1e-8, atol=1e-10)
 
@@ -103,7 +106,7 @@ def test_empty_context_is_prior(x64):
 def test_vmapped_terms_equal_loop(x64):
     from bnnp_jax.data.tasks import split, size_mask
 
-    p = _params()
+    p = _params(hidden=(5,))  # one hidden layer: the batching under test does not depend on depth
     key = jax.random.PRNGKey(5)
     x = jax.random.uniform(key, (3, 12, 1), jnp.float64, -2, 2)
     y = jnp.cos(x)
@@ -114,6 +117,8 @@ def test_vmapped_terms_equal_loop(x64):
     one_size = jax.jit(objectives.batch_terms, static_argnums=(3, 5))(key, p, batch, 4, None, 1)
     bucketed = jax.jit(objectives.batch_terms, static_argnums=(3, 5))(key, p, batch, 4, None, 4)
     sizes = objectives.context_sizes(batch.context_index.shape[1], 4)
+    used = {next(s for s in sizes if s >= int(c.sum())) for c in batch.context}
+    assert len(used) > 1  # the tasks take different branches of the switch
     for t in range(3):
         args = (keys[t], p, batch.x[t], batch.y[t], batch.context[t], batch.target[t], 4, None)
         size = next(s for s in sizes if s >= int(batch.context[t].sum()))
@@ -149,7 +154,7 @@ def test_options_shapes_and_lora_parameter_count():
     x, y = _data(10, x_dim=2, y_dim=2, dtype=jnp.float32)
     for kw in [{"prior_kind": "diagonal"}, {"prior_kind": "shared"}, {"final_layer": "exact"},
                {"inference_sees_activations": True}, {"lora_rank": 2}, {"sigma_y_bound": 1.0}]:
-        p = _params(x_dim=2, y_dim=2, dtype="float32", **kw)
+        p = _params(x_dim=2, y_dim=2, hidden=(5,), dtype="float32", **kw)  # each option compiles predict anew
         pred = bnnp.predict(jax.random.PRNGKey(0), p, x, y, x[:4], 3)
         assert pred.samples.shape == (3, 4, 2) and pred.samples.dtype == jnp.float32, kw
         assert np.all(np.isfinite(pred.samples)) and np.all(pred.variance > 0), kw
@@ -183,7 +188,9 @@ def test_prior_samples_from_an_ill_conditioned_learned_covariance(x64):
 
 
 def test_jit_matches_eager():
-    p = _params(dtype="float32")
+    # one hidden layer: op-by-op dispatch compiles each primitive per shape, and a second
+    # hidden layer adds shapes, not code paths
+    p = _params(dtype="float32", hidden=(5,))
     x, y = _data(12, dtype=jnp.float32)
     key = jax.random.PRNGKey(2)
     with jax.disable_jit():
