@@ -100,8 +100,7 @@ def per_task_linear_kl(result: PerTaskResult, targets: list) -> Array:
     """``KL(q || targets[0])`` in closed form for a model with no hidden layer, where the
     per-task ``q`` is one Bayesian linear regression on the data (SPEC section 4) -> scalar."""
     model, params = result.model, result.params
-    if model.num_layers != 1:
-        raise ValueError(f"result: a closed-form KL needs a model with no hidden layer, got widths {model.widths}")
+    bnn.require_no_hidden_layer(model, "result: a closed-form KL")
     q = blr.posterior(with_bias(result.x), result.y, _layer_precision(model, params, 0, result.y), model.prior_gaussians()[0])
     return jnp.sum(kl_divergence(q, targets[0]))
 

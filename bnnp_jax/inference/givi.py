@@ -129,8 +129,7 @@ def linear_kl(result: GIVIResult, targets: list) -> Array:
     """``KL(q || targets[0])`` in closed form for a model with no hidden layer, where GIVI's
     ``q`` is the one layer's :func:`layer_posterior` -> scalar."""
     model, p = result.model, result.params
-    if model.num_layers != 1:
-        raise ValueError(f"result: a closed-form KL needs a model with no hidden layer, got widths {model.widths}")
+    bnn.require_no_hidden_layer(model, "result: a closed-form KL")
     q = layer_posterior(with_bias(p.z), p.pseudo_y[0], p.prec_raw[0], model.prior_gaussians()[0])
     return jnp.sum(kl_divergence(q, targets[0]))
 

@@ -40,7 +40,7 @@ from bnnp_jax.core.networks import activation_fn, forward, with_bias
 __all__ = ["BNNModel", "make_model", "fixed_prior_model", "from_bnnp", "flatten", "unflatten",
            "units_to_weights", "forward", "forward_flat", "log_prior", "log_likelihood",
            "log_likelihood_from_output", "log_joint", "prior_sample", "numpyro_model", "exact_posterior",
-           "exact_log_evidence", "exact_posterior_samples"]
+           "exact_log_evidence", "exact_posterior_samples", "require_no_hidden_layer"]
 
 Array = jax.Array
 
@@ -236,9 +236,14 @@ def numpyro_model(model: BNNModel, x: Array, y: Array | None = None, mask: Array
 # ----- the exact case: no hidden layer -----------------------------------------
 
 
-def _linear_case(model: BNNModel, x: Array, y: Array):
+def require_no_hidden_layer(model: BNNModel, what: str) -> None:
+    """Raise unless ``model`` is one linear layer, where ``what`` has a closed form (SPEC section 4)."""
     if model.num_layers != 1:
-        raise ValueError(f"the exact posterior needs a model with no hidden layer, got widths {list(model.widths)}")
+        raise ValueError(f"{what} needs a model with no hidden layer, got widths {list(model.widths)}")
+
+
+def _linear_case(model: BNNModel, x: Array, y: Array):
+    require_no_hidden_layer(model, "the exact posterior")
     features = with_bias(x)  # [N, D]
     precision = jnp.broadcast_to(model.sigma_y**-2, y.shape)  # [N, O]
     return features, precision, model.prior_gaussians()[0]
