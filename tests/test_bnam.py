@@ -116,7 +116,6 @@ def test_prior_fraction_mask_applies_to_bnam(params):
     assert all(np.all(np.asarray(a) == 1.0) for a in jax.tree.leaves(mask.inference))
 
 
-@pytest.mark.slow
 def test_bnam_training_lowers_the_loss():
     cfg = dataclasses.replace(CFG, dtype="float32")
     config = run_config.RunConfig(model="bnam", data=run_config.DataConfig(n_range=(10, 20)), bnam=cfg,

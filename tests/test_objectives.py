@@ -19,9 +19,7 @@ def _setup(dtype=jnp.float64, dt="float64"):
     return p, batch
 
 
-# Every objective shares the layer code; the paper's (pp_avi) is checked by default, the others under -m slow.
-@pytest.mark.parametrize("name", [n if n == "pp_avi" else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in objectives.OBJECTIVES])
+@pytest.mark.parametrize("name", objectives.OBJECTIVES)
 def test_check_grads(x64, name):
     p, batch = _setup()
     fn = getattr(objectives, name)

@@ -70,7 +70,6 @@ def test_resume_is_bit_identical(tiny_config, full_run, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.slow  # a training subprocess; in-process resume identity and the SIGKILL test stay in the default suite
 def test_sigterm_stops_after_the_chunk_checkpoints_and_resumes_identically(tiny_config, full_run, tmp_path):
     """SIGTERM at step 15 (between the checkpoints at 10 and 20): the loop finishes the
     running chunk, writes a checkpoint and history.json at that step and returns; resuming
