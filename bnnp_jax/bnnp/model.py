@@ -26,21 +26,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from bnnp_jax.bnnp import amortised_layer
-from bnnp_jax.bnnp.params import (FINAL_LAYER_MODES, LAYER_FORMS, PSEUDO_PRECISIONS, BNNPConfig, BNNPParams,
-                                     init, raw_sigma, sigma_from_raw, sigma_y)
+from bnnp_jax.bnnp.params import (FINAL_LAYER_MODES, LAYER_FORMS, PRIOR_KINDS, PSEUDO_PRECISIONS, BNNPConfig,
+                                     BNNPParams, init, raw_sigma, sigma_from_raw, sigma_y)
 from bnnp_jax import validation
 from bnnp_jax.core import blr
 from bnnp_jax.core import blr_dual
 from bnnp_jax.bnnp.path import sample_layers
+from bnnp_jax.priors import metaprior_prior
 from bnnp_jax.priors import weight_prior as priors
 from bnnp_jax.core.gaussian import Gaussian, normal_log_prob
 from bnnp_jax.core.minibatch import batched_map, batched_sum
 from bnnp_jax.core import networks
 from bnnp_jax.core.networks import activation_fn, with_bias
 
-__all__ = ["FINAL_LAYER_MODES", "PSEUDO_PRECISIONS", "LAYER_FORMS", "BNNPConfig", "BNNPParams",
+__all__ = ["PRIOR_KINDS", "FINAL_LAYER_MODES", "PSEUDO_PRECISIONS", "LAYER_FORMS", "BNNPConfig", "BNNPParams",
            "PosteriorSamples", "Prediction", "init", "raw_sigma", "sigma_from_raw", "sigma_y", "forward", "minibatched", "layer_forms",
-           "sample_path", "layer_priors", "prior_factors", "masked_posterior", "masked_functions", "log_likelihood_sums",
+           "sample_path", "layer_priors", "prior_scale_trils", "prior_factors", "masked_posterior", "masked_functions", "log_likelihood_sums",
            "posterior_samples", "predict", "prior_samples"]
 
 Array = jax.Array
@@ -168,14 +169,32 @@ def sample_path(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, batch_
 
 def layer_priors(params: BNNPParams) -> list[Gaussian]:
     """The prior of every layer as precision-form Gaussians."""
-    return [priors.to_gaussian(p, params.config.prior_kind, params.config.prior_min_std) for p in params.prior]
+    cfg = params.config
+    if cfg.prior_kind == "metaprior":
+        return metaprior_prior.layer_priors(params.prior, cfg.widths, cfg.prior_min_std)
+    return [priors.to_gaussian(p, cfg.prior_kind, cfg.prior_min_std) for p in params.prior]
+
+
+def prior_scale_trils(params: BNNPParams, min_std: float | None = None) -> list[tuple[Array, Array]]:
+    """Every layer's prior as ``(mean [O, D], L [O|1, D, D])`` with covariance ``L L^T``
+    (:func:`priors.scale_tril`, :func:`metaprior_prior.scale_trils`), floored by ``min_std``
+    (default: the config's ``prior_min_std``)."""
+    cfg = params.config
+    min_std = cfg.prior_min_std if min_std is None else min_std
+    if cfg.prior_kind == "metaprior":
+        return metaprior_prior.scale_trils(params.prior, cfg.widths, min_std)
+    return [(p.mean, priors.scale_tril(p, cfg.prior_kind, min_std)) for p in params.prior]
 
 
 def prior_factors(params: BNNPParams, forms: Sequence[str] | None = None) -> list:
     """The prior of every layer as the primal sampler's factors (:func:`priors.layer_factors`),
-    or, for the layers whose entry of ``forms`` is ``dual``, as :class:`blr_dual.DualPrior`."""
+    or, for the layers whose entry of ``forms`` is ``dual``, as :class:`blr_dual.DualPrior`.
+    A ``metaprior`` prior gives :class:`blr.ScaleFactors` (the whitened form, as ``unitwise``)."""
     cfg = params.config
-    forms = ("primal",) * len(params.prior) if forms is None else tuple(forms)
+    forms = ("primal",) * (len(cfg.widths) - 1) if forms is None else tuple(forms)
+    if cfg.prior_kind == "metaprior":
+        return [blr.ScaleFactors(m, t) if f == "primal" else blr_dual.DualPrior(m, t)
+                for (m, t), f in zip(prior_scale_trils(params), forms)]
     primal = [p for p, f in zip(params.prior, forms) if f == "primal"]
     factors = iter(priors.layer_factors(primal, cfg.prior_kind, cfg.prior_min_std) if primal else [])
     return [next(factors) if f == "primal" else
@@ -245,13 +264,12 @@ def _prior_samples(key, params, num_samples) -> list:
     form: a learned covariance can be very ill-conditioned (``cond(L)`` of 1e11 after
     2000 steps of the paper's sawtooth run), and re-factoring its precision
     ``L^{-T} L^{-1}`` then fails even in float64, while ``L eps`` stays exact."""
-    cfg = params.config
+    layers = prior_scale_trils(params)
     draws = []
-    for k, p in zip(jax.random.split(key, len(params.prior)), params.prior):
-        tril = priors.scale_tril(p, cfg.prior_kind, cfg.prior_min_std)  # [O|1, D, D]
-        eps = jax.random.normal(k, (num_samples,) + p.mean.shape, p.mean.dtype)  # [S, O, D]
+    for k, (mean, tril) in zip(jax.random.split(key, len(layers)), layers):  # tril [O|1, D, D]
+        eps = jax.random.normal(k, (num_samples,) + mean.shape, mean.dtype)  # [S, O, D]
         noise = jnp.matmul(tril, eps[..., None], precision=jax.lax.Precision.HIGHEST)[..., 0]
-        draws.append(jnp.swapaxes(p.mean + noise, -1, -2))
+        draws.append(jnp.swapaxes(mean + noise, -1, -2))
     return draws
 
 

@@ -1,6 +1,8 @@
 """A BNNP's static configuration and its parameter pytree (SPEC sections 3 and 4).
 
-:class:`BNNPParams` holds the prior, the inference networks and the likelihood, with the
+:class:`BNNPParams` holds the prior (per-layer :class:`~bnnp_jax.priors.weight_prior.PriorParams`,
+or for ``prior_kind="metaprior"`` the unit codes and hypernetwork of
+:mod:`bnnp_jax.priors.metaprior_prior`, SPEC section 13), the inference networks and the likelihood, with the
 :class:`BNNPConfig` as static aux-data, so functions of the params need no separate config
 argument and ``jax.jit`` specialises on it. :func:`init` builds it; :func:`sigma_y` reads the
 observation noise through its (optionally bounded) parameterisation.
@@ -18,15 +20,19 @@ import jax.numpy as jnp
 
 from bnnp_jax.bnnp import amortised_layer
 from bnnp_jax.core.networks import ACTIVATIONS
+from bnnp_jax.priors import metaprior_prior
 from bnnp_jax.priors import weight_prior as priors
 
-__all__ = ["FINAL_LAYER_MODES", "PSEUDO_PRECISIONS", "LAYER_FORMS", "BNNPConfig", "BNNPParams", "init",
+__all__ = ["PRIOR_KINDS", "METAPRIOR_DEFAULTS", "FINAL_LAYER_MODES", "PSEUDO_PRECISIONS", "LAYER_FORMS", "BNNPConfig", "BNNPParams", "init",
            "raw_sigma", "sigma_from_raw", "sigma_y"]
 
 Array = jax.Array
 FINAL_LAYER_MODES = ("learned", "exact")
 PSEUDO_PRECISIONS = ("per_unit", "per_point")
 LAYER_FORMS = ("auto", "primal", "dual")
+PRIOR_KINDS = (*priors.PRIOR_KINDS, "metaprior")
+# The generated prior's settings when a metaprior config leaves them out.
+METAPRIOR_DEFAULTS = {"prior_code_dim": 4, "prior_hypernet_hidden": (32,), "prior_rank": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +43,12 @@ class BNNPConfig:
       x_dim, y_dim: input and output sizes.
       hidden: BNN hidden widths, e.g. ``(64, 64)``.
       activation: BNN nonlinearity (applied at the input of layers 2..L).
-      prior_kind: ``unitwise`` | ``diagonal`` | ``shared``.
+      prior_kind: ``unitwise`` | ``diagonal`` | ``shared`` (:mod:`bnnp_jax.priors.weight_prior`) or
+        ``metaprior``: unit codes and one hypernetwork generate each unit's prior mean and
+        low-rank-plus-diagonal covariance (:mod:`bnnp_jax.priors.metaprior_prior`).
+      prior_code_dim, prior_hypernet_hidden, prior_rank: the ``metaprior`` prior's code size
+        ``K``, hypernetwork hidden widths and covariance rank ``r`` (defaults
+        :data:`METAPRIOR_DEFAULTS`); they must be left out (``None``) for the other kinds.
       inference_hidden: inference-network hidden widths (default: twice the BNN's).
       inference_sees_activations: feed layer inputs ``act(a_{l-1})`` to ``g_l``.
       lora_rank: 0 for independent inference networks, ``r > 0`` for a shared
@@ -78,6 +89,9 @@ class BNNPConfig:
     dtype: str = "float32"
     pseudo_precision: str = "per_unit"
     layer_form: str = "auto"
+    prior_code_dim: int | None = None
+    prior_hypernet_hidden: tuple[int, ...] | None = None
+    prior_rank: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -85,6 +99,12 @@ class BNNPConfig:
             object.__setattr__(self, "inference_hidden", tuple(int(h) for h in self.inference_hidden))
         if self.hinge_range is not None:
             object.__setattr__(self, "hinge_range", tuple(float(v) for v in self.hinge_range))
+        if self.prior_hypernet_hidden is not None:
+            object.__setattr__(self, "prior_hypernet_hidden", tuple(int(h) for h in self.prior_hypernet_hidden))
+        if self.prior_kind == "metaprior":
+            for name, default in METAPRIOR_DEFAULTS.items():
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, default)
         _validate_config(self)
 
     @property
@@ -114,8 +134,9 @@ def _validate_config(c: BNNPConfig) -> None:
         bad("hidden", f"widths must be positive, got {c.hidden}")
     if c.activation not in ACTIVATIONS:
         bad("activation", f"must be one of {sorted(ACTIVATIONS)}, got {c.activation!r}")
-    if c.prior_kind not in priors.PRIOR_KINDS:
-        bad("prior_kind", f"must be one of {priors.PRIOR_KINDS}, got {c.prior_kind!r}")
+    if c.prior_kind not in PRIOR_KINDS:
+        bad("prior_kind", f"must be one of {PRIOR_KINDS}, got {c.prior_kind!r}")
+    _validate_metaprior(c, bad)
     if c.final_layer not in FINAL_LAYER_MODES:
         bad("final_layer", f"must be one of {FINAL_LAYER_MODES}, got {c.final_layer!r}")
     if c.lora_rank < 0:
@@ -139,9 +160,26 @@ def _validate_config(c: BNNPConfig) -> None:
         bad("dtype", f"must be 'float32' or 'float64', got {c.dtype!r}")
 
 
+def _validate_metaprior(c: BNNPConfig, bad) -> None:
+    if c.prior_kind != "metaprior":
+        for name in METAPRIOR_DEFAULTS:
+            if getattr(c, name) is not None:
+                bad(name, f"applies only to prior_kind 'metaprior' (got prior_kind {c.prior_kind!r}); leave it out")
+        return
+    for name in ("prior_code_dim", "prior_rank"):
+        if int(getattr(c, name)) < 1:
+            bad(name, f"must be a positive integer, got {getattr(c, name)!r}")
+    if not c.prior_hypernet_hidden or min(c.prior_hypernet_hidden) < 1:
+        bad("prior_hypernet_hidden", f"must list >= 1 positive widths, got {list(c.prior_hypernet_hidden)}")
+    if c.hinge_range is not None:  # spread_hinges sets per-weight means, which this prior generates
+        bad("hinge_range", "does not apply to prior_kind 'metaprior' (its means come from the hypernetwork); "
+            "leave it out")
+
+
 @flax.struct.dataclass
 class BNNPParams:
-    """Trainable parameters: ``prior`` (list of PriorParams), ``inference``
+    """Trainable parameters: ``prior`` (list of PriorParams; a MetaPriorPriorParams for
+    ``prior_kind="metaprior"``), ``inference``
     (inference networks), ``likelihood`` (``{"raw_sigma": [y_dim]}``); ``config`` is static."""
 
     prior: list
@@ -151,14 +189,19 @@ class BNNPParams:
 
 
 def init(key: Array, config: BNNPConfig) -> BNNPParams:
-    """Prior at ``N(0, I/(D_in+1))`` (first-layer mean per ``hinge_range``), fresh
+    """Prior at ``N(0, I/(D_in+1))`` (first-layer mean per ``hinge_range``; a ``metaprior``
+    prior near it, :func:`bnnp_jax.priors.metaprior_prior.init`), fresh
     inference networks, ``sigma_y = sigma_y_init``."""
     dtype = jnp.dtype(config.dtype)
     if dtype == jnp.float64 and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
         raise ValueError("BNNPConfig.dtype='float64' needs jax.config.update('jax_enable_x64', True) first")
     raw = raw_sigma(config.sigma_y_init, config.sigma_y_bound)
     inference = amortised_layer.init(key, config.specs, config.net_hidden, config.lora_rank, dtype)
-    prior = priors.init(config.widths, config.prior_kind, dtype)
+    if config.prior_kind == "metaprior":
+        prior = metaprior_prior.init(jax.random.fold_in(key, 2), config.widths, config.prior_code_dim,
+                                     config.prior_hypernet_hidden, config.prior_rank, dtype=dtype)
+    else:
+        prior = priors.init(config.widths, config.prior_kind, dtype)
     if config.hinge_range is not None:
         prior[0] = priors.spread_hinges(jax.random.fold_in(key, 1), prior[0], *config.hinge_range)
     return BNNPParams(

@@ -131,8 +131,8 @@ def from_bnnp(params) -> BNNModel:
 
     cfg = params.config
     widths = (cfg.x_dim, *cfg.hidden, cfg.y_dim)
-    trils = [priors.scale_tril(p, cfg.prior_kind, cfg.prior_min_std) for p in params.prior]
-    return make_model(widths, cfg.activation, bnnp.sigma_y(params), [p.mean for p in params.prior], trils)
+    layers = bnnp.prior_scale_trils(params)  # every prior kind, floored by prior_min_std
+    return make_model(widths, cfg.activation, bnnp.sigma_y(params), [m for m, _ in layers], [t for _, t in layers])
 
 
 # ----- weight layouts --------------------------------------------------------

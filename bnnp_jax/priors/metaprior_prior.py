@@ -15,9 +15,17 @@ prior's ``O(sum_l D_l D_{l-1}^2)``. All outputs are scaled by ``1/sqrt(D)``;
 with the head bias at 0 and a small head kernel the prior starts near SPEC
 section 3's ``N(0, I/D)``.
 
-The result is the precision form the BNNP uses (:class:`~bnnp_jax.core.gaussian.Gaussian`):
-``P_i = Sigma_i^{-1}`` by the Woodbury identity with one ``r x r`` Cholesky
-(no explicit inverse), then ``prec_tril = chol(P_i)``.
+Two views, as for the per-weight kinds of :mod:`bnnp_jax.priors.weight_prior`:
+
+- :func:`scale_trils`: the covariance factor ``L_i = chol(Sigma_i)``, which the BNNP's
+  path sampler (whitened primal form and dual form) and prior draws take
+  (``BNNPConfig.prior_kind = "metaprior"``);
+- :func:`layer_priors`: the precision form (:class:`~bnnp_jax.core.gaussian.Gaussian`),
+  ``P_i = Sigma_i^{-1}`` by the Woodbury identity with one ``r x r`` Cholesky
+  (no explicit inverse), then ``prec_tril = chol(P_i)``.
+
+``min_std`` floors every direction's standard deviation as ``prior_min_std`` does for
+the other kinds: ``Sigma_i + min_std^2 I``, i.e. ``d_ij^2 -> d_ij^2 + min_std^2``.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from jax.scipy.linalg import solve_triangular
 from bnnp_jax.core.gaussian import Gaussian
 from bnnp_jax.metaprior.hypernet import HyperNet
 
-__all__ = ["MetaPriorPriorParams", "init", "layer_factors", "woodbury_prec_tril", "layer_priors",
+__all__ = ["MetaPriorPriorParams", "init", "layer_factors", "woodbury_prec_tril", "scale_trils", "layer_priors",
            "num_parameters"]
 
 Array = jax.Array
@@ -80,9 +88,10 @@ def _init(key, widths, code_dim, hidden, rank, head_init_scale, dtype) -> MetaPr
     return MetaPriorPriorParams(codes, jax.tree.map(lambda a: a.astype(dtype), hyper))
 
 
-def layer_factors(params: MetaPriorPriorParams, widths: Sequence[int]) -> list[tuple[Array, Array, Array]]:
+def layer_factors(params: MetaPriorPriorParams, widths: Sequence[int],
+                  min_std: float = 0.0) -> list[tuple[Array, Array, Array]]:
     """Per layer ``(mean [O, D], diag_std [O, D], low_rank [O, D, r])`` of the covariance
-    ``diag(d^2) + U U^T`` (for inspection and the dense reference)."""
+    ``diag(d^2) + U U^T`` (``d`` floored by ``min_std``, module docstring)."""
     widths = _check_widths(widths)
     if len(params.codes) != len(widths) or any(c.shape[0] != w for c, w in zip(params.codes, widths)):
         raise ValueError(f"params.codes have sizes {[c.shape[0] for c in params.codes]}, widths are {widths}")
@@ -90,7 +99,10 @@ def layer_factors(params: MetaPriorPriorParams, widths: Sequence[int]) -> list[t
     for l in range(1, len(widths)):
         g = net.apply(params.hyper, params.codes[l], params.codes[l - 1])  # [O, D, 2 + r]
         scale = 1.0 / math.sqrt(widths[l - 1] + 1)
-        out.append((scale * g[..., 0], scale * jnp.exp(g[..., 1]), scale * g[..., 2:]))
+        diag_std = scale * jnp.exp(g[..., 1])
+        if min_std:
+            diag_std = jnp.sqrt(diag_std**2 + min_std**2)
+        out.append((scale * g[..., 0], diag_std, scale * g[..., 2:]))
     return out
 
 
@@ -108,10 +120,21 @@ def woodbury_prec_tril(diag_std: Array, low_rank: Array) -> Array:
     return jnp.linalg.cholesky(precision - jnp.swapaxes(v, -1, -2) @ v)
 
 
-def layer_priors(params: MetaPriorPriorParams, widths: Sequence[int]) -> list[Gaussian]:
+def scale_trils(params: MetaPriorPriorParams, widths: Sequence[int],
+                min_std: float = 0.0) -> list[tuple[Array, Array]]:
+    """Per layer ``(mean [O, D], L [O, D, D])`` with ``L L^T = diag(d^2) + U U^T``, the
+    covariance-factor view of :func:`bnnp_jax.priors.weight_prior.scale_tril`."""
+    out = []
+    for m, d, u in layer_factors(params, widths, min_std):
+        cov = d[..., :, None] ** 2 * jnp.eye(d.shape[-1], dtype=d.dtype) + u @ jnp.swapaxes(u, -1, -2)
+        out.append((m, jnp.linalg.cholesky(cov)))
+    return out
+
+
+def layer_priors(params: MetaPriorPriorParams, widths: Sequence[int], min_std: float = 0.0) -> list[Gaussian]:
     """Every layer's prior as a precision-form :class:`Gaussian` (``mean [D_l, D_{l-1}+1]``,
     ``prec_tril [D_l, D_{l-1}+1, D_{l-1}+1]``), the layout of :mod:`bnnp_jax.priors.weight_prior`."""
-    return [Gaussian(m, woodbury_prec_tril(d, u)) for m, d, u in layer_factors(params, widths)]
+    return [Gaussian(m, woodbury_prec_tril(d, u)) for m, d, u in layer_factors(params, widths, min_std)]
 
 
 def num_parameters(params: MetaPriorPriorParams) -> int:

@@ -215,6 +215,14 @@ class RunConfig:
             if not t.learn_sigma_y:
                 raise ConfigError(f"training.learn_sigma_y: model {self.model!r} predicts its own noise; "
                                   "leave it true")
+        if self.model == "bnnp":
+            try:
+                models.check_generated_prior(self.bnnp.prior_kind, self.training)
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
+            if self.training.warm_start is not None and self.bnnp.prior_kind == "metaprior":
+                raise ConfigError("training.warm_start: it sets per-weight prior means, which prior_kind 'metaprior' "
+                                  "generates from codes; set it to null")
         if self.training.warm_start is not None and self.model != "bnnp":
             raise ConfigError(f"training.warm_start: only the bnnp model has a warm start, got model {self.model!r}; "
                               "set it to null")

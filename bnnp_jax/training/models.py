@@ -37,7 +37,7 @@ from bnnp_jax.bnnp import model as bnnp
 from bnnp_jax.bnnp import objectives
 from bnnp_jax.priors import weight_prior as priors
 
-__all__ = ["Adapter", "weight_prior_mask", "weight_prior_step_scale", "ADAPTERS", "NAMES", "get", "for_params",
+__all__ = ["Adapter", "check_generated_prior", "weight_prior_mask", "weight_prior_step_scale", "ADAPTERS", "NAMES", "get", "for_params",
            "mixture_summary"]
 
 Array = jax.Array
@@ -57,14 +57,38 @@ class Adapter(NamedTuple):
 # ----- models with a weight prior: BNNP and BNAM ------------------------------
 
 
+def check_generated_prior(kind: str, training) -> None:
+    """The training settings that select prior *weights* (a fraction of them, their means, a
+    per-weight step size) need a per-weight prior; ``metaprior`` generates its weights' prior
+    from codes and a hypernetwork, so it trains whole (``prior_fraction`` 1) or not at all (0)."""
+    if kind != "metaprior":
+        return
+    t = training
+    if t.prior_fraction not in (0.0, 1.0):
+        raise ValueError(f"training.prior_fraction: prior_kind 'metaprior' trains its codes and hypernetwork "
+                         f"whole (1.0) or not at all (0.0), got {t.prior_fraction}")
+    if not t.train_prior_mean:
+        raise ValueError("training.train_prior_mean: prior_kind 'metaprior' generates means and covariances from "
+                         "the same codes and hypernetwork; leave it true")
+    if t.prior_step_scale != "none":
+        raise ValueError(f"training.prior_step_scale: {t.prior_step_scale!r} scales per-weight prior entries, "
+                         "which prior_kind 'metaprior' does not have; leave it 'none'")
+
+
 def weight_prior_mask(params, training) -> Any:
     """Prior entries by ``(prior_fraction, prior_side, seed)`` (means only if
     ``train_prior_mean``), ``sigma_y`` by
-    ``learn_sigma_y``, inference networks always (for BNNPParams / BNAMParams)."""
+    ``learn_sigma_y``, inference networks always (for BNNPParams / BNAMParams). A
+    ``metaprior`` prior is trainable whole or frozen whole (:func:`check_generated_prior`)."""
     t = training
-    prior_mask = priors.trainable_mask(params.prior, params.config.prior_kind, t.prior_fraction, t.prior_side, t.seed)
-    if not t.train_prior_mean:  # scales only: the mean stays where init or the warm start put it
-        prior_mask = [m._replace(mean=jnp.zeros_like(m.mean)) for m in prior_mask]
+    kind = params.config.prior_kind
+    if kind == "metaprior":
+        check_generated_prior(kind, t)
+        prior_mask = jax.tree.map(lambda a: jnp.full(a.shape, t.prior_fraction == 1.0), params.prior)
+    else:
+        prior_mask = priors.trainable_mask(params.prior, kind, t.prior_fraction, t.prior_side, t.seed)
+        if not t.train_prior_mean:  # scales only: the mean stays where init or the warm start put it
+            prior_mask = [m._replace(mean=jnp.zeros_like(m.mean)) for m in prior_mask]
     as_float = lambda m, ref: jnp.asarray(m, ref.dtype)
     return params.replace(
         prior=jax.tree.map(as_float, prior_mask, params.prior),
@@ -80,6 +104,7 @@ def weight_prior_step_scale(params, training) -> Any | None:
     if training.prior_step_scale == "none":
         return None
     kind = params.config.prior_kind
+    check_generated_prior(kind, training)
     return params.replace(
         prior=[priors.fan_in_step_scale(p, kind) for p in params.prior],
         inference=jax.tree.map(jnp.ones_like, params.inference),

@@ -16,7 +16,6 @@ import numpy as np
 
 from bnnp_jax.bnnp import model as bnnp
 from bnnp_jax.data import registry
-from bnnp_jax.priors import weight_prior
 from bnnp_jax.training.evaluation import draw_params, grid_for, prior_function_samples
 
 __all__ = ["function_spread", "weight_spread", "prior_spread"]
@@ -40,11 +39,11 @@ def weight_spread(params: bnnp.BNNPParams) -> list[dict]:
     """Per layer: mean ``|mu|``, and the mean and largest prior standard deviation
     of a weight, beside ``1/sqrt(D)``, the standard initialisation's value."""
     out = []
-    for layer in params.prior:
-        tril = np.asarray(weight_prior.scale_tril(layer, params.config.prior_kind), np.float64)
+    for mean, tril in bnnp.prior_scale_trils(params, min_std=0.0):  # the learned factor itself, unfloored
+        tril = np.asarray(tril, np.float64)
         sd = np.sqrt(np.sum(tril**2, -1))  # [O|1, D]: the rows of L give each weight's variance
         d = tril.shape[-1]
-        out.append({"mean_abs_mu": float(np.abs(np.asarray(layer.mean)).mean()), "mean_sd": float(sd.mean()),
+        out.append({"mean_abs_mu": float(np.abs(np.asarray(mean)).mean()), "mean_sd": float(sd.mean()),
                     "max_sd": float(sd.max()), "init_sd": float(1 / np.sqrt(d))})
     return out
 
