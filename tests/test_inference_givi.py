@@ -81,7 +81,7 @@ def test_givi_reaches_the_exact_posterior_where_a_random_subset_bunched(x64):
     cfg = load_yaml(kl_table.KLTableConfig, "configs/kl_linear.yaml")
     _, x, f, eps = kl_table.simulate(cfg)
     grid = np.geomspace(0.01, 10.0, 40)
-    keys = jax.random.split(jax.random.PRNGKey(cfg.seed + 1), 40)
+    keys = jax.random.split(jax.random.PRNGKey(cfg.seeds[0] + 1), 40)
     for i in (11,):
         sigma = float(grid[i])
         model = bnn.fixed_prior_model(cfg.widths, cfg.activation, sigma)

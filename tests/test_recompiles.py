@@ -83,9 +83,7 @@ def test_gaussian_baseline_fit_predict_elbo_compile_once(monkeypatch):
     fit (Gauss-Newton MAP start, whitening, the Adam chunk), of ``baseline_predict``
     and of ``baseline_elbo``."""
     _guard(monkeypatch, gaussian_vi, "_chunk", static_argnames=("layout", "num_particles", "estimator", "b1", "b2"))
-    _guard(monkeypatch, gaussian_vi, "_gn_step", static_argnames="layout")
-    _guard(monkeypatch, gaussian_vi, "_whitening", static_argnums=(3, 4))
-    _guard(monkeypatch, gaussian_vi, "_log_joint")
+    _guard(monkeypatch, gaussian_vi, "_init", static_argnames=gaussian_vi._START_STATIC)
     _guard(monkeypatch, vi, "_sample", static_argnames="num_samples")
     _guard(monkeypatch, vi, "_elbo_terms", static_argnames=("lay", "num_samples", "batch_size"))
     model = bnnp_jax.fixed_prior_model((1, 4, 1), activation="tanh", sigma_y=0.1, dtype=jnp.float32)

@@ -56,11 +56,14 @@ def run_chunks(run_chunk: Callable[[Any, int, int], tuple[Any, Any]], carry: Any
 
 def finite_check(desc: str) -> Callable[[Any, int], None]:
     """A ``check`` for :func:`run_chunks`: raise ``FloatingPointError`` naming ``desc`` and
-    the first step whose loss is not finite."""
+    the first step whose loss is not finite. Losses ``[n]`` are one run's; ``[B, n]`` are a
+    batch of runs (the step axis last), and the error names the run too."""
 
     def check(losses, start: int) -> None:
         finite = np.isfinite(np.asarray(losses))
         if not np.all(finite):
-            raise FloatingPointError(f"{desc}: non-finite loss at step {start + int(np.argmin(finite))}")
+            first = np.unravel_index(int(np.argmin(finite.reshape(-1))), finite.shape)
+            where = f" in fit {first[0]}" if finite.ndim > 1 else ""
+            raise FloatingPointError(f"{desc}: non-finite loss at step {start + int(first[-1])}{where}")
 
     return check

@@ -52,11 +52,14 @@ class PerTaskParams(NamedTuple):
 
 
 class PerTaskResult(NamedTuple):
+    """A fitted per-task posterior and its dataset (``mask [N]``: padded points, or None)."""
+
     params: PerTaskParams
     model: bnn.BNNModel
     x: Array
     y: Array
     losses: Array
+    mask: Array | None = None
 
 
 def per_task_init(key, model: bnn.BNNModel, x: Array, final_layer: str = "learned", *,
@@ -78,20 +81,25 @@ def per_task_init(key, model: bnn.BNNModel, x: Array, final_layer: str = "learne
     return PerTaskParams(yhat, log_s)
 
 
-def _layer_precision(model: bnn.BNNModel, params: PerTaskParams, l: int, y: Array) -> Array:
-    """Layer ``l``'s pseudo-precisions ``[N, D_l]``: ``1 / sigma_y^2`` on an exact final layer."""
+def _layer_precision(model: bnn.BNNModel, params: PerTaskParams, l: int, y: Array, mask=None) -> Array:
+    """Layer ``l``'s pseudo-precisions ``[N, D_l]``: ``1 / sigma_y^2`` on an exact final layer;
+    zero at padded points (``mask [N]``), which then condition nothing."""
     if l == model.num_layers - 1 and len(params.log_s) < model.num_layers:
-        return jnp.broadcast_to(model.sigma_y**-2, y.shape)
-    return amortised_layer.pseudo_precision(params.log_s[l])
+        prec = jnp.broadcast_to(model.sigma_y**-2, y.shape)
+    else:
+        prec = amortised_layer.pseudo_precision(params.log_s[l])
+    return prec if mask is None else prec * mask[:, None]
 
 
-def per_task_path(key, model: bnn.BNNModel, params: PerTaskParams, x_c: Array, y_c: Array, x: Array | None):
-    """One posterior path given the dataset ``(x_c, y_c)``: ``f`` at ``x`` (default ``x_c``) and the KL."""
+def per_task_path(key, model: bnn.BNNModel, params: PerTaskParams, x_c: Array, y_c: Array, x: Array | None,
+                  mask: Array | None = None):
+    """One posterior path given the dataset ``(x_c, y_c)`` (``mask [N]``: its valid points): ``f``
+    at ``x`` (default ``x_c``) and the KL."""
 
     def layer(l, phi_c):
         last = l == model.num_layers - 1
         targets = y_c if last else params.yhat[l]
-        return blr.natural_stats(phi_c, targets, _layer_precision(model, params, l, y_c))
+        return blr.natural_stats(phi_c, targets, _layer_precision(model, params, l, y_c, mask))
 
     return givi.layerwise_path(key, model, x_c, x, layer)
 
@@ -101,58 +109,90 @@ def per_task_linear_kl(result: PerTaskResult, targets: list) -> Array:
     per-task ``q`` is one Bayesian linear regression on the data (SPEC section 4) -> scalar."""
     model, params = result.model, result.params
     bnn.require_no_hidden_layer(model, "result: a closed-form KL")
-    q = blr.posterior(with_bias(result.x), result.y, _layer_precision(model, params, 0, result.y), model.prior_gaussians()[0])
+    prec = _layer_precision(model, params, 0, result.y, result.mask)
+    q = blr.posterior(with_bias(result.x), result.y, prec, model.prior_gaussians()[0])
     return jnp.sum(kl_divergence(q, targets[0]))
 
 
-def per_task_elbo_terms(key, model, params: PerTaskParams, x, y, num_samples: int):
-    """Per-path log-likelihood ``[S]`` and KL ``[S]`` on the dataset itself."""
+def per_task_elbo_terms(key, model, params: PerTaskParams, x, y, num_samples: int, mask=None):
+    """Per-path log-likelihood ``[S]`` and KL ``[S]`` on the dataset itself (``mask [N]``: its valid points)."""
 
     def one(k):
-        f, kl = per_task_path(k, model, params, x, y, None)
-        return bnn.log_likelihood_from_output(model, f, y), kl
+        f, kl = per_task_path(k, model, params, x, y, None, mask)
+        return bnn.log_likelihood_from_output(model, f, y, mask), kl
 
     return jax.vmap(one)(jax.random.split(key, num_samples))
 
 
-def per_task_loss(params: PerTaskParams, key, model, x, y, num_samples: int = 8) -> Array:
-    ll, kl = per_task_elbo_terms(key, model, params, x, y, num_samples)
+def per_task_loss(params: PerTaskParams, key, model, x, y, num_samples: int = 8, mask=None) -> Array:
+    ll, kl = per_task_elbo_terms(key, model, params, x, y, num_samples, mask)
     return -jnp.mean(ll - kl)
 
 
+def _loss_masked(params, key, model, x, y, mask, num_samples):
+    return per_task_loss(params, key, model, x, y, num_samples, mask)
+
+
 def per_task_fit(key, model: bnn.BNNModel, x, y, *, num_steps=20_000, lr=(5e-3, 5e-5), num_samples=8,
-                 final_layer="learned", init_params: PerTaskParams | None = None, progress_bar=True) -> PerTaskResult:
+                 final_layer="learned", init_params: PerTaskParams | None = None, mask=None, progress_bar=True,
+                 batched: bool = False) -> PerTaskResult:
     """Optimise the pseudo-observations by the ELBO with Adam (linear decay), from
-    ``init_params`` if given (else :func:`per_task_init`)."""
-    init_key, run_key = jax.random.split(key)
-    params0 = init_params or per_task_init(init_key, model, x, final_layer)
-    params, losses = run_adam(run_key, per_task_loss, params0, (model, x, y), num_steps, lr, static=(num_samples,),
-                              desc="bnnp per-task", progress_bar=progress_bar)
-    return PerTaskResult(params, model, x, y, losses)
+    ``init_params`` if given (else :func:`per_task_init`). ``mask [N]``: valid points of a
+    padded dataset.
+
+    ``batched=True``: ``B`` fits as one vmapped program (``key [B, 2]``, a batched ``model``,
+    ``x [B, N, D_0]``, ``y [B, N, D_L]``, ``mask [B, N]`` or None); fit ``b`` is the single fit
+    with ``key[b]`` on batch element ``b``."""
+    if final_layer not in FINAL_LAYER_MODES:
+        raise ValueError(f"final_layer must be one of {FINAL_LAYER_MODES}, got {final_layer!r}")
+    if batched:
+        keys = jax.vmap(jax.random.split)(key)
+        init_key, run_key = keys[:, 0], keys[:, 1]
+        params0 = init_params or _init_batch(init_key, model, x, final_layer)
+    else:
+        init_key, run_key = jax.random.split(key)
+        params0 = init_params or per_task_init(init_key, model, x, final_layer)
+    params, losses = run_adam(run_key, _loss_masked, params0, (model, x, y, mask), num_steps, lr,
+                              static=(num_samples,), desc="bnnp per-task", progress_bar=progress_bar, batched=batched)
+    return PerTaskResult(params, model, x, y, losses, mask)
 
 
-@partial(jax.jit, static_argnames=("num_samples", "batch_size"))
-def _per_task_elbo(key, model, params, x, y, num_samples, batch_size):
-    one = lambda k: per_task_elbo_terms(k, model, params, x, y, 1)
+@partial(jax.jit, static_argnames="final_layer")
+def _init_batch(keys, model, x, final_layer):
+    return jax.vmap(lambda k, m, x: per_task_init(k, m, x, final_layer))(keys, model, x)
+
+
+def _per_task_elbo_terms(key, model, params, x, y, mask, num_samples, batch_size):
+    one = lambda k: per_task_elbo_terms(k, model, params, x, y, 1, mask)
     ll, kl = jax.lax.map(one, jax.random.split(key, num_samples), batch_size=min(batch_size, num_samples))
     return ll[:, 0], kl[:, 0]
 
 
-def per_task_elbo(key, result: PerTaskResult, num_samples: int = 10_000, *, batch_size: int = 1000):
-    """ELBO on the fitted dataset -> :class:`evidence.ELBOEstimate`."""
-    return evidence.elbo_estimate(*_per_task_elbo(key, result.model, result.params, result.x, result.y,
-                                                  num_samples, batch_size))
+_per_task_elbo = jax.jit(_per_task_elbo_terms, static_argnames=("num_samples", "batch_size"))
+@partial(jax.jit, static_argnames=("num_samples", "batch_size"))
+def _per_task_elbo_batch(key, model, params, x, y, mask, num_samples, batch_size):
+    one = lambda a: _per_task_elbo_terms(*a, num_samples, batch_size)
+    return jax.lax.map(one, (key, model, params, x, y, mask), batch_size=evidence.FITS_PER_CALL)
+
+
+def per_task_elbo(key, result: PerTaskResult, num_samples: int = 10_000, *, batch_size: int = 1000,
+                  batched: bool = False):
+    """ELBO on the fitted dataset -> :class:`evidence.ELBOEstimate`. ``batched``: a batched
+    ``result`` and ``key [B, 2]``; the estimate's fields are then ``[B]``."""
+    terms = _per_task_elbo_batch if batched else _per_task_elbo
+    return evidence.elbo_estimate(*terms(key, result.model, result.params, result.x, result.y, result.mask,
+                                         num_samples, batch_size))
 
 
 @partial(jax.jit, static_argnames="num_samples")
-def _per_task_predict(key, model, params, x, y, x_test, num_samples):
-    one = lambda k: per_task_path(k, model, params, x, y, x_test)[0]
+def _per_task_predict(key, model, params, x, y, mask, x_test, num_samples):
+    one = lambda k: per_task_path(k, model, params, x, y, x_test, mask)[0]
     return jax.vmap(one)(jax.random.split(key, num_samples))
 
 
 def per_task_predict(key, result: PerTaskResult, x_test, num_samples: int) -> Array:
     """Posterior function samples ``[num_samples, N_t, D_L]``."""
-    return _per_task_predict(key, result.model, result.params, result.x, result.y, x_test, num_samples)
+    return _per_task_predict(key, result.model, result.params, result.x, result.y, result.mask, x_test, num_samples)
 
 
 # ----- amortised BNNP -------------------------------------------------------------

@@ -48,6 +48,9 @@ from jax.scipy.linalg import solve_triangular
 from bnnp_jax.core.driver import finite_check, run_chunks
 from bnnp_jax.core.gaussian import LOG_2PI, Gaussian
 from bnnp_jax.inference import model as bnn
+from bnnp_jax.inference.gauss_newton import (Segment, _join, _map_weights, _split, _units, full_layout,
+                                             gauss_newton_blocks, gauss_newton_step, layer_layout, map_weights,
+                                             unit_layout)
 
 __all__ = [
     "Segment", "Whitening", "Params", "Result", "SCALES", "MEAN_INITS", "ESTIMATORS", "unit_layout",
@@ -61,39 +64,6 @@ SCALES = ("ggn", "prior")
 MEAN_INITS = ("prior_draw", "gauss_newton")
 ESTIMATORS = ("closed_form", "stl")
 MAX_DENSE_WEIGHTS = 2048  # above this the MAP start solves the family's own blocks, not a dense [P, P] system
-
-
-class Segment(NamedTuple):
-    """A run of consecutive ``layers`` held as ``count`` blocks of ``size`` weights (static).
-
-    ``count * size`` is the number of weights of those layers; blocks cover whole units
-    (``size = D``, one per unit, or ``count = 1``). ``diagonal``: each block is diagonal.
-    """
-
-    layers: tuple[int, ...]
-    count: int
-    size: int
-    diagonal: bool = False
-
-
-def _units(widths) -> list[tuple[int, int]]:
-    return [(o, d + 1) for d, o in zip(widths[:-1], widths[1:])]  # (O, D) per layer
-
-
-def unit_layout(widths: Sequence[int], diagonal: bool = False) -> tuple[Segment, ...]:
-    """One block per output unit (UCVI), or a diagonal per unit (MFVI)."""
-    return tuple(Segment((l,), o, d, diagonal) for l, (o, d) in enumerate(_units(widths)))
-
-
-def layer_layout(widths: Sequence[int]) -> tuple[Segment, ...]:
-    """One full block per layer (LCVI)."""
-    return tuple(Segment((l,), 1, o * d) for l, (o, d) in enumerate(_units(widths)))
-
-
-def full_layout(widths: Sequence[int]) -> tuple[Segment, ...]:
-    """One block over every weight (FCVI)."""
-    units = _units(widths)
-    return (Segment(tuple(range(len(units))), 1, sum(o * d for o, d in units)),)
 
 
 class Whitening(NamedTuple):
@@ -123,24 +93,6 @@ class Result(NamedTuple):
     layout: tuple[Segment, ...]
     model: bnn.BNNModel
     losses: Array
-
-
-# ----- flat <-> segments ---------------------------------------------------------------
-
-
-def _split(layout, flat: Array) -> list[Array]:
-    """Flat ``[..., P]`` -> per segment ``[..., count, size]``."""
-    out, start = [], 0
-    for g in layout:
-        n = g.count * g.size
-        out.append(flat[..., start:start + n].reshape(flat.shape[:-1] + (g.count, g.size)))
-        start += n
-    return out
-
-
-def _join(parts: Sequence[Array]) -> Array:
-    """Per segment ``[..., count, size]`` -> flat ``[..., P]``."""
-    return jnp.concatenate([p.reshape(p.shape[:-2] + (-1,)) for p in parts], axis=-1)
 
 
 def _tril(t: Array) -> Array:
@@ -237,66 +189,6 @@ def kl_to_prior(w: Whitening, p: Params, layout, model: bnn.BNNModel) -> Array:
 # ----- the whitening ---------------------------------------------------------------------
 
 
-def _jacobian(model: bnn.BNNModel, flat: Array, x: Array, mask) -> Array:
-    """``J [N * D_L, P]`` of the outputs scaled by ``1 / sigma_y`` (rows of masked points zero)."""
-    def f(w):
-        out = bnn.forward(bnn.unflatten(model, w), x, model.activation) / model.sigma_y
-        return (out if mask is None else out * mask[:, None]).reshape(-1)
-
-    n_out = x.shape[0] * model.widths[-1]
-    return (jax.jacrev(f) if n_out < flat.shape[0] else jax.jacfwd(f))(flat)
-
-
-def _prior_blocks(layout, model: bnn.BNNModel) -> list[Array]:
-    """The prior precision restricted to each segment's blocks."""
-    precs = [g.precision() for g in model.prior_gaussians()]  # [O, D, D] per layer
-    out = []
-    for g in layout:
-        if g.diagonal:
-            out.append(jnp.diagonal(precs[g.layers[0]], 0, -2, -1))
-        elif g.count > 1:
-            out.append(precs[g.layers[0]])
-        else:
-            out.append(jax.scipy.linalg.block_diag(*[p for l in g.layers for p in precs[l]])[None])
-    return out
-
-
-def gauss_newton_blocks(model: bnn.BNNModel, flat: Array, x: Array, layout, mask=None,
-                        include_likelihood: bool = True) -> list[Array]:
-    """Blocks of ``Lambda_prior + J^T diag(1 / sigma_y^2) J`` at ``flat [P]``, per segment
-    ``[count, size, size]`` (``[count, size]`` diagonals for a diagonal segment)."""
-    blocks = _prior_blocks(layout, model)
-    if not include_likelihood:
-        return blocks
-    jac = _split(layout, _jacobian(model, flat, x, mask))  # [M, count, size] per segment
-    out = []
-    for g, b, j in zip(layout, blocks, jac):
-        out.append(b + (jnp.sum(j**2, 0) if g.diagonal else jnp.einsum("mci,mcj->cij", j, j)))
-    return out
-
-
-def gauss_newton_step(model: bnn.BNNModel, flat: Array, x: Array, y: Array, mask=None, damping: float = 0.0,
-                      layout=None) -> Array:
-    """One Gauss-Newton step on ``log p(y | w) + log p(w)`` -> the new flat ``[P]``.
-
-    The system is the Gauss-Newton precision restricted to ``layout``'s blocks (default: one
-    ``[P, P]`` block, :func:`full_layout`); ``damping`` adds ``damping * diag``
-    (Levenberg-Marquardt). With the full system it is exact for a model with no hidden layer:
-    it lands on the posterior mean."""
-    layout = full_layout(model.widths) if layout is None else layout
-    grad = jax.grad(lambda w: bnn.log_joint(model, bnn.unflatten(model, w), x, y, mask))(flat)
-    steps = []
-    for g, prec, gr in zip(layout, gauss_newton_blocks(model, flat, x, layout, mask), _split(layout, grad)):
-        if g.diagonal:
-            steps.append(gr / (prec * (1.0 + damping)))
-            continue
-        prec = prec + damping * jnp.vectorize(jnp.diag, signature="(n)->(n,n)")(jnp.diagonal(prec, 0, -2, -1))
-        chol = jnp.linalg.cholesky(prec)
-        half = solve_triangular(chol, gr[..., None], lower=True)
-        steps.append(solve_triangular(chol, half, lower=True, trans=1)[..., 0])
-    return flat + _join(steps)
-
-
 def whitening(model: bnn.BNNModel, x: Array, m0: Array, layout, scale: str = "ggn", *, mask=None) -> Whitening:
     """``(m0, C0^{-T})`` per segment for ``scale`` in :data:`SCALES` (module docstring)."""
     if scale not in SCALES:
@@ -358,8 +250,8 @@ def loss(p: Params, key, w: Whitening, layout, model: bnn.BNNModel, x, y, mask, 
     return -jnp.mean(ll + log_prior - _log_q_stopped(w, p, layout, draws))
 
 
-@partial(jax.jit, static_argnames=("layout", "num_particles", "estimator", "b1", "b2"))
-def _chunk(p, opt_state, keys, lrs, w, layout, model, x, y, mask, num_particles, estimator, b1, b2):
+def _scan(p, opt_state, keys, lrs, w, layout, model, x, y, mask, num_particles, estimator, b1, b2):
+    """Adam steps over ``keys [C, 2]`` and learning rates ``lrs [C]`` -> ``((p, opt_state), losses [C])``."""
     opt = optax.scale_by_adam(b1=b1, b2=b2)
 
     def step(carry, inp):
@@ -373,67 +265,88 @@ def _chunk(p, opt_state, keys, lrs, w, layout, model, x, y, mask, num_particles,
     return jax.lax.scan(step, (p, opt_state), (keys, lrs))
 
 
-def fit(key: Array, model: bnn.BNNModel, x: Array, y: Array, layout, *, num_steps: int = 20_000,
-        lr: tuple[float, float] = (5e-3, 5e-5), num_particles: int = 8, scale: str = "ggn",
-        mean_init: str = "gauss_newton", estimator: str = "closed_form", gauss_newton_iters: int = 30,
-        init_log_scale: float = 0.0, mask=None, chunk_size: int = 500, b1: float = 0.9, b2: float = 0.999,
-        progress_bar: bool = False, desc: str = "") -> Result:
-    """Fit ``q`` by Adam on the whitened coordinates (``lr`` decayed linearly ``lr[0] -> lr[1]``).
+_STATIC = ("layout", "num_particles", "estimator", "b1", "b2")
+_chunk = jax.jit(_scan, static_argnames=_STATIC)
 
-    ``m0`` is a prior draw, moved to the MAP weights by :func:`map_weights` (at most
-    ``gauss_newton_iters`` steps; the dense system up to :data:`MAX_DENSE_WEIGHTS` weights,
-    the layout's blocks above) when ``mean_init="gauss_newton"``; ``C0`` from ``scale``
-    at ``m0`` (module docstring); ``T`` starts at ``e^{init_log_scale} I``. Raises on a
-    non-finite loss.
-    """
-    if mean_init not in MEAN_INITS:
-        raise ValueError(f"mean_init must be one of {MEAN_INITS}, got {mean_init!r}")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+
+@partial(jax.jit, static_argnames=_STATIC)
+def _chunk_batch(p, opt_state, keys, lrs, w, layout, model, x, y, mask, num_particles, estimator, b1, b2):
+    # each fit is the single fit's scan, vmapped; the learning rates are common to the batch
+    one = lambda p, s, k, w, model, x, y, mask: _scan(p, s, k, lrs, w, layout, model, x, y, mask, num_particles,
+                                                      estimator, b1, b2)
+    return jax.vmap(one)(p, opt_state, keys, w, model, x, y, mask)
+
+
+def _start(key, model, x, y, mask, layout, scale, mean_init, gauss_newton_iters, init_log_scale):
+    """Pure set-up of one fit: ``m0`` (prior draw, then the MAP by :func:`map_weights` for
+    ``mean_init="gauss_newton"``), its whitening and the initial params -> ``(w, p, run_key)``."""
     init_key, run_key = jax.random.split(key)
     m0 = bnn.flatten(bnn.prior_sample(init_key, model))
     if mean_init == "gauss_newton":
         system = None if model.num_weights <= MAX_DENSE_WEIGHTS else layout  # dense [P, P] only while small
-        m0 = map_weights(model, m0, x, y, mask, gauss_newton_iters, system)
-    w = _whitening(model, x, m0, layout, scale, mask)
-    p = init_params(layout, m0.dtype, init_log_scale)
-    opt_state = optax.scale_by_adam(b1=b1, b2=b2).init(p)
-    lrs = np.asarray(optax.linear_schedule(lr[0], lr[1], max(num_steps, 1))(np.arange(num_steps)), dtype=m0.dtype)
-    keys = jax.random.split(run_key, num_steps)
-    def run_chunk(carry, done, n):
-        return _chunk(*carry, keys[done:done + n], lrs[done:done + n], w, layout, model, x, y, mask,
-                      num_particles, estimator, b1, b2)
+        m0 = _map_weights(model, m0, x, y, mask, gauss_newton_iters, system)
+    return whitening(model, x, m0, layout, scale, mask=mask), init_params(layout, m0.dtype, init_log_scale), run_key
 
-    check = finite_check(desc or "gaussian_vi")
+
+_START_STATIC = ("layout", "scale", "mean_init", "gauss_newton_iters", "init_log_scale")
+_init = jax.jit(_start, static_argnames=_START_STATIC)
+
+
+@partial(jax.jit, static_argnames=_START_STATIC)
+def _init_batch(keys, model, x, y, mask, layout, scale, mean_init, gauss_newton_iters, init_log_scale):
+    one = lambda k, m, x, y, mask: _start(k, m, x, y, mask, layout, scale, mean_init, gauss_newton_iters,
+                                          init_log_scale)
+    return jax.vmap(one)(keys, model, x, y, mask)
+
+
+def _check_options(mean_init, estimator):
+    if mean_init not in MEAN_INITS:
+        raise ValueError(f"mean_init must be one of {MEAN_INITS}, got {mean_init!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+
+
+def fit(key: Array, model: bnn.BNNModel, x: Array, y: Array, layout, *, num_steps: int = 20_000,
+        lr: tuple[float, float] = (5e-3, 5e-5), num_particles: int = 8, scale: str = "ggn",
+        mean_init: str = "gauss_newton", estimator: str = "closed_form", gauss_newton_iters: int = 30,
+        init_log_scale: float = 0.0, mask=None, chunk_size: int = 500, b1: float = 0.9, b2: float = 0.999,
+        progress_bar: bool = False, desc: str = "", batched: bool = False) -> Result:
+    """Fit ``q`` by Adam on the whitened coordinates (``lr`` decayed linearly ``lr[0] -> lr[1]``).
+
+    ``m0`` is a prior draw, moved to the MAP weights by :func:`map_weights` (
+    ``gauss_newton_iters`` steps; the dense system up to :data:`MAX_DENSE_WEIGHTS` weights,
+    the layout's blocks above) when ``mean_init="gauss_newton"``; ``C0`` from ``scale``
+    at ``m0`` (module docstring); ``T`` starts at ``e^{init_log_scale} I``. Raises on a
+    non-finite loss.
+
+    ``batched=True`` fits ``B`` datasets as one vmapped program: ``key [B, 2]``, ``model`` a
+    batched :class:`BNNModel` (every leaf ``[B, ...]``, e.g. one ``sigma_y`` per fit),
+    ``x [B, N, D_0]``, ``y [B, N, D_L]``, ``mask [B, N]`` (padding for datasets of different
+    sizes); the result's leaves gain the leading axis (``losses [B, num_steps]``) and fit ``b``
+    is the single fit with ``key[b]`` on batch element ``b``.
+    """
+    _check_options(mean_init, estimator)
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    start = _init_batch if batched else _init
+    w, p, run_key = start(key, model, x, y, mask, layout, scale, mean_init, gauss_newton_iters, float(init_log_scale))
+    dtype = model.prior_means[0].dtype
+    opt_init = optax.scale_by_adam(b1=b1, b2=b2).init
+    opt_state = jax.vmap(opt_init)(p) if batched else opt_init(p)
+    lrs = np.asarray(optax.linear_schedule(lr[0], lr[1], max(num_steps, 1))(np.arange(num_steps)), dtype=dtype)
+    keys = (jax.vmap(jax.random.split, (0, None)) if batched else jax.random.split)(run_key, num_steps)
+    chunk = _chunk_batch if batched else _chunk
+
+    def run_chunk(carry, done, n):
+        return chunk(*carry, keys[..., done:done + n, :], lrs[done:done + n], w, layout, model, x, y, mask,
+                     num_particles, estimator, b1, b2)
+
+    check = finite_check(desc or "gaussian_vi")  # a diverged chunk never replaces the last good state
 
     (p, opt_state), losses = run_chunks(run_chunk, (p, opt_state), num_steps, chunk_size, desc=desc,
                                         progress=progress_bar, check=check)
-    return Result(p, w, layout, model, jnp.concatenate(losses) if losses else jnp.zeros((0,), m0.dtype))
-
-
-_gn_step = jax.jit(gauss_newton_step, static_argnames="layout")
-_whitening = jax.jit(lambda model, x, m0, layout, scale, mask: whitening(model, x, m0, layout, scale, mask=mask),
-                     static_argnums=(3, 4))
-_log_joint = jax.jit(lambda model, w, x, y, mask: bnn.log_joint(model, bnn.unflatten(model, w), x, y, mask))
-
-
-def map_weights(model: bnn.BNNModel, flat: Array, x: Array, y: Array, mask=None, max_iters: int = 30,
-                layout=None) -> Array:
-    """MAP weights from ``flat [P]`` by Gauss-Newton (:func:`gauss_newton_step` with ``layout``'s
-    blocks, default the full system): one undamped step for a model with no hidden layer
-    (exact with the full system); otherwise Levenberg-Marquardt, a step kept only when the log
-    joint rises (damping / 3), else damping x 3; ``max_iters`` tries -> ``[P]``."""
-    if model.num_layers == 1 and (layout is None or len(layout) == 1 and layout[0].count == 1):
-        return _gn_step(model, flat, x, y, mask, 0.0, layout)
-    damping, best = 1e-2, float(_log_joint(model, flat, x, y, mask))
-    for _ in range(max_iters):
-        cand = _gn_step(model, flat, x, y, mask, damping, layout)
-        value = float(_log_joint(model, cand, x, y, mask))
-        if np.isfinite(value) and value > best:
-            flat, best, damping = cand, value, damping / 3
-        else:
-            damping *= 3
-    return flat
+    empty = jnp.zeros(tuple(x.shape[:1]) * batched + (0,), dtype)
+    return Result(p, w, layout, model, jnp.concatenate(losses, axis=-1) if losses else empty)
 
 
 # ----- convergence ----------------------------------------------------------------------

@@ -25,7 +25,6 @@ the context points as pseudo-inputs.
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Callable, NamedTuple
 
@@ -134,13 +133,17 @@ def linear_kl(result: GIVIResult, targets: list) -> Array:
     return jnp.sum(kl_divergence(q, targets[0]))
 
 
-def spread_subset(key, x: Array, num: int) -> Array:
+def spread_subset(key, x: Array, num: int, mask: Array | None = None) -> Array:
     """Indices ``[num]`` of ``num <= N`` data points spread over ``x [N, D]``: farthest-point
     (k-centre) selection from a random first point, each next point the one farthest from
-    those chosen."""
+    those chosen. ``mask [N]`` (valid points first, padding last) restricts the choice to the
+    valid points; with fewer than ``num`` of them some are chosen twice."""
     x = jnp.asarray(x)  # a NumPy x cannot be indexed by the scan's traced index
-    first = jax.random.randint(key, (), 0, x.shape[0])
+    n = x.shape[0] if mask is None else jnp.sum(mask > 0).astype(jnp.int32)
+    first = jax.random.randint(key, (), 0, n)
     dist = jnp.sum((x - x[first]) ** 2, -1)
+    if mask is not None:
+        dist = jnp.where(mask > 0, dist, -jnp.inf)
 
     def pick(carry, _):
         dist = carry
@@ -152,7 +155,7 @@ def spread_subset(key, x: Array, num: int) -> Array:
 
 
 def init(key, model: bnn.BNNModel, x: Array, y: Array, num_inducing: int = 10, *, log_prec: float = -4.0,
-         full_precision: bool = True, z_init: str = "spread") -> GIVIParams:
+         full_precision: bool = True, z_init: str = "spread", mask: Array | None = None) -> GIVIParams:
     """Inducing inputs at a subset of the data: spread over it (``z_init="spread"``,
     :func:`spread_subset`) or at random (``"random"``); drawn with replacement and jittered
     when ``M > N``.
@@ -164,6 +167,10 @@ def init(key, model: bnn.BNNModel, x: Array, y: Array, num_inducing: int = 10, *
     thousands of steps to reach it at low noise). Issue 15: a random subset can bunch on
     one side of the data; at small ``sigma_y`` GIVI then ended up to 1 nat from the exact
     posterior of a model with no hidden layer after 5000 steps (docs/kl_study.md).
+
+    ``mask [N]``: padded datasets (valid points first); ``N`` is then the number of valid
+    points and, with ``z_init="spread"`` and ``M <= N``, only they are chosen. Pure (no host
+    values), so a batch of inits vmaps.
     """
     if num_inducing < 1:
         raise ValueError(f"num_inducing must be >= 1, got {num_inducing}")
@@ -172,15 +179,17 @@ def init(key, model: bnn.BNNModel, x: Array, y: Array, num_inducing: int = 10, *
     kz, kj, kv = jax.random.split(key, 3)
     n = x.shape[0]
     if z_init == "spread" and num_inducing <= n:
-        idx = spread_subset(kz, x, num_inducing)
+        idx = spread_subset(kz, x, num_inducing, mask)
     else:
         idx = jax.random.choice(kz, n, (num_inducing,), replace=num_inducing > n)
     z = x[idx] + (num_inducing > n) * 0.1 * jax.random.normal(kj, (num_inducing, x.shape[1]), x.dtype)
     keys = jax.random.split(kv, model.num_layers)
     pseudo_y = [jax.random.normal(k, (num_inducing, d), x.dtype) for k, d in zip(keys[:-1], model.widths[1:-1])]
     pseudo_y.append(y[idx].astype(x.dtype))
-    share = 0.5 * math.log(max(n / num_inducing, 1.0)) if z_init == "spread" else 0.0
-    halves = [0.5 * log_prec] * (model.num_layers - 1) + [share - float(jnp.mean(jnp.log(model.sigma_y)))]
+    n_valid = n if mask is None else jnp.sum(mask)
+    share = 0.5 * jnp.log(jnp.maximum(n_valid / num_inducing, 1.0)) if z_init == "spread" else 0.0
+    last = (share - jnp.mean(jnp.log(model.sigma_y))).astype(x.dtype)
+    halves = [jnp.asarray(0.5 * log_prec, x.dtype)] * (model.num_layers - 1) + [last]
     eye = jnp.eye(num_inducing, dtype=x.dtype)
     raw = [jnp.full((num_inducing,), h, x.dtype) if not full_precision else h * eye for h in halves]
     return GIVIParams(z, pseudo_y, raw)
@@ -212,26 +221,52 @@ def _loss_masked(params, key, model, x, y, mask, num_samples):
 
 
 def fit(key, model: bnn.BNNModel, x, y, *, num_inducing=10, num_steps=20_000, lr=(5e-3, 5e-5), num_samples=8,
-        full_precision=True, init_params: GIVIParams | None = None, mask=None, progress_bar=True) -> GIVIResult:
+        full_precision=True, init_params: GIVIParams | None = None, mask=None, progress_bar=True,
+        batched: bool = False) -> GIVIResult:
     """Maximise the ELBO over ``Z``, ``V_l`` and ``Lambda_l`` with Adam (linear decay), from
-    ``init_params`` if given (else :func:`init`)."""
-    init_key, run_key = jax.random.split(key)
-    params0 = init_params or init(init_key, model, x, y, num_inducing, full_precision=full_precision)
+    ``init_params`` if given (else :func:`init`).
+
+    ``batched=True``: ``B`` fits as one vmapped program (``key [B, 2]``, a batched ``model``,
+    ``x [B, N, D_0]``, ``y [B, N, D_L]``, ``mask [B, N]`` or None, ``init_params`` batched);
+    fit ``b`` is the single fit with ``key[b]`` on batch element ``b``."""
+    if batched:
+        keys = jax.vmap(jax.random.split)(key)
+        init_key, run_key = keys[:, 0], keys[:, 1]
+        params0 = init_params or _init_batch(init_key, model, x, y, mask, num_inducing, full_precision)
+    else:
+        init_key, run_key = jax.random.split(key)
+        params0 = init_params or init(init_key, model, x, y, num_inducing, full_precision=full_precision, mask=mask)
     params, losses = run_adam(run_key, _loss_masked, params0, (model, x, y, mask), num_steps, lr, static=(num_samples,),
-                              desc="givi", progress_bar=progress_bar)
+                              desc="givi", progress_bar=progress_bar, batched=batched)
     return GIVIResult(params, params0, model, losses)
 
 
-@partial(jax.jit, static_argnames=("num_samples", "batch_size"))
-def _elbo_terms_batched(key, model, params, x, y, mask, num_samples, batch_size):
+@partial(jax.jit, static_argnames=("num_inducing", "full_precision"))
+def _init_batch(keys, model, x, y, mask, num_inducing, full_precision):
+    one = lambda k, m, x, y, mask: init(k, m, x, y, num_inducing, full_precision=full_precision, mask=mask)
+    return jax.vmap(one)(keys, model, x, y, mask)
+
+
+def _elbo_terms_mapped(key, model, params, x, y, mask, num_samples, batch_size):
     one = lambda k: elbo_terms(k, model, params, x, y, 1, mask)
     ll, kl = jax.lax.map(one, jax.random.split(key, num_samples), batch_size=min(batch_size, num_samples))
     return ll[:, 0], kl[:, 0]
 
 
-def elbo(key, result: GIVIResult, x, y, num_samples: int = 10_000, *, mask=None, batch_size: int = 1000):
-    """ELBO estimate over ``num_samples`` paths (KL per path in closed form) -> :class:`evidence.ELBOEstimate`."""
-    ll, kl = _elbo_terms_batched(key, result.model, result.params, x, y, mask, num_samples, batch_size)
+_elbo_terms_batched = jax.jit(_elbo_terms_mapped, static_argnames=("num_samples", "batch_size"))
+@partial(jax.jit, static_argnames=("num_samples", "batch_size"))
+def _elbo_terms_vmapped(key, model, params, x, y, mask, num_samples, batch_size):
+    one = lambda a: _elbo_terms_mapped(*a, num_samples, batch_size)
+    return jax.lax.map(one, (key, model, params, x, y, mask), batch_size=evidence.FITS_PER_CALL)
+
+
+def elbo(key, result: GIVIResult, x, y, num_samples: int = 10_000, *, mask=None, batch_size: int = 1000,
+         batched: bool = False):
+    """ELBO estimate over ``num_samples`` paths (KL per path in closed form) -> :class:`evidence.ELBOEstimate`.
+    ``batched``: a batched ``result``, ``key [B, 2]``, and ``x``, ``y``, ``mask`` with a leading
+    batch axis; the estimate's fields are then ``[B]``."""
+    terms = _elbo_terms_vmapped if batched else _elbo_terms_batched
+    ll, kl = terms(key, result.model, result.params, x, y, mask, num_samples, batch_size)
     return evidence.elbo_estimate(ll, kl)
 
 

@@ -25,7 +25,6 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from bnnp_jax.core.driver import finite_check, run_chunks
@@ -96,8 +95,8 @@ def run_steps(key, step: Callable, state, num_steps: int, *, chunk_size: int = 5
     return state, jnp.concatenate(losses)
 
 
-@partial(jax.jit, static_argnames=("loss_fn", "length", "static"))
-def _adam_chunk(loss_fn, params, opt_state, key, args, static, length, lr_start, lr_end, num_steps):
+def _adam_scan(loss_fn, params, opt_state, key, args, static, length, lr_start, lr_end, num_steps):
+    """``length`` Adam steps on ``loss_fn(params, key, *args, *static)`` -> ``((params, opt_state), losses [length])``."""
     # optax.linear_schedule with traced ends (it branches on the Python value of the step count)
     opt = optax.adam(lambda count: lr_end + (lr_start - lr_end) * (1.0 - jnp.clip(count, 0, num_steps) / num_steps))
 
@@ -110,30 +109,45 @@ def _adam_chunk(loss_fn, params, opt_state, key, args, static, length, lr_start,
     return jax.lax.scan(step, (params, opt_state), jax.random.split(key, length))
 
 
+_adam_chunk = jax.jit(_adam_scan, static_argnames=("loss_fn", "length", "static"))
+
+
+@partial(jax.jit, static_argnames=("loss_fn", "length", "static"))
+def _adam_chunk_batch(loss_fn, params, opt_state, keys, args, static, length, lr_start, lr_end, num_steps):
+    # every fit of the batch is the single fit's scan, vmapped: its own params, Adam moments and keys
+    one = lambda p, s, k, a: _adam_scan(loss_fn, p, s, k, a, static, length, lr_start, lr_end, num_steps)
+    return jax.vmap(one)(params, opt_state, keys, args)
+
+
 def run_adam(key, loss_fn: Callable, params, args: tuple, num_steps: int, lr: tuple[float, float], *,
-             static: tuple = (), chunk_size: int = 500, desc: str = "", progress_bar=True):
+             static: tuple = (), chunk_size: int = 500, desc: str = "", progress_bar=True, batched: bool = False):
     """Minimise ``loss_fn(params, key, *args, *static)`` with :func:`adam_linear_decay`, in the same
     chunks and with the same keys as :func:`run_steps`, but compiled once per ``loss_fn``, shapes
     and ``static`` (hashable) values, so repeated fits (a sigma_y grid) reuse the program.
-    ``lr`` values and ``num_steps`` are traced. Returns the final params and the losses ``[num_steps]``."""
+    ``lr`` values and ``num_steps`` are traced. Returns the final params and the losses ``[num_steps]``.
+
+    ``batched=True`` runs ``B`` independent fits as one vmapped program: ``key [B, 2]`` and every
+    leaf of ``params`` and ``args`` carry a leading batch axis ``[B, ...]``; fit ``b`` is the single
+    fit with ``key[b]`` on slice ``b`` of ``params`` and ``args``. Losses are then ``[B, num_steps]``
+    and a non-finite loss in any fit raises, naming the fit."""
     opt = adam_linear_decay(*lr, num_steps)
-    state = (params, opt.init(params))
+    state = (params, jax.vmap(opt.init)(params) if batched else opt.init(params))
     lr0, lr1, n = (jnp.asarray(v, jnp.result_type(float)) for v in (*lr, max(num_steps, 1)))
+    split = jax.vmap(jax.random.split) if batched else jax.random.split
+    chunk_fn = _adam_chunk_batch if batched else _adam_chunk
 
     def run_chunk(carry, start, length):
         state, key = carry
-        key, sub = jax.random.split(key)
-        state, loss = _adam_chunk(loss_fn, *state, sub, args, static, length, lr0, lr1, n)
+        parts = split(key)
+        key, sub = (parts[:, 0], parts[:, 1]) if batched else parts
+        state, loss = chunk_fn(loss_fn, *state, sub, args, static, length, lr0, lr1, n)
         return (state, key), loss
 
-    def check(loss, start):
-        if not np.all(np.isfinite(loss)):
-            bad = start + int(np.argmin(np.isfinite(loss)))
-            raise FloatingPointError(f"{desc or 'optimisation'}: non-finite loss at step {bad}")
+    check = finite_check(desc or "optimisation")
 
     (state, _), losses = run_chunks(run_chunk, (state, key), num_steps, chunk_size, desc=desc,
                                     progress=progress_bar, check=check)
-    return state[0], jnp.concatenate(losses)
+    return state[0], jnp.concatenate(losses, axis=-1)
 
 
 def adam_linear_decay(lr_start: float, lr_end: float, num_steps: int) -> optax.GradientTransformation:
@@ -163,15 +177,17 @@ def fit(
     num_particles: int = 8,
     mask: Array | None = None,
     progress_bar: bool = True,
+    batched: bool = False,
     **settings,
 ) -> VIResult:
     """Fit ``q`` by maximising the ELBO with ``num_particles`` reparameterised draws per step.
 
     ``settings`` go to :func:`gaussian_vi.fit` (``scale``, ``mean_init``, ``estimator``,
-    ``init_log_scale``, ...); its defaults are the ones chosen in docs/kl_study.md."""
+    ``init_log_scale``, ...); its defaults are the ones chosen in docs/kl_study.md.
+    ``batched=True``: ``B`` fits in one vmapped program (:func:`gaussian_vi.fit`)."""
     lay = layout(method, model.widths)
     res = gvi.fit(key, model, x, y, lay, num_steps=num_steps, lr=lr, num_particles=num_particles, mask=mask,
-                  progress_bar=progress_bar, desc=method, **settings)
+                  progress_bar=progress_bar, desc=method, batched=batched, **settings)
     return VIResult(method, res.params, res.whitening, model, res.losses)
 
 
@@ -248,18 +264,31 @@ def sample(key: Array, result: VIResult, num_samples: int) -> Array:
 _sample = jax.jit(gvi.sample, static_argnames="num_samples")
 
 
-@partial(jax.jit, static_argnames=("lay", "num_samples", "batch_size"))
-def _elbo_terms(key, w, p, lay, model, x, y, mask, num_samples, batch_size):
+def _terms(key, w, p, lay, model, x, y, mask, num_samples, batch_size):
     flat = gvi.sample(key, w, p, num_samples)
     loglik = evidence.batched_log_likelihood(model, flat, x, y, mask, batch_size)
     return loglik, gvi.kl_to_prior(w, p, lay, model)
 
 
-def elbo(key: Array, result: VIResult, x: Array, y: Array, num_samples: int = 10_000, *, mask=None, batch_size=1000):
+_ELBO_STATIC = ("lay", "num_samples", "batch_size")
+_elbo_terms = jax.jit(_terms, static_argnames=_ELBO_STATIC)
+
+
+@partial(jax.jit, static_argnames=_ELBO_STATIC)
+def _elbo_terms_batch(key, w, p, lay, model, x, y, mask, num_samples, batch_size):
+    one = lambda a: _terms(a[0], a[1], a[2], lay, *a[3:], num_samples, batch_size)
+    return jax.lax.map(one, (key, w, p, model, x, y, mask), batch_size=evidence.FITS_PER_CALL)
+
+
+def elbo(key: Array, result: VIResult, x: Array, y: Array, num_samples: int = 10_000, *, mask=None, batch_size=1000,
+         batched: bool = False):
     """ELBO on ``(x, y)``: Monte-Carlo expected log-likelihood over ``num_samples``
-    draws minus the exact KL to the prior -> :class:`evidence.ELBOEstimate`."""
-    loglik, kl = _elbo_terms(key, result.whitening, result.params, result.layout, result.model, x, y, mask,
-                             num_samples, batch_size)
+    draws minus the exact KL to the prior -> :class:`evidence.ELBOEstimate`. ``batched``:
+    a batched ``result`` (:func:`fit` with ``batched=True``), ``key [B, 2]``, ``x``, ``y``,
+    ``mask`` with a leading batch axis; the estimate's fields are then ``[B]``."""
+    terms = _elbo_terms_batch if batched else _elbo_terms
+    loglik, kl = terms(key, result.whitening, result.params, result.layout, result.model, x, y, mask,
+                       num_samples, batch_size)
     return evidence.elbo_estimate(loglik, kl)
 
 
