@@ -161,3 +161,23 @@ def test_defaults_fill_in_and_other_kinds_keep_their_layout():
     assert plain.prior_rank is None
     params = bnnp.init(jax.random.PRNGKey(0), plain)
     assert [tuple(p.mean.shape) for p in params.prior] == [(4, 2), (1, 5)]
+
+
+@pytest.mark.slow  # ~40 s idle: three compiles of the loop (its pieces are tested above and in test_train)
+def test_prior_study_trains_each_kind_through_the_training_loop(tmp_path):
+    """``bnnp metaprior prior``: each arm is a run config of the training loop (the fixed arm
+    freezes its prior), and the study's results come from the trained BNNPs."""
+    from bnnp_jax.studies.metaprior import prior_study as ps
+
+    cfg = ps.PriorStudyConfig(num_train_tasks=2, num_test_tasks=2, hidden=(4,), steps=2, num_samples=2,
+                              eval_samples=2, code_dim=2, prior_hidden=(4,), rank=1, priors=("metaprior",))
+    fixed = ps.run_config(cfg, "fixed", 0)
+    assert fixed.bnnp.prior_kind == "unitwise" and fixed.training.prior_fraction == 0.0
+    generated = ps.run_config(cfg, "metaprior", 0)
+    assert (generated.bnnp.prior_kind, generated.bnnp.prior_code_dim, generated.bnnp.prior_rank) == ("metaprior", 2, 1)
+    results = ps.run(cfg, tmp_path)
+    row = results["priors"]["metaprior"]
+    assert row["num_prior_parameters"] == metaprior_prior.num_parameters(
+        bnnp.init(jax.random.PRNGKey(0), generated.bnnp).prior)
+    assert np.isfinite(row["target_lpd_per_point"]) and len(row["target_lpd_per_task_point"]) == 2
+    assert (tmp_path / "prior_comparison.png").stat().st_size > 100

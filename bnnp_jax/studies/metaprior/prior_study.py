@@ -2,16 +2,15 @@
 meta-dataset (few training tasks), ``bnnp metaprior prior [--quick] [--out DIR]``.
 
 Three BNNPs share the architecture, inference networks and PP-AVI objective (SPEC section 5)
-and differ only in the weight prior: ``fixed`` (``N(0, I/D)``, not learned), ``unitwise``
-(learned full covariance per unit, SPEC section 3) and ``metaprior`` (unit codes + a
-hypernetwork emitting each unit's mean and low-rank-plus-diagonal covariance,
-:mod:`bnnp_jax.priors.metaprior_prior`). Each is meta-trained on ``num_train_tasks`` sawtooth tasks
-(random context/target splits each step) and scored on fresh test tasks with 25% context by
-the mean per-point log predictive density (the log of the Monte-Carlo mean density at each
-target point) and the RMSE of the predictive mean.
-
-The BNNP's own training loop does not take a MetaPrior prior yet, so this study calls the
-BNNP's per-path posterior (``bnnp.sample_path``) with explicit layer priors.
+and differ only in the weight prior: ``fixed`` (``N(0, I/D)``, not learned: ``prior_fraction``
+0), ``unitwise`` (learned full covariance per unit, SPEC section 3) and ``metaprior``
+(``BNNPConfig.prior_kind = "metaprior"``: unit codes + a hypernetwork emitting each unit's
+mean and low-rank-plus-diagonal covariance, :mod:`bnnp_jax.priors.metaprior_prior`). Each is
+meta-trained by the training loop (:func:`bnnp_jax.training.loop.fit`, ``data: null``) on
+``num_train_tasks`` sawtooth tasks, all of them each step with fresh random context/target
+splits, and scored on fresh test tasks with 25% context by the mean per-point log predictive
+density (the log of the Monte-Carlo mean density at each target point, pooled over points)
+and the RMSE of the predictive mean.
 """
 
 from __future__ import annotations
@@ -25,18 +24,17 @@ import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
-import optax
 import yaml
 
+from bnnp_jax.bnnp import model as bnnp
+from bnnp_jax.bnnp.model import BNNPConfig
 from bnnp_jax.config import with_quick
 from bnnp_jax.core.gaussian import normal_log_prob
-from bnnp_jax.bnnp import model as bnnp
-from bnnp_jax.priors import metaprior_prior
 from bnnp_jax.data import synthetic, tasks
-from bnnp_jax.metaprior.fit import chunked_scan
+from bnnp_jax.training import loop
+from bnnp_jax.training.config import RunConfig, TrainingConfig
 
-__all__ = ["PRIORS", "PriorStudyConfig", "load_config", "layer_priors_for", "task_objective", "train",
-           "evaluate", "run"]
+__all__ = ["PRIORS", "PriorStudyConfig", "load_config", "run_config", "train", "evaluate", "run"]
 
 Array = jax.Array
 PRIORS = ("fixed", "unitwise", "metaprior")
@@ -81,78 +79,39 @@ def load_config(path: str | Path, quick: bool = False) -> PriorStudyConfig:
     return PriorStudyConfig(**with_quick(PriorStudyConfig, yaml.safe_load(Path(path).read_text()), quick))
 
 
-def _widths(cfg: PriorStudyConfig) -> tuple[int, ...]:
-    return (1, *cfg.hidden, 1)
+def run_config(cfg: PriorStudyConfig, kind: str, seed: int) -> RunConfig:
+    """The training run of one prior ``kind``: a constant learning rate, every training task
+    each step, PP-AVI with ``beta = 1``; ``fixed`` freezes the initial unitwise prior."""
+    generated = {"prior_code_dim": cfg.code_dim, "prior_hypernet_hidden": cfg.prior_hidden, "prior_rank": cfg.rank}
+    arch = BNNPConfig(x_dim=1, y_dim=1, hidden=cfg.hidden, activation=cfg.activation, sigma_y_init=0.1,
+                      prior_kind="metaprior" if kind == "metaprior" else "unitwise",
+                      **(generated if kind == "metaprior" else {}))
+    chunk = min(100, cfg.steps)
+    training = TrainingConfig(steps=cfg.steps, tasks_per_step=cfg.num_train_tasks, num_samples=cfg.num_samples,
+                              objective="pp_avi", beta=1.0, lr_start=cfg.lr, lr_end=cfg.lr, steps_per_call=chunk,
+                              checkpoint_every=chunk, eval_every=cfg.steps, seed=seed,
+                              prior_fraction=0.0 if kind == "fixed" else 1.0)
+    return RunConfig(model="bnnp", data=None, bnnp=arch, training=training)
 
 
-def layer_priors_for(kind: str, params: tuple, widths: tuple[int, ...]) -> list:
-    """The layer priors of ``params = (bnnp_params, metaprior_prior_params)`` under ``kind``."""
-    bparams, pparams = params
-    if kind == "metaprior":
-        return metaprior_prior.layer_priors(pparams, widths)
-    if kind == "fixed":  # no gradient reaches the prior, so Adam leaves it at its initial value
-        bparams = dataclasses.replace(bparams, prior=jax.lax.stop_gradient(bparams.prior))
-    return bnnp.layer_priors(bparams)
-
-
-def task_objective(key, params, kind, widths, x, y, ctx, tgt, num_samples) -> Array:
-    """PP-AVI for one padded task (objectives.task_terms with explicit layer priors)."""
-    bparams = params[0]
-    lp = layer_priors_for(kind, params, widths)
-    path = lambda k: bnnp.sample_path(k, bparams, lp, x, y, ctx, None)
-    weights, kl = jax.vmap(path)(jax.random.split(key, num_samples))
-    ll = bnnp.log_likelihood_sums(bparams, weights, x, y, jnp.stack([ctx, tgt], -1))
-    return jnp.mean(ll[:, 0]) + jax.nn.logsumexp(ll[:, 1]) - math.log(num_samples) - jnp.mean(kl)
-
-
-@partial(jax.jit, static_argnames=("kind", "cfg"))
-def _train_chunk(carry, keys, ts, data, *, kind, cfg):
-    opt, widths = optax.adam(cfg.lr), _widths(cfg)
+def train(seed: int, cfg: PriorStudyConfig, kind: str, data: tuple) -> tuple[bnnp.BNNPParams, np.ndarray]:
+    """Meta-train one BNNP on the training tasks ``data = (x, y, mask)``; returns its
+    parameters and the per-step loss (the negative objective)."""
     x, y, mask = data
-
-    def loss(params, key):
-        k_split, k_obj = jax.random.split(key)
-        batch = tasks.split(k_split, x, y, mask, cfg.train_context)
-        keys = jax.random.split(k_obj, x.shape[0])
-        f = lambda k, xx, yy, c, t: task_objective(k, params, kind, widths, xx, yy, c, t, cfg.num_samples)
-        values = jax.vmap(f)(keys, batch.x, batch.y, batch.context, batch.target)
-        return -jnp.mean(values / jnp.maximum(jnp.sum(batch.mask, -1), 1.0))
-
-    def step(carry, inp):
-        params, state = carry
-        value, grads = jax.value_and_grad(loss)(params, inp[0])
-        updates, state = opt.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), -value
-
-    return jax.lax.scan(step, carry, (keys, ts))
+    sampler = lambda key, num_tasks: tasks.split(key, x, y, mask, cfg.train_context)  # noqa: E731
+    state, history = loop.fit(run_config(cfg, kind, seed), progress=True, sampler=sampler)
+    return state.params, np.asarray(history["loss"])
 
 
-def train(key: Array, cfg: PriorStudyConfig, kind: str, data: tuple) -> tuple[tuple, Array]:
-    """Meta-train one BNNP on the training tasks ``data = (x, y, mask)``."""
-    k_b, k_p, k_fit = jax.random.split(key, 3)
-    bcfg = bnnp.BNNPConfig(x_dim=1, y_dim=1, hidden=cfg.hidden, activation=cfg.activation, prior_kind="unitwise",
-                           sigma_y_init=0.1)
-    pparams = metaprior_prior.init(k_p, _widths(cfg), cfg.code_dim, cfg.prior_hidden, cfg.rank)
-    params = (bnnp.init(k_b, bcfg), pparams)
-    carry = (params, optax.adam(cfg.lr).init(params))
-    run = partial(_train_chunk, data=data, kind=kind, cfg=cfg)
-    (params, _), trace = chunked_scan(run, carry, k_fit, cfg.steps, 100, True, f"bnnp[{kind}]")
-    return params, trace
-
-
-@partial(jax.jit, static_argnames=("kind", "cfg"))
-def evaluate(key, params, kind, cfg, batch: tasks.TaskBatch) -> dict:
+@partial(jax.jit, static_argnames=("num_samples",))
+def evaluate(key, params: bnnp.BNNPParams, batch: tasks.TaskBatch, num_samples: int) -> dict:
     """Mean per-point target log predictive density and RMSE over test tasks."""
-    widths, bparams = _widths(cfg), params[0]
-    lp = layer_priors_for(kind, params, widths)
-    sig = bnnp.sigma_y(bparams)
+    sig = bnnp.sigma_y(params)
 
     def one(k, x, y, ctx, tgt):
-        path = lambda kk: bnnp.sample_path(kk, bparams, lp, x, y, ctx, None)
-        weights, _ = jax.vmap(path)(jax.random.split(k, cfg.eval_samples))
-        f = bnnp.forward(weights, x, cfg.activation)  # [S, N, 1]
+        f = bnnp.masked_functions(k, params, x, y, ctx, x, num_samples)  # [S, N, 1]
         lp_pt = jnp.sum(normal_log_prob(y, f, sig), -1)
-        lpd = jax.nn.logsumexp(lp_pt, 0) - math.log(cfg.eval_samples)
+        lpd = jax.nn.logsumexp(lp_pt, 0) - math.log(num_samples)
         sq = jnp.sum((jnp.mean(f, 0) - y) ** 2, -1)
         return jnp.sum(lpd * tgt), jnp.sum(sq * tgt), jnp.sum(tgt)
 
@@ -176,17 +135,12 @@ def _plot(path: Path, cfg: PriorStudyConfig, fitted: dict, test: tasks.TaskBatch
     grid = jnp.linspace(-2.5, 2.5, 200)[:, None]
     for col, kind in enumerate(kinds):
         params = fitted[kind]
-        lp = layer_priors_for(kind, params, _widths(cfg))
-        keys = jax.random.split(jax.random.PRNGKey(1), len(lp))
-        w = [jnp.swapaxes(g.sample(k, (8,)), -1, -2) for k, g in zip(keys, lp)]
-        f = bnnp.forward(w, grid, cfg.activation)
+        f = bnnp.forward(bnnp.prior_samples(jax.random.PRNGKey(1), params, 8), grid, cfg.activation)
         axes[0, col].plot(grid[:, 0], f[..., 0].T, lw=1)
         axes[0, col].set_title(f"{kind} prior: function draws")
         t = 0
         x, y, ctx = test.x[t], test.y[t], test.context[t]
-        path_fn = lambda k: bnnp.sample_path(k, params[0], lp, x, y, ctx, None)
-        weights, _ = jax.vmap(path_fn)(jax.random.split(jax.random.PRNGKey(2), 64))
-        fg = np.asarray(bnnp.forward(weights, grid, cfg.activation))[..., 0]
+        fg = np.asarray(bnnp.masked_functions(jax.random.PRNGKey(2), params, x, y, ctx, grid, 64))[..., 0]
         ax = axes[1, col]
         ax.fill_between(grid[:, 0], fg.mean(0) - 2 * fg.std(0), fg.mean(0) + 2 * fg.std(0), alpha=0.3)
         ax.plot(grid[:, 0], fg.mean(0))
@@ -206,15 +160,15 @@ def run(cfg: PriorStudyConfig, out: Path) -> dict:
     train_data, test = _data(cfg)
     results, fitted = {"num_train_tasks": cfg.num_train_tasks, "family": "sawtooth", "priors": {}}, {}
     for i, kind in enumerate(cfg.priors):
-        params, trace = train(jax.random.PRNGKey(cfg.seed + i), cfg, kind, train_data)
+        params, loss = train(cfg.seed + i, cfg, kind, train_data)
         fitted[kind] = params
-        ev = evaluate(jax.random.PRNGKey(cfg.seed + 99), params, kind, cfg, test)
-        n_prior = (metaprior_prior.num_parameters(params[1]) if kind == "metaprior" else
-                   0 if kind == "fixed" else sum(p.mean.size + p.scale.size for p in params[0].prior))
+        ev = evaluate(jax.random.PRNGKey(cfg.seed + 99), params, test, cfg.eval_samples)
+        n_prior = 0 if kind == "fixed" else sum(np.size(a) for a in jax.tree.leaves(params.prior))
         per_task = np.asarray(ev["target_lpd_per_task_point"])
         results["priors"][kind] = {"target_lpd_per_point": float(ev["target_lpd_per_point"]),
                                    "target_lpd_std_error_over_tasks": float(per_task.std() / np.sqrt(len(per_task))),
+                                   "target_lpd_per_task_point": per_task.tolist(),
                                    "target_rmse": float(ev["target_rmse"]), "num_prior_parameters": int(n_prior),
-                                   "final_train_objective_per_point": float(jnp.mean(trace[-100:]))}
+                                   "final_train_loss_last_100_steps": float(np.mean(loss[-100:]))}
     _plot(out / "prior_comparison.png", cfg, fitted, test)
     return results
