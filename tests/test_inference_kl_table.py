@@ -178,3 +178,56 @@ def test_meta_bnnp_bad_paths_name_the_field(tmp_path, x64):
         kl_table.load_meta_bnnp(table(run_dir))
     with pytest.raises(ConfigError, match="bnnp_checkpoint: .*widths"):
         kl_table.load_meta_bnnp(table(run_dir, (1, 6, 1)))
+
+
+# ----- batching over (seed, sigma_y) and resuming per method ----------------------------
+
+
+def test_seed_is_shorthand_for_seeds_and_the_grid_pads_ragged_datasets(tmp_path, x64):
+    assert kl_table.KLTableConfig(seed=7).seeds == (7,)
+    assert kl_table.KLTableConfig().seeds == (21, 42, 69, 420)  # the paper's four datasets
+    with pytest.raises(ValueError, match="seed or seeds"):
+        kl_table.KLTableConfig(seed=7, seeds=(1, 2))
+    cfg = kl_table.KLTableConfig(seeds=(1, 2), widths=(1, 2, 1), sigma_y_values=(0.1, 1.0))
+    g = kl_table.grid(cfg)
+    assert len(g.sigmas) == 4 and list(g.seeds) == [1, 1, 2, 2] and list(g.sigmas) == [0.1, 1.0, 0.1, 1.0]
+    assert g.sizes[0] != g.sizes[2]  # these two seeds draw datasets of different sizes
+    assert g.x.shape[1] == g.sizes.max() and np.array_equal(g.mask.sum(1), g.sizes)
+    np.testing.assert_allclose(g.models.sigma_y[:, 0], g.sigmas)
+    model, x, y, _ = g.element(2)
+    _, x2, f2, eps2 = kl_table.simulate(cfg, 2)
+    np.testing.assert_allclose(x, x2)
+    np.testing.assert_allclose(y, f2 + 0.1 * eps2)  # certified: noise = the model's sigma_y
+    assert float(model.sigma_y[0]) == 0.1
+
+
+def test_table_resumes_per_method(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    base = ("seeds: [1, 2]\nwidths: [1, 2, 1]\nsigma_y_values: [0.1, 1.0]\nelbo_samples: 32\n"
+            "train: {num_steps: 6, givi_inducing: 3}\nais: {num_temps: 4, num_particles: 4, num_leapfrog: 2}\n")
+    cfg.write_text(base + "methods: [mfvi, givi]\n")
+    out = tmp_path / "out"
+    calls = []
+    run_method, evidence = kl_table.run_method, kl_table.run_evidence
+    monkeypatch.setattr(kl_table, "run_method", lambda m, *a, **k: calls.append(m) or run_method(m, *a, **k))
+    monkeypatch.setattr(kl_table, "run_evidence", lambda *a: calls.append("evidence") or evidence(*a))
+    args = argparse.Namespace(config=str(cfg), out=str(out))
+    assert kl_table.run(args) == 0
+    assert calls == ["mfvi", "givi", "evidence"]
+    recs = json.loads((out / "results.json").read_text())["records"]
+    assert sorted((r["method"], r["seed"], r["sigma_y"]) for r in recs) == sorted(
+        (m, s, v) for m in ("mfvi", "givi") for s in (1, 2) for v in (0.1, 1.0))
+    assert all(np.isfinite([r["elbo"], r["kl_lower"], r["kl_upper"]]).all() for r in recs)
+    assert {"mfvi", "givi", "evidence"} <= set(json.loads((out / "timing.json").read_text()))
+    before = (out / "methods" / "mfvi.json").read_text()
+    # a rerun with one more method fits only that one, and keeps the evidence
+    calls.clear()
+    cfg.write_text(base + "methods: [mfvi, givi, ucvi]\n")
+    assert kl_table.run(args) == 0
+    assert calls == ["ucvi"]
+    assert (out / "methods" / "mfvi.json").read_text() == before
+    assert len(json.loads((out / "results.json").read_text())["records"]) == 12
+    # stored records from another config are not mixed in
+    cfg.write_text(base.replace("elbo_samples: 32", "elbo_samples: 16") + "methods: [mfvi]\n")
+    with pytest.raises(ConfigError, match="different config"):
+        kl_table.run(args)
