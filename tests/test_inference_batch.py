@@ -68,3 +68,10 @@ def test_batched_fit_names_the_fit_that_diverged(x64):
     y = y.at[1, 0, 0].set(jnp.nan)  # a NaN target in fit 1's real points
     with pytest.raises(FloatingPointError, match="non-finite loss at step 0 in fit 1"):
         registry.fit_batch("bnnp_per_task", keys, stacked, x, y, mask, num_steps=3)
+
+
+def test_zero_steps_returns_the_start(x64):
+    keys, _, _, stacked, x, y, mask = _batch()
+    res = registry.fit_batch("givi", keys, stacked, x, y, mask, num_steps=0, num_inducing=3)
+    assert res.losses.shape == (len(SIZES), 0)
+    np.testing.assert_array_equal(res.params.z, res.init_params.z)

@@ -147,6 +147,8 @@ def run_adam(key, loss_fn: Callable, params, args: tuple, num_steps: int, lr: tu
 
     (state, _), losses = run_chunks(run_chunk, (state, key), num_steps, chunk_size, desc=desc,
                                     progress=progress_bar, check=check)
+    if not losses:  # num_steps = 0: the start itself
+        return state[0], jnp.zeros(tuple(key.shape[:1]) * batched + (0,), jnp.result_type(float))
     return state[0], jnp.concatenate(losses, axis=-1)
 
 
