@@ -56,7 +56,7 @@ __all__ = [
     "Segment", "Whitening", "Params", "Result", "SCALES", "MEAN_INITS", "ESTIMATORS", "unit_layout",
     "layer_layout", "full_layout", "gauss_newton_blocks", "gauss_newton_step", "map_weights", "whitening", "init_params",
     "mean", "square_roots", "log_det_sqrt", "sample", "kl_to_units", "kl_to_prior", "loss", "fit",
-    "still_rising",
+    "still_rising", "VMAP_MAX_BLOCK",
 ]
 
 Array = jax.Array
@@ -269,12 +269,26 @@ _STATIC = ("layout", "num_particles", "estimator", "b1", "b2")
 _chunk = jax.jit(_scan, static_argnames=_STATIC)
 
 
-@partial(jax.jit, static_argnames=_STATIC)
-def _chunk_batch(p, opt_state, keys, lrs, w, layout, model, x, y, mask, num_particles, estimator, b1, b2):
-    # each fit is the single fit's scan, vmapped; the learning rates are common to the batch
-    one = lambda p, s, k, w, model, x, y, mask: _scan(p, s, k, lrs, w, layout, model, x, y, mask, num_particles,
-                                                      estimator, b1, b2)
-    return jax.vmap(one)(p, opt_state, keys, w, model, x, y, mask)
+# Fits whose largest covariance block is bigger than this run one after another inside the
+# batched program instead of vmapped: on XLA CPU the vmapped (batched) [481, 481] products of
+# FCVI on the KL table's BNN ran ~3x slower per fit than the single fit's plain ones
+# (benchmarks/kl_grid_batching.py), while small blocks (MFVI, UCVI) gain from the vmap.
+VMAP_MAX_BLOCK = 64
+
+
+def _fits_per_vmap(layout, num_fits: int) -> int | None:
+    return num_fits if max(g.size for g in layout) <= VMAP_MAX_BLOCK else None
+
+
+@partial(jax.jit, static_argnames=_STATIC + ("fits_per_vmap",))
+def _chunk_batch(p, opt_state, keys, lrs, w, layout, model, x, y, mask, num_particles, estimator, b1, b2,
+                 fits_per_vmap):
+    # each fit is the single fit's scan; the learning rates are common to the batch
+    def one(a):
+        p, s, k, w, model, x, y, mask = a
+        return _scan(p, s, k, lrs, w, layout, model, x, y, mask, num_particles, estimator, b1, b2)
+
+    return jax.lax.map(one, (p, opt_state, keys, w, model, x, y, mask), batch_size=fits_per_vmap)
 
 
 def _start(key, model, x, y, mask, layout, scale, mean_init, gauss_newton_iters, init_log_scale):
@@ -323,7 +337,9 @@ def fit(key: Array, model: bnn.BNNModel, x: Array, y: Array, layout, *, num_step
     batched :class:`BNNModel` (every leaf ``[B, ...]``, e.g. one ``sigma_y`` per fit),
     ``x [B, N, D_0]``, ``y [B, N, D_L]``, ``mask [B, N]`` (padding for datasets of different
     sizes); the result's leaves gain the leading axis (``losses [B, num_steps]``) and fit ``b``
-    is the single fit with ``key[b]`` on batch element ``b``.
+    is the single fit with ``key[b]`` on batch element ``b``. Layouts with blocks above
+    :data:`VMAP_MAX_BLOCK` (FCVI, LCVI on the table's BNN) run the fits one after another
+    inside the program rather than vmapped.
     """
     _check_options(mean_init, estimator)
     if scale not in SCALES:
@@ -335,7 +351,7 @@ def fit(key: Array, model: bnn.BNNModel, x: Array, y: Array, layout, *, num_step
     opt_state = jax.vmap(opt_init)(p) if batched else opt_init(p)
     lrs = np.asarray(optax.linear_schedule(lr[0], lr[1], max(num_steps, 1))(np.arange(num_steps)), dtype=dtype)
     keys = (jax.vmap(jax.random.split, (0, None)) if batched else jax.random.split)(run_key, num_steps)
-    chunk = _chunk_batch if batched else _chunk
+    chunk = partial(_chunk_batch, fits_per_vmap=_fits_per_vmap(layout, key.shape[0])) if batched else _chunk
 
     def run_chunk(carry, done, n):
         return chunk(*carry, keys[..., done:done + n, :], lrs[done:done + n], w, layout, model, x, y, mask,
