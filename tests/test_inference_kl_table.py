@@ -231,3 +231,12 @@ def test_table_resumes_per_method(tmp_path, monkeypatch):
     cfg.write_text(base.replace("elbo_samples: 32", "elbo_samples: 16") + "methods: [mfvi]\n")
     with pytest.raises(ConfigError, match="different config"):
         kl_table.run(args)
+
+
+def test_committed_meta_bnnp_serves_the_table(x64):
+    """The paper config's meta-BNNP column runs from a fresh clone: the committed run loads and
+    passes every check against the table's model (widths, activation, the fixed prior)."""
+    table = load_yaml(kl_table.KLTableConfig, "configs/kl_table.yaml")
+    assert "bnnp_amortised" in table.methods
+    params = kl_table.load_meta_bnnp(table)
+    assert params.likelihood["raw_sigma"].dtype == np.float64
