@@ -138,7 +138,7 @@ def test_meta_bnnp_column_end_to_end(tmp_path, x64):
 
     cfg = tmp_path / "table.yaml"
     cfg.write_text(
-        f"widths: [1, 8, 1]\nsigma_y_values: [0.1, 1.0]\nmethods: [bnnp_amortised]\nmode: certified\n"
+        f"seeds: [69]\nwidths: [1, 8, 1]\nsigma_y_values: [0.1, 1.0]\nmethods: [bnnp_amortised]\nmode: certified\n"
         f"elbo_samples: 64\nbnnp_checkpoint: {run_dir}\nais: {{num_temps: 5, num_particles: 4, num_leapfrog: 2}}\n"
     )
     assert kl_table.run(argparse.Namespace(config=str(cfg), out=str(tmp_path / "out"))) == 0

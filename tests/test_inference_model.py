@@ -74,6 +74,19 @@ def test_exact_linear_case_matches_dense_reference(x64):
     assert samples.shape == (7, model.num_weights)
 
 
+def test_exact_linear_case_drops_masked_points(x64):
+    """Padding (mask 0, junk values) changes neither the exact evidence nor the posterior."""
+    model = bnn.fixed_prior_model([1, 1], "relu", 0.3)
+    x, y, _ = _data(jax.random.PRNGKey(5), model, n=10)
+    mask = (jnp.arange(10) < 6).astype(x.dtype)
+    xp, yp = x.at[6:].set(9.0), y.at[6:].set(1e3)
+    np.testing.assert_allclose(bnn.exact_log_evidence(model, xp, yp, mask),
+                               bnn.exact_log_evidence(model, x[:6], y[:6]), rtol=1e-12)
+    a, b = bnn.exact_posterior(model, xp, yp, mask), bnn.exact_posterior(model, x[:6], y[:6])
+    np.testing.assert_allclose(a.mean, b.mean, rtol=1e-10)
+    np.testing.assert_allclose(a.prec_tril, b.prec_tril, rtol=1e-10)
+
+
 def test_forward_flat_matches_forward(x64):
     model = bnn.fixed_prior_model([2, 6, 1], "tanh", 0.1)
     ws = [bnn.prior_sample(k, model) for k in jax.random.split(jax.random.PRNGKey(5), 3)]

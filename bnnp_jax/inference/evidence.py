@@ -114,12 +114,13 @@ def estimate(key, model: bnn.BNNModel, x, y, mode: str = "certified", *, posteri
     out = (lambda a: np.asarray(a, float)) if batched else float
     exact = float("nan")
     if model.num_layers == 1:
-        exact = out(vmap(bnn.exact_log_evidence)(model, x, y))
+        exact = out(vmap(bnn.exact_log_evidence)(model, x, y, mask))
         if posterior_init is None:
             keys = vmap(jax.random.split)(key)
             key, sub = keys[..., 0, :], keys[..., 1, :]
             k = ais_settings.get("num_particles", 64)
-            posterior_init = vmap(lambda s, m, x, y: bnn.exact_posterior_samples(s, m, x, y, k))(sub, model, x, y)
+            posterior_init = vmap(lambda s, m, x, y, w: bnn.exact_posterior_samples(s, m, x, y, k, w))(
+                sub, model, x, y, mask)
     res = ais.bdmc(key, model, x, y, posterior_init=posterior_init, mask=mask, batched=batched, **ais_settings)
     nan = np.full(np.shape(res.forward.log_z), np.nan) if batched else float("nan")
     rev = res.reverse

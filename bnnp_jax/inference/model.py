@@ -242,29 +242,33 @@ def require_no_hidden_layer(model: BNNModel, what: str) -> None:
         raise ValueError(f"{what} needs a model with no hidden layer, got widths {list(model.widths)}")
 
 
-def _linear_case(model: BNNModel, x: Array, y: Array):
+def _linear_case(model: BNNModel, x: Array, y: Array, mask=None):
     require_no_hidden_layer(model, "the exact posterior")
     features = with_bias(x)  # [N, D]
     precision = jnp.broadcast_to(model.sigma_y**-2, y.shape)  # [N, O]
+    if mask is not None:  # padding gets precision 0, which the linear-regression forms skip
+        precision = precision * jnp.asarray(mask, precision.dtype)[:, None]
     return features, precision, model.prior_gaussians()[0]
 
 
 @jax.jit
-def exact_posterior(model: BNNModel, x: Array, y: Array) -> Gaussian:
+def exact_posterior(model: BNNModel, x: Array, y: Array, mask=None) -> Gaussian:
     """Closed-form posterior of a no-hidden-layer model (Bayesian linear regression):
-    ``Gaussian(mean [O, D], prec_tril [O, D, D])`` in unit layout."""
-    features, precision, prior = _linear_case(model, x, y)
+    ``Gaussian(mean [O, D], prec_tril [O, D, D])`` in unit layout; ``mask [N]`` (1 real, 0 padding)."""
+    features, precision, prior = _linear_case(model, x, y, mask)
     return blr.posterior(features, y, precision, prior)
 
 
 @jax.jit
-def exact_log_evidence(model: BNNModel, x: Array, y: Array) -> Array:
-    """Exact ``log p(y | x)`` of a no-hidden-layer model -> scalar."""
-    features, precision, prior = _linear_case(model, x, y)
+def exact_log_evidence(model: BNNModel, x: Array, y: Array, mask=None) -> Array:
+    """Exact ``log p(y | x)`` of a no-hidden-layer model -> scalar; padded points (``mask [N]``
+    0) are left out."""
+    features, precision, prior = _linear_case(model, x, y, mask)
     return blr.log_marginal_likelihood(features, y, precision, prior)
 
 
-def exact_posterior_samples(key: Array, model: BNNModel, x: Array, y: Array, num_samples: int) -> Array:
+def exact_posterior_samples(key: Array, model: BNNModel, x: Array, y: Array, num_samples: int,
+                            mask=None) -> Array:
     """Exact posterior draws of a no-hidden-layer model as flat weights ``[S, P]``."""
-    units = exact_posterior(model, x, y).sample(key, (num_samples,))  # [S, O, D]
+    units = exact_posterior(model, x, y, mask).sample(key, (num_samples,))  # [S, O, D]
     return units.reshape(num_samples, -1)  # unit-major = the flat layout for one layer
