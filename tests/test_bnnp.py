@@ -13,7 +13,7 @@ from bnnp_jax.core import blr
 from bnnp_jax.bnnp import model as bnnp
 from bnnp_jax.bnnp import objectives
 from bnnp_jax.priors import weight_prior as priors
-from bnnp_jax.core.gaussian import Gaussian, kl_divergence
+from bnnp_jax.core.gaussian import kl_divergence
 
 
 def _data(n=25, x_dim=1, y_dim=1, seed=0, dtype=jnp.float64):

@@ -3,7 +3,6 @@ model has no hidden layer, and learning on a BNN."""
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from bnnp_jax.inference import bnnp_methods as bm
