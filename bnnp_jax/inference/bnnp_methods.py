@@ -169,10 +169,12 @@ def _per_task_elbo_terms(key, model, params, x, y, mask, num_samples, batch_size
 
 
 _per_task_elbo = jax.jit(_per_task_elbo_terms, static_argnames=("num_samples", "batch_size"))
+
+
 @partial(jax.jit, static_argnames=("num_samples", "batch_size"))
 def _per_task_elbo_batch(key, model, params, x, y, mask, num_samples, batch_size):
-    one = lambda a: _per_task_elbo_terms(*a, num_samples, batch_size)
-    return jax.lax.map(one, (key, model, params, x, y, mask), batch_size=evidence.FITS_PER_CALL)
+    one = lambda *a: _per_task_elbo_terms(*a, num_samples, batch_size)
+    return evidence.map_fits(one, key, model, params, x, y, mask)
 
 
 def per_task_elbo(key, result: PerTaskResult, num_samples: int = 10_000, *, batch_size: int = 1000,

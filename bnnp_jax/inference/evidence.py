@@ -29,7 +29,7 @@ import numpy as np
 from bnnp_jax.inference import ais
 from bnnp_jax.inference import model as bnn
 
-__all__ = ["MODES", "FITS_PER_CALL", "ELBOEstimate", "elbo_estimate", "batched_log_likelihood", "Evidence", "estimate",
+__all__ = ["MODES", "FITS_PER_CALL", "map_fits", "ELBOEstimate", "elbo_estimate", "batched_log_likelihood", "Evidence", "estimate",
            "KLInterval", "kl_interval"]
 
 Array = jax.Array
@@ -37,6 +37,12 @@ MODES = ("paper", "certified")
 # Batched ELBOs (a batch of fits) run this many fits at a time (vmapped; lax.map over the
 # rest): 10,000 draws of a 481-weight q are 38 MB per fit, and a 160-fit batch at once is not.
 FITS_PER_CALL = 8
+
+
+def map_fits(fn, *args):
+    """``fn(*args_b)`` for every fit ``b`` of a batch (every leaf of ``args`` ``[B, ...]``),
+    :data:`FITS_PER_CALL` fits at a time -> outputs with a leading ``[B]``."""
+    return jax.lax.map(lambda a: fn(*a), args, batch_size=FITS_PER_CALL)
 
 
 class ELBOEstimate(NamedTuple):

@@ -254,10 +254,12 @@ def _elbo_terms_mapped(key, model, params, x, y, mask, num_samples, batch_size):
 
 
 _elbo_terms_batched = jax.jit(_elbo_terms_mapped, static_argnames=("num_samples", "batch_size"))
+
+
 @partial(jax.jit, static_argnames=("num_samples", "batch_size"))
 def _elbo_terms_vmapped(key, model, params, x, y, mask, num_samples, batch_size):
-    one = lambda a: _elbo_terms_mapped(*a, num_samples, batch_size)
-    return jax.lax.map(one, (key, model, params, x, y, mask), batch_size=evidence.FITS_PER_CALL)
+    one = lambda *a: _elbo_terms_mapped(*a, num_samples, batch_size)
+    return evidence.map_fits(one, key, model, params, x, y, mask)
 
 
 def elbo(key, result: GIVIResult, x, y, num_samples: int = 10_000, *, mask=None, batch_size: int = 1000,

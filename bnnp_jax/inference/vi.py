@@ -278,8 +278,8 @@ _elbo_terms = jax.jit(_terms, static_argnames=_ELBO_STATIC)
 
 @partial(jax.jit, static_argnames=_ELBO_STATIC)
 def _elbo_terms_batch(key, w, p, lay, model, x, y, mask, num_samples, batch_size):
-    one = lambda a: _terms(a[0], a[1], a[2], lay, *a[3:], num_samples, batch_size)
-    return jax.lax.map(one, (key, w, p, model, x, y, mask), batch_size=evidence.FITS_PER_CALL)
+    one = lambda k, w, p, *data: _terms(k, w, p, lay, *data, num_samples, batch_size)
+    return evidence.map_fits(one, key, w, p, model, x, y, mask)
 
 
 def elbo(key: Array, result: VIResult, x: Array, y: Array, num_samples: int = 10_000, *, mask=None, batch_size=1000,
