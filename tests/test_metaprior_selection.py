@@ -86,7 +86,7 @@ def test_cli_seeds_and_n_val(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not both"):
         me.main(["moons", "--seed", "1", "--seeds", "2", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="validation split"):
-        me.main(["cubic", "--n-val", "5", "--out", str(tmp_path)])
+        me.main(["fewshot", "--n-val", "5", "--out", str(tmp_path)])
 
 
 def test_selection_uses_validation_only(monkeypatch):
@@ -108,6 +108,47 @@ def test_selection_uses_validation_only(monkeypatch):
             assert set(p) == {"seed", "wall_seconds", "val_accuracy", "val_nll", "final_objective_per_point",
                               "trace_drift"}
     assert "(chosen)" in ms.markdown_table(record)
+
+
+def test_cubic_split_keeps_the_fitting_points_and_draws_validation_apart():
+    from bnnp_jax.studies.metaprior.toys import cubic_data, cubic_split
+
+    x, y, x_va, y_va, x_te, y_te = cubic_split(3, 40, 20, 50, 3.0)
+    assert (len(y), len(y_va), len(y_te)) == (20, 20, 50)
+    # the fitting points are those of a run without a split (the paper's 20 points)
+    x0, y0 = cubic_data(3, 20, 3.0)
+    assert np.array_equal(x, x0) and np.array_equal(y, y0)
+    assert np.array_equal(cubic_split(3, 20, 0, 50, 3.0)[0], x0)
+    # validation and test are their own draws: no point shared with each other or the fit
+    assert not _rows(x_va) & _rows(x) and not _rows(x_va) & _rows(x_te) and not _rows(x) & _rows(x_te)
+    np.testing.assert_allclose(y_va[:, 0], x_va[:, 0] ** 3, atol=5 * 3.0)  # same generator
+
+
+def test_cubic_selection_scores_validation_density(monkeypatch):
+    """For the cubic the rule is the validation log density (higher wins, RMSE breaks ties), and
+    no test metric is recorded."""
+    def fake_evaluate(cfg, models):
+        good = cfg.model.get("init_code_std") == 1.0
+        return {models[0]: {"val_lpd": -2.5 if good else -3.0, "val_rmse": 4.0, "test_lpd": -9.0 if good else -1.0,
+                            "test_rmse": 1.0, "final_objective_per_point": -0.2, "trace_drift": 0.0}}
+
+    monkeypatch.setattr(ms, "_evaluator", lambda experiment: fake_evaluate)
+    record = ms.run_sweep({"experiment": "cubic", "seeds": [1, 2],
+                           "candidates": {"metaprior": {"a": {}, "b": {"model": {"init_code_std": 1.0}}}}},
+                          progress=lambda s: None)
+    assert record["chosen"] == {"metaprior": "b"} and record["score"] == "val_lpd"
+    rows = record["candidates"]["metaprior"]
+    assert rows["b"]["val_lpd_mean"] == pytest.approx(-2.5) and rows["a"]["val_rmse_mean"] == pytest.approx(4.0)
+    for row in rows.values():
+        for p in row["per_seed"]:
+            assert not any(k.startswith("test") for k in p)
+    assert "| val_lpd (mean ± s.d.) |" in ms.markdown_table(record)
+
+
+def test_seed_table_reads_a_regression_summary():
+    runs = [{"metaprior": {"test_lpd": v, "test_rmse": 5.0, "val_lpd": -3.0}, "wall_seconds": 10.0} for v in (-3.0, -2.0)]
+    table = ms.seed_table({"seeds": [1, 2], "mean_sd": me.summarise(runs)}, "cubic")
+    assert "| metaprior | -2.5000 ± 0.7071 | -3.000, -2.000 | 5.000 ± 0.000 | -3.0000 ± 0.0000 |" in table
 
 
 def test_with_overrides_merges_nested_and_rejects_unknown():

@@ -28,7 +28,7 @@ from bnnp_jax.metaprior import mfvi as mf
 from bnnp_jax.studies.metaprior.common import classification_metrics, final_elbo, train_metaprior, train_mfvi
 from bnnp_jax.studies.metaprior.experiments import ExperimentConfig
 
-__all__ = ["load_data", "train_both", "run_digits", "permute_task", "run_fewshot"]
+__all__ = ["load_data", "hold_out", "train_both", "evaluate_digits", "run_digits", "permute_task", "run_fewshot"]
 
 Array = jax.Array
 
@@ -79,6 +79,44 @@ def train_both(cfg: ExperimentConfig, data: tuple) -> dict:
     mcfg, p0, params, trace = train_metaprior(k_mp, cfg, widths, "categorical", x_tr, y_tr)
     bcfg, mfp, mf_trace = train_mfvi(k_mf, cfg, widths, "categorical", x_tr, y_tr)
     return {"mcfg": mcfg, "p0": p0, "params": params, "trace": trace, "bcfg": bcfg, "mfp": mfp, "mf_trace": mf_trace}
+
+
+DIGITS_MODELS = ("metaprior", "mfvi")
+
+
+def evaluate_digits(cfg: ExperimentConfig, models: tuple[str, ...] = DIGITS_MODELS, mnist: str | None = None) -> dict:
+    """Fit the chosen ``models`` on one seed's digits (the training images less the ``n_val``
+    validation split; the same keys as :func:`train_both`). Returns ``{model: metrics}``: test
+    and validation accuracy / NLL, and the final training objective and its drift over the last
+    10% of steps (the selection's convergence diagnostics)."""
+    unknown = set(models) - set(DIGITS_MODELS)
+    if unknown:
+        raise ValueError(f"models must be drawn from {DIGITS_MODELS}, got {sorted(unknown)}")
+    x_all, y_all, x_te, y_te, _ = load_data(cfg.seed, cfg.n_train, cfg.n_test, mnist)
+    x_tr, y_tr, x_va, y_va = hold_out(cfg.seed, x_all, y_all, cfg.n_val)
+    widths = (x_tr.shape[1], *cfg.hidden, 10)
+    k_mp, k_mf = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    key, out = jax.random.PRNGKey(cfg.seed + 1), {}
+    xj, yj = jnp.asarray(x_tr), jnp.asarray(y_tr)
+
+    def drift(trace: Array) -> dict[str, float]:
+        n = max(1, trace.shape[0] // 10)
+        last, before = float(jnp.mean(trace[-n:])), float(jnp.mean(trace[-2 * n:-n]))
+        return {"final_objective_per_point": last, "trace_drift": last - before}
+
+    if "metaprior" in models:
+        mcfg, _, params, trace = train_metaprior(k_mp, cfg, widths, "categorical", xj, yj)
+        acc = lambda x, y: _mp_acc(key, params, mcfg, x, y, cfg.eval_samples)  # noqa: E731
+        out["metaprior"] = {**acc(x_te, y_te), **drift(trace)}
+        if len(y_va):
+            out["metaprior"].update({f"val_{k}": v for k, v in acc(x_va, y_va).items()})
+    if "mfvi" in models:
+        bcfg, mfp, mf_trace = train_mfvi(k_mf, cfg, widths, "categorical", xj, yj)
+        acc = lambda x, y: _mf_acc(key, mfp, bcfg, x, y, cfg.eval_samples)  # noqa: E731
+        out["mfvi"] = {**acc(x_te, y_te), **drift(mf_trace)}
+        if len(y_va):
+            out["mfvi"].update({f"val_{k}": v for k, v in acc(x_va, y_va).items()})
+    return out
 
 
 def _mp_acc(key, params, mcfg, x, y, s) -> dict:

@@ -13,8 +13,10 @@ per model, a few candidate overrides of the experiment config::
       mlp:
         wd0: {mlp: {weight_decay: 0.0}}
 
-Every candidate is fitted once per seed and scored by its mean validation accuracy over the
-seeds (ties broken by the lower mean validation NLL). Only validation metrics and convergence
+Every candidate is fitted once per seed and scored by its mean validation score over the
+seeds: accuracy for the classifiers (``moons``, ``digits``; ties broken by the lower mean
+validation NLL) and the log predictive density per point for the ``cubic`` regression (ties
+broken by the lower validation RMSE); :data:`SCORES`. Only validation metrics and convergence
 diagnostics are kept: the test metrics the fitting functions also compute are dropped here, so
 nothing recorded about the candidates can steer the choice towards the test set.
 
@@ -38,11 +40,13 @@ import yaml
 
 from bnnp_jax.studies.metaprior.experiments import ExperimentConfig, load_config
 
-__all__ = ["with_overrides", "validation_only", "score_candidate", "run_sweep", "markdown_table", "seed_table",
+__all__ = ["SCORES", "with_overrides", "validation_only", "score_candidate", "run_sweep", "markdown_table", "seed_table",
            "main"]
 
 # Keys kept from a fit's metrics: validation scores and convergence diagnostics, never test scores.
-_KEPT = ("val_accuracy", "val_nll", "final_objective_per_point", "trace_drift")
+_KEPT = ("val_accuracy", "val_nll", "val_lpd", "val_rmse", "final_objective_per_point", "trace_drift")
+# experiment -> (validation score, higher is better; tie-break, lower is better)
+SCORES = {"moons": ("val_accuracy", "val_nll"), "digits": ("val_accuracy", "val_nll"), "cubic": ("val_lpd", "val_rmse")}
 
 
 def with_overrides(cfg: ExperimentConfig, overrides: dict) -> ExperimentConfig:
@@ -67,22 +71,32 @@ def _evaluator(experiment: str):
         from bnnp_jax.studies.metaprior.toys import evaluate_moons
 
         return evaluate_moons
-    raise ValueError(f"selection is implemented for 'moons' only, got {experiment!r}")
+    if experiment == "cubic":
+        from bnnp_jax.studies.metaprior.toys import evaluate_cubic
+
+        return evaluate_cubic
+    if experiment == "digits":
+        from bnnp_jax.studies.metaprior.digits import evaluate_digits
+
+        return evaluate_digits
+    raise ValueError(f"selection is implemented for {tuple(SCORES)}, got {experiment!r}")
 
 
 def score_candidate(experiment: str, cfg: ExperimentConfig, model: str, seeds: list[int]) -> dict:
-    """Fit ``model`` under ``cfg`` once per seed; mean and s.d. of the validation accuracy, mean
-    validation NLL, and the per-seed validation metrics and wall times."""
+    """Fit ``model`` under ``cfg`` once per seed; mean and s.d. of the validation score
+    (``SCORES[experiment]``, e.g. ``val_accuracy_mean`` / ``val_accuracy_sd``), the mean
+    tie-break metric (e.g. ``val_nll_mean``), and the per-seed validation metrics and wall times."""
     if cfg.n_val < 1:
         raise ValueError("selection needs a validation split: set n_val > 0")
     evaluate, per_seed = _evaluator(experiment), []
+    score, tie = SCORES[experiment]
     for seed in seeds:
         start = time.perf_counter()
         metrics = evaluate(dataclasses.replace(cfg, seed=seed), (model,))[model]
         per_seed.append({"seed": seed, **validation_only(metrics), "wall_seconds": round(time.perf_counter() - start, 1)})
-    acc = np.array([r["val_accuracy"] for r in per_seed])
-    return {"val_accuracy_mean": float(acc.mean()), "val_accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-            "val_nll_mean": float(np.mean([r["val_nll"] for r in per_seed])), "per_seed": per_seed}
+    values = np.array([r[score] for r in per_seed])
+    return {f"{score}_mean": float(values.mean()), f"{score}_sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            f"{tie}_mean": float(np.mean([r[tie] for r in per_seed])), "per_seed": per_seed}
 
 
 def run_sweep(sweep: dict, progress=print) -> dict:
@@ -90,53 +104,61 @@ def run_sweep(sweep: dict, progress=print) -> dict:
     ``selection.json``, with ``chosen[model]`` the name of the best candidate by validation."""
     experiment, quick, seeds = sweep["experiment"], bool(sweep.get("quick", False)), list(sweep["seeds"])
     base = load_config(experiment, sweep.get("config"), quick)
+    score, tie = SCORES[experiment]
     record = {"experiment": experiment, "quick": quick, "seeds": seeds, "base_config": dataclasses.asdict(base),
-              "rule": "highest mean validation accuracy over the seeds; ties: lower mean validation NLL",
-              "candidates": {}, "chosen": {}}
+              "rule": f"highest mean {score} over the seeds; ties: lower mean {tie}", "score": score,
+              "tiebreak": tie, "candidates": {}, "chosen": {}}
     for model, candidates in sweep["candidates"].items():
         rows = {}
         for name, overrides in candidates.items():
             cfg = with_overrides(base, overrides or {})
             rows[name] = {"overrides": overrides or {}, **score_candidate(experiment, cfg, model, seeds)}
-            progress(f"{model} {name}: val accuracy {rows[name]['val_accuracy_mean']:.4f} "
-                     f"+- {rows[name]['val_accuracy_sd']:.4f}")
+            progress(f"{model} {name}: {score} {rows[name][f'{score}_mean']:.4f} "
+                     f"+- {rows[name][f'{score}_sd']:.4f}")
         record["candidates"][model] = rows
-        record["chosen"][model] = max(rows, key=lambda n: (round(rows[n]["val_accuracy_mean"], 6),
-                                                          -rows[n]["val_nll_mean"]))
+        record["chosen"][model] = max(rows, key=lambda n: (round(rows[n][f"{score}_mean"], 6),
+                                                          -rows[n][f"{tie}_mean"]))
     return record
 
 
 def markdown_table(record: dict) -> str:
-    """One table per model: candidate, overrides, mean +- s.d. validation accuracy, mean NLL, per-seed accuracy."""
+    """One table per model: candidate, overrides, mean +- s.d. validation score, mean tie-break
+    metric, per-seed score (``record['score']``; records without one scored validation accuracy)."""
+    score, tie = record.get("score", "val_accuracy"), record.get("tiebreak", "val_nll")
     lines = [f"Selection for `{record['experiment']}` ({'quick' if record['quick'] else 'full'} settings), "
              f"seeds {record['seeds']}; rule: {record['rule']}. Validation metrics only.", ""]
     for model, rows in record["candidates"].items():
-        lines += [f"**{model}**", "", "| candidate | overrides | val accuracy (mean ± s.d.) | val NLL | per seed | "
+        lines += [f"**{model}**", "", f"| candidate | overrides | {score} (mean ± s.d.) | {tie} | per seed | "
                   "final objective / point | drift over last 10% | s / seed |", "|---|---|---|---|---|---|---|---|"]
         for name, r in rows.items():
             mark = " (chosen)" if record["chosen"][model] == name else ""
-            per = ", ".join(f"{p['val_accuracy']:.3f}" for p in r["per_seed"])
+            per = ", ".join(f"{p[score]:.3f}" for p in r["per_seed"])
             obj = np.mean([p["final_objective_per_point"] for p in r["per_seed"]])
             drift = np.mean([p["trace_drift"] for p in r["per_seed"]])
             wall = np.mean([p["wall_seconds"] for p in r["per_seed"]])
-            lines.append(f"| {name}{mark} | `{json.dumps(r['overrides'])}` | {r['val_accuracy_mean']:.4f} ± "
-                         f"{r['val_accuracy_sd']:.4f} | {r['val_nll_mean']:.4f} | {per} | {obj:.4f} | {drift:+.4f} | "
+            lines.append(f"| {name}{mark} | `{json.dumps(r['overrides'])}` | {r[f'{score}_mean']:.4f} ± "
+                         f"{r[f'{score}_sd']:.4f} | {r[f'{tie}_mean']:.4f} | {per} | {obj:.4f} | {drift:+.4f} | "
                          f"{wall:.0f} |")
         lines.append("")
     return "\n".join(lines)
 
 
 def seed_table(summary: dict, title: str, models: tuple[str, ...] = ("metaprior", "mfvi", "mlp")) -> str:
-    """Markdown table of one ``bnnp metaprior ... --seeds`` summary: test and validation accuracy
-    (mean ± s.d. over the seeds, sample s.d.), per-seed test accuracy, test NLL, and the wall time."""
+    """Markdown table of one ``bnnp metaprior ... --seeds`` summary (mean ± sample s.d. over the
+    seeds), and the wall time. Classifiers: test accuracy, per-seed accuracy, test NLL and
+    validation accuracy; the cubic regression (``test_lpd`` in the summary): test log predictive
+    density per point, per-seed values, test RMSE and validation log density."""
     m = summary["mean_sd"]
-    lines = [f"**{title}** (seeds {summary['seeds']})", "",
-             "| model | test accuracy (mean ± s.d.) | per seed | test NLL | val accuracy |", "|---|---|---|---|---|"]
+    regression = any(k.endswith("/test_lpd") for k in m)
+    main_k, second_k, val_k = ("test_lpd", "test_rmse", "val_lpd") if regression else ("accuracy", "nll", "val_accuracy")
+    header = ("| model | test log density / point (mean ± s.d.) | per seed | test RMSE | val log density / point |"
+              if regression else "| model | test accuracy (mean ± s.d.) | per seed | test NLL | val accuracy |")
+    lines = [f"**{title}** (seeds {summary['seeds']})", "", header, "|---|---|---|---|---|"]
     for model in models:
-        if f"{model}/accuracy" not in m:
+        if f"{model}/{main_k}" not in m:
             continue
-        acc, nll = m[f"{model}/accuracy"], m[f"{model}/nll"]
-        val = m.get(f"{model}/val_accuracy")
+        acc, nll = m[f"{model}/{main_k}"], m[f"{model}/{second_k}"]
+        val = m.get(f"{model}/{val_k}")
         val_s = f"{val['mean']:.4f} ± {val['sd']:.4f}" if val else "-"
         per = ", ".join(f"{v:.3f}" for v in acc["values"])
         lines.append(f"| {model} | {acc['mean']:.4f} ± {acc['sd']:.4f} | {per} | {nll['mean']:.3f} ± {nll['sd']:.3f} | "

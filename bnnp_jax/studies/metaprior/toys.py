@@ -22,7 +22,7 @@ from bnnp_jax.studies.metaprior import mlp_baseline as mlp
 from bnnp_jax.studies.metaprior.common import classification_metrics, final_elbo, train_metaprior, train_mfvi
 from bnnp_jax.studies.metaprior.experiments import ExperimentConfig
 
-__all__ = ["LAYER_COLOURS", "cubic_data", "with_hidden_code", "metaprior_code_draws", "mf_weight_draws",
+__all__ = ["LAYER_COLOURS", "cubic_data", "cubic_split", "evaluate_cubic", "with_hidden_code", "metaprior_code_draws", "mf_weight_draws",
            "run_cubic", "moons_data", "fit_moons", "run_moons"]
 
 Array = jax.Array
@@ -37,6 +37,20 @@ def cubic_data(seed: int, n: int, noise: float) -> tuple[np.ndarray, np.ndarray]
     rng = np.random.default_rng(seed)
     x = rng.uniform(-4.0, 4.0, (n, 1))
     return x.astype(np.float32), (x**3 + noise * rng.normal(size=(n, 1))).astype(np.float32)
+
+
+def cubic_split(seed: int, n_train: int, n_val: int, n_test: int, noise: float) -> tuple[np.ndarray, ...]:
+    """``(x_fit, y_fit, x_val, y_val, x_test, y_test)`` for the cubic, each ``[n, 1]``.
+
+    The ``n_train - n_val`` fitting points are ``cubic_data(seed, n_train - n_val)``, so the
+    fitting set does not depend on ``n_val`` (with ``n_train = 40, n_val = 20`` it is the
+    20 points of the paper's setting and of every run without a split). The ``n_val``
+    validation points come from their own stream (``seed + 2000``) and the test points from
+    ``seed + 1000``: three disjoint draws of the same generator."""
+    x, y = cubic_data(seed, n_train - n_val, noise)
+    x_va, y_va = cubic_data(seed + 2000, n_val, noise)
+    x_te, y_te = cubic_data(seed + 1000, n_test, noise)
+    return x, y, x_va, y_va, x_te, y_te
 
 
 def with_hidden_code(z: mp.ZSample, layer: int, unit: int, value: Array) -> mp.ZSample:
@@ -146,18 +160,57 @@ def _plot_cubic(path: Path, cfg: ExperimentConfig, x, y, grid, f_mp, f_mf, draws
     plt.close(fig)
 
 
-def run_cubic(cfg: ExperimentConfig, out: Path) -> dict:
-    """Cubic toy: fits, uncertainty bands, one-code vs 40-weight function draws."""
-    out.mkdir(parents=True, exist_ok=True)
-    k_mp, k_mf, k_pred, k_draw = jax.random.split(jax.random.PRNGKey(cfg.seed), 4)
-    x, y = cubic_data(cfg.seed, cfg.n_train, cfg.noise)
-    x_test, y_test = cubic_data(cfg.seed + 1000, cfg.n_test, cfg.noise)
+CUBIC_MODELS = ("metaprior", "mfvi")
+
+
+def evaluate_cubic(cfg: ExperimentConfig, models: tuple[str, ...] = CUBIC_MODELS) -> dict:
+    """Fit the chosen ``models`` on one seed's cubic data (``cfg.seed`` sets data and keys).
+
+    ``y`` is standardised with the fitting points' s.d. and the fixed noise follows it.
+    Returns ``{model: metrics}`` with the test (and, with ``n_val > 0``, validation) log
+    predictive density per point and RMSE in original units, plus convergence diagnostics,
+    and ``_fit`` holding the data and the fitted models (for the plots)."""
+    unknown = set(models) - set(CUBIC_MODELS)
+    if unknown:
+        raise ValueError(f"models must be drawn from {CUBIC_MODELS}, got {sorted(unknown)}")
+    k_mp, k_mf, k_pred = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
+    data = cubic_split(cfg.seed, cfg.n_train, cfg.n_val, cfg.n_test, cfg.noise)
+    x, y, x_va, y_va, x_te, y_te = data
     y_scale = float(y.std())  # standardise y; the fixed noise follows
     widths, sig = (1, *cfg.hidden, 1), cfg.noise / y_scale
     cfg_s = dataclasses.replace(cfg, model={**cfg.model, "sigma_y": sig}, baseline={**cfg.baseline, "sigma_y": sig})
     xj, yj = jnp.asarray(x), jnp.asarray(y / y_scale)
-    mcfg, p0, params, trace = train_metaprior(k_mp, cfg_s, widths, "gaussian", xj, yj)
-    bcfg, mfp, mf_trace = train_mfvi(k_mf, cfg_s, widths, "gaussian", xj, yj)
+    out: dict = {"_fit": {"data": data, "y_scale": y_scale}}
+
+    def scores(predict) -> dict[str, float]:
+        res = _regression_summary(y_scale * predict(jnp.asarray(x_te)), y_te, cfg.noise)
+        if len(y_va):
+            val = _regression_summary(y_scale * predict(jnp.asarray(x_va)), y_va, cfg.noise)
+            res.update(val_lpd=val["test_lpd"], val_rmse=val["test_rmse"])
+        return res
+
+    if "metaprior" in models:
+        mcfg, p0, params, trace = train_metaprior(k_mp, cfg_s, widths, "gaussian", xj, yj)
+        out["metaprior"] = {**scores(lambda a: mp.predict(k_pred, params, mcfg, a, cfg.eval_samples)),
+                            **convergence(trace), "final_elbo_per_point": final_elbo(trace),
+                            "code_std_per_layer": [float(jnp.exp(q.log_std).mean()) for q in params.codes.units]}
+        out["_fit"].update(mcfg=mcfg, p0=p0, params=params)
+    if "mfvi" in models:
+        bcfg, mfp, mf_trace = train_mfvi(k_mf, cfg_s, widths, "gaussian", xj, yj)
+        out["mfvi"] = {**scores(lambda a: mf.predict(k_pred, mfp, bcfg, a, cfg.eval_samples)),
+                       **convergence(mf_trace), "final_elbo_per_point": final_elbo(mf_trace)}
+        out["_fit"].update(bcfg=bcfg, mfp=mfp)
+    return out
+
+
+def run_cubic(cfg: ExperimentConfig, out: Path) -> dict:
+    """Cubic toy: fits, uncertainty bands, one-code vs 40-weight function draws."""
+    out.mkdir(parents=True, exist_ok=True)
+    res = evaluate_cubic(cfg)
+    fitted = res.pop("_fit")
+    x, y = fitted["data"][:2]
+    params, mcfg, mfp, bcfg, y_scale = (fitted[k] for k in ("params", "mcfg", "mfp", "bcfg", "y_scale"))
+    k_pred, k_draw = jax.random.split(jax.random.PRNGKey(cfg.seed + 10_000))
     grid = np.linspace(-6, 6, 241, dtype=np.float32)[:, None]
     f_mp = mp.predict(k_pred, params, mcfg, jnp.asarray(grid), cfg.eval_samples)
     f_mf = mf.predict(k_pred, mfp, bcfg, jnp.asarray(grid), cfg.eval_samples)
@@ -167,24 +220,18 @@ def run_cubic(cfg: ExperimentConfig, out: Path) -> dict:
     def spread(f):  # mean over the data range of the across-draw std, original units
         return float(y_scale * np.asarray(f).std(0)[inside, 0].mean())
 
-    xt = jnp.asarray(x_test)
-    results = {"metaprior": {"final_elbo_per_point": final_elbo(trace), "hidden_unit_moved": draws["unit"],
-                             "code_std_per_layer": [float(jnp.exp(q.log_std).mean()) for q in params.codes.units],
+    res["metaprior"].update({"hidden_unit_moved": draws["unit"],
                              "draw_spread_one_code_others_at_mean": spread(draws["mp_at_mean"]),
-                             "draw_spread_one_code_others_at_q_draw": spread(draws["mp_at_draw"]),
-                             **_regression_summary(y_scale * mp.predict(k_pred, params, mcfg, xt, cfg.eval_samples),
-                                                   y_test, cfg.noise)},
-               "mfvi": {"final_elbo_per_point": final_elbo(mf_trace),
-                        f"draw_spread_{cfg.mf_draw_weights}_weights": spread(draws["mf_many"]),
-                        "draw_spread_1_weight": spread(draws["mf_one"]),
-                        **_regression_summary(y_scale * mf.predict(k_pred, mfp, bcfg, xt, cfg.eval_samples),
-                                              y_test, cfg.noise)}}
+                             "draw_spread_one_code_others_at_q_draw": spread(draws["mp_at_draw"])})
+    res["mfvi"].update({f"draw_spread_{cfg.mf_draw_weights}_weights": spread(draws["mf_many"]),
+                        "draw_spread_1_weight": spread(draws["mf_one"])})
     for name, f in (("metaprior", f_mp), ("mfvi", f_mf)):
         sd = y_scale * np.asarray(f).std(0)[:, 0]
-        results[name].update(pred_sd_in_data=float(sd[inside].mean()), pred_sd_outside=float(sd[~inside].mean()))
-    _plot_code_maps(out / "codes.png", p0.codes, params.codes, "cubic")
+        res[name].update(pred_sd_in_data=float(sd[inside].mean()), pred_sd_outside=float(sd[~inside].mean()))
+    res.update(n_fit=len(y), n_val=len(fitted["data"][3]), n_test=len(fitted["data"][5]))
+    _plot_code_maps(out / "codes.png", fitted["p0"].codes, params.codes, "cubic")
     _plot_cubic(out / "cubic_fits.png", cfg, x, y, grid[:, 0], f_mp, f_mf, draws, y_scale)
-    return results
+    return res
 
 
 # ----- moons ---------------------------------------------------------------
