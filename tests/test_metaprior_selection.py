@@ -85,8 +85,8 @@ def test_cli_seeds_and_n_val(tmp_path, monkeypatch):
     assert seen == [(7, me.load_config("moons").n_val, "one")]
     with pytest.raises(ValueError, match="not both"):
         me.main(["moons", "--seed", "1", "--seeds", "2", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="validation split"):
-        me.main(["fewshot", "--n-val", "5", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="does not apply to the prior study"):
+        me.main(["prior", "--n-val", "5", "--out", str(tmp_path)])
 
 
 def test_selection_uses_validation_only(monkeypatch):
@@ -174,3 +174,31 @@ def test_mlp_baseline_fits_and_weight_decay_shrinks():
         norms.append(sum(float(jnp.sum(a**2)) for a in w))
     assert mlp.predict(w, cfg, x).shape == (1, 200, 2)
     assert norms[1] < 0.5 * norms[0]
+
+
+def test_fewshot_balanced_illation_weights_shots_by_n_fit_over_n(monkeypatch):
+    """The balanced arm illates under N(0, I) with every shot weighted n_fit / n_shots (the code KL
+    weighted n_shots / n_fit); the other arms see the shots' own weights; every split is scored."""
+    from bnnp_jax.studies.metaprior import digits
+
+    calls = []
+
+    def fake_illate(key, params, mcfg, fcfg, x, y, weight, which="all", prior="standard"):
+        calls.append((which, prior, np.asarray(weight)))
+        return params, None
+
+    monkeypatch.setattr(digits, "illate", fake_illate)
+    monkeypatch.setattr(digits, "_mp_acc", lambda key, p, mcfg, x, y, s: {"accuracy": float(len(y))})
+    cfg = me.config_from_dict({"illate_subsets": ["output"], "illate_posterior_subsets": ["all"],
+                               "illate_balanced_subsets": ["all"], "finetune_priors": []})
+    weight = jnp.asarray([1.0, 1.0, 1.0, 0.0])  # 3 shots padded to 4
+    evals = {"test": (None, np.zeros(7)), "val": (None, np.zeros(5))}
+    out = digits._adapt_all(cfg, {"params": None, "mcfg": None}, (None, None, weight), 3, 1200, evals,
+                            jax.random.PRNGKey(0))
+    assert [c[:2] for c in calls] == [("output", "standard"), ("all", "posterior"), ("all", "standard")]
+    np.testing.assert_array_equal(calls[0][2], weight)
+    np.testing.assert_allclose(calls[2][2], [400.0, 400.0, 400.0, 0.0])
+    assert out["illate_all_balanced_kl"] == {"test": 7.0, "val": 5.0} and set(out) == {
+        "illate_output", "illate_all_posterior_prior", "illate_all_balanced_kl"}
+    with pytest.raises(ValueError, match="illate_balanced_subsets"):
+        me.config_from_dict({"illate_balanced_subsets": ["pixels"]})

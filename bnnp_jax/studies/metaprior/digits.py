@@ -234,27 +234,43 @@ def _padded(x: np.ndarray, y: np.ndarray, n: int, n_max: int) -> tuple[Array, Ar
     return jnp.asarray(xp), jnp.asarray(yp), jnp.asarray((np.arange(n_max) < n).astype(np.float32))
 
 
-def _adapt_all(cfg: ExperimentConfig, m: dict, shots: tuple, test: tuple, clean: tuple, key: Array) -> dict:
-    """Every method on one permuted task and one shot count: permuted- and clean-test accuracy."""
+def _adapt_all(cfg: ExperimentConfig, m: dict, shots: tuple, n_shots: int, n_fit: int, evals: dict,
+               key: Array) -> dict:
+    """Every method on one permuted task and one shot count: ``{method: {split: accuracy}}`` for the
+    splits of ``evals`` (``{split: (x, y)}``: the task's test, the clean test, the task's validation).
+
+    ``shots = (x, y, weight)`` padded to one size; balanced illation weights each shot by
+    ``n_fit / n_shots``, which weights the code KL by ``n_shots / n_fit`` against the likelihood."""
     out, s = {}, cfg.eval_samples
-    runs = [(w, "standard") for w in cfg.illate_subsets] + [(w, "posterior") for w in cfg.illate_posterior_subsets]
-    for which, prior_kind in runs:
-        p, _ = illate(key, m["params"], m["mcfg"], FitConfig(**cfg.illate_fit), *shots, which=which, prior=prior_kind)
-        name = f"illate_{which}" + ("" if prior_kind == "standard" else "_posterior_prior")
-        out[name] = (_mp_acc(key, p, m["mcfg"], *test, s)["accuracy"],
-                     _mp_acc(key, p, m["mcfg"], *clean, s)["accuracy"])
+
+    def scores(acc) -> dict[str, float]:
+        return {split: acc(*xy)["accuracy"] for split, xy in evals.items()}
+
+    runs = ([(w, "standard", 1.0, "") for w in cfg.illate_subsets]
+            + [(w, "posterior", 1.0, "_posterior_prior") for w in cfg.illate_posterior_subsets]
+            + [(w, "standard", n_fit / n_shots, "_balanced_kl") for w in cfg.illate_balanced_subsets])
+    x_s, y_s, w_s = shots
+    for which, prior_kind, scale, suffix in runs:
+        p, _ = illate(key, m["params"], m["mcfg"], FitConfig(**cfg.illate_fit), x_s, y_s, w_s * scale, which=which,
+                      prior=prior_kind)
+        out[f"illate_{which}{suffix}"] = scores(lambda x, y, p=p: _mp_acc(key, p, m["mcfg"], x, y, s))
     for prior_kind in cfg.finetune_priors:
         prior = mf.as_prior(m["mfp"]) if prior_kind == "posterior" else mf.prior(m["bcfg"])
         p, _ = mf.fit(key, m["mfp"], prior, m["bcfg"], FitConfig(**cfg.finetune_fit), *shots, progress=False)
-        out[f"mfvi_finetune_{prior_kind}_prior"] = (_mf_acc(key, p, m["bcfg"], *test, s)["accuracy"],
-                                                    _mf_acc(key, p, m["bcfg"], *clean, s)["accuracy"])
+        out[f"mfvi_finetune_{prior_kind}_prior"] = scores(lambda x, y, p=p: _mf_acc(key, p, m["bcfg"], x, y, s))
     return out
 
 
 def run_fewshot(cfg: ExperimentConfig, out: Path, mnist: str | None = None) -> dict:
-    """Accuracy against the number of shots on permuted tasks (paper figs. 5 and 6)."""
+    """Accuracy against the number of shots on permuted tasks (paper figs. 5 and 6).
+
+    With ``n_val > 0`` the models are trained on the training images less a stratified validation
+    split, the shots are drawn from the training images, and every adapted model is also scored
+    on the permuted validation images (``tasks[kind]['val_accuracy']``), so that methods and
+    settings can be compared without the test images."""
     out.mkdir(parents=True, exist_ok=True)
-    x_tr, y_tr, x_te, y_te, side = load_data(cfg.seed, cfg.n_train, cfg.n_test, mnist)
+    x_all, y_all, x_te, y_te, side = load_data(cfg.seed, cfg.n_train, cfg.n_test, mnist)
+    x_tr, y_tr, x_va, y_va = hold_out(cfg.seed, x_all, y_all, cfg.n_val)
     m = train_both(cfg, (x_tr, y_tr, x_te, y_te, side))
     rng = np.random.default_rng(cfg.seed + 7)
     pi_x, pi_y = rng.permutation(x_tr.shape[1]), _derangement(rng, 10)
@@ -262,7 +278,8 @@ def run_fewshot(cfg: ExperimentConfig, out: Path, mnist: str | None = None) -> d
     key, s = jax.random.PRNGKey(cfg.seed + 2), cfg.eval_samples
     shots = tuple(n for n in cfg.shots if n <= len(x_tr))
     clean = (x_te, y_te)
-    results = {"dataset": "mnist" if mnist else "sklearn-digits-8x8", "shots": list(shots),
+    results = {"dataset": "mnist" if mnist else "sklearn-digits-8x8", "shots": list(shots), "n_fit": len(x_tr),
+               "n_val": len(x_va),
                "clean_accuracy": {"metaprior": _mp_acc(key, m["params"], m["mcfg"], *clean, s)["accuracy"],
                                   "mfvi": _mf_acc(key, m["mfp"], m["bcfg"], *clean, s)["accuracy"]},
                "tasks": {}}
@@ -272,13 +289,18 @@ def run_fewshot(cfg: ExperimentConfig, out: Path, mnist: str | None = None) -> d
         results["tasks"][kind] = {"no_adaptation": {
             "metaprior": _mp_acc(key, m["params"], m["mcfg"], *test, s)["accuracy"],
             "mfvi": _mf_acc(key, m["mfp"], m["bcfg"], *test, s)["accuracy"]}, "accuracy": {}, "clean_accuracy": {}}
+        if len(y_va):
+            results["tasks"][kind]["val_accuracy"] = {}
+    names = {"test": "accuracy", "clean": "clean_accuracy", "val": "val_accuracy"}
     for kind, n in tqdm(jobs, desc="few-shot"):
         xs, ys = permute_task(kind, x_tr[order], y_tr[order], pi_x, pi_y)
-        res = _adapt_all(cfg, m, _padded(xs, ys, n, max(shots)), permute_task(kind, x_te, y_te, pi_x, pi_y),
-                         clean, jax.random.fold_in(key, n))
-        for method, (acc, clean_acc) in res.items():
-            results["tasks"][kind]["accuracy"].setdefault(method, []).append(acc)
-            results["tasks"][kind]["clean_accuracy"].setdefault(method, []).append(clean_acc)
+        evals = {"test": permute_task(kind, x_te, y_te, pi_x, pi_y), "clean": clean}
+        if len(y_va):
+            evals["val"] = permute_task(kind, x_va, y_va, pi_x, pi_y)
+        res = _adapt_all(cfg, m, _padded(xs, ys, n, max(shots)), n, len(x_tr), evals, jax.random.fold_in(key, n))
+        for method, accs in res.items():
+            for split, acc in accs.items():
+                results["tasks"][kind][names[split]].setdefault(method, []).append(acc)
     _plot_fewshot(out / "fewshot_accuracy.png", results)
     return results
 

@@ -37,7 +37,7 @@ __all__ = ["EXPERIMENTS", "VALIDATION_SPLIT", "CODE_VARIANT_EXPERIMENTS", "CONFI
            "write_results", "add_arguments", "run", "summarise", "main"]
 
 EXPERIMENTS = ("cubic", "moons", "digits", "fewshot", "prior")
-VALIDATION_SPLIT = ("cubic", "moons", "digits")  # experiments whose data loader honours n_val
+VALIDATION_SPLIT = ("cubic", "moons", "digits", "fewshot")  # experiments whose data loader honours n_val
 CODE_VARIANT_EXPERIMENTS = ("digits",)  # experiments that run with model.codes other than latent
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 # MetaPriorConfig / MFConfig fields the experiment sets itself from the data.
@@ -56,8 +56,10 @@ class ExperimentConfig:
     ``n_train - n_val``, and hyperparameters are chosen on the validation split only
     (the cubic draws its validation points from their own stream of the generator, so its
     fitting points do not depend on ``n_val``: :func:`~bnnp_jax.studies.metaprior.toys.cubic_split`).
-    Few-shot illation runs each of ``illate_subsets`` under ``p(Z) = N(0, I)`` and each of
-    ``illate_posterior_subsets`` again with the trained ``Q(Z)`` as the prior.
+    Few-shot illation runs each of ``illate_subsets`` under ``p(Z) = N(0, I)``, each of
+    ``illate_posterior_subsets`` again with the trained ``Q(Z)`` as the prior, and each of
+    ``illate_balanced_subsets`` under ``N(0, I)`` with the code KL weighted by
+    ``n_shots / n_fit``, the balance between likelihood and KL that the codes were trained under.
     """
 
     seed: int = 0
@@ -80,12 +82,13 @@ class ExperimentConfig:
     illate_subsets: tuple[str, ...] = ("input", "output", "all")
     illate_fit: dict = dataclasses.field(default_factory=dict)
     illate_posterior_subsets: tuple[str, ...] = ()
+    illate_balanced_subsets: tuple[str, ...] = ()
     finetune_fit: dict = dataclasses.field(default_factory=dict)
     finetune_priors: tuple[str, ...] = ("posterior", "original")
 
     def __post_init__(self):
         for name in ("hidden", "shots", "permutations", "illate_subsets", "illate_posterior_subsets",
-                     "finetune_priors"):
+                     "illate_balanced_subsets", "finetune_priors"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         _check_keys("model", self.model, MetaPriorConfig)
         _check_keys("baseline", self.baseline, MFConfig)
@@ -94,7 +97,7 @@ class ExperimentConfig:
             _check_keys(name, getattr(self, name), FitConfig)
         if not set(self.finetune_priors) <= {"posterior", "original"}:
             raise ValueError(f"finetune_priors must be drawn from ('posterior', 'original'), got {self.finetune_priors}")
-        for name in ("illate_subsets", "illate_posterior_subsets"):
+        for name in ("illate_subsets", "illate_posterior_subsets", "illate_balanced_subsets"):
             if not set(getattr(self, name)) <= {"all", "input", "output", "hidden"}:
                 raise ValueError(f"{name} must be drawn from ('all', 'input', 'output', 'hidden'), "
                                  f"got {getattr(self, name)}")

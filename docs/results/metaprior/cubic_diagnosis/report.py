@@ -1,4 +1,4 @@
-"""Tables and figures of the cubic diagnosis from ``runs/seed_S/*.json`` and ``*.pkl``.
+"""Tables and figures of the cubic diagnosis from ``fits/seed_S/*.json`` and ``*.pkl``.
 
     python docs/results/metaprior/cubic_diagnosis/diagnose.py report
 
@@ -23,7 +23,7 @@ from bnnp_jax.metaprior import model as mp  # noqa: E402
 
 __all__ = ["report"]
 
-FIG_VARIANTS = ("shipped", "code_std1", "beta0.1", "beta0.01", "beta0.01_then_1", "point")
+FIG_VARIANTS = ("shipped", "code_std1", "beta0.01", "beta0.01_then_1", "point", "hidden10")
 
 
 def _table(rows: list[dict], mf: dict | None) -> str:
@@ -132,7 +132,7 @@ def report(here: Path) -> None:
         results = {p.stem: json.loads(p.read_text()) for p in sorted(run.glob("*.json")) if p.stem != "mfvi"}
         mf = json.loads((run / "mfvi.json").read_text()) if (run / "mfvi.json").exists() else None
         order = [n for n in ("shipped", "warmup", "code_std1", "no_fan_in", "x_std", "beta0.1", "beta0.01",
-                             "beta0.01_then_1", "point") if n in results]
+                             "beta0.01_then_1", "point", "hidden10", "hidden10_beta0.01") if n in results]
         out.append(f"### {run.name}\n\n" + _table([results[n] for n in order], mf) + "\n")
         if run.name == "seed_0":
             _code_maps(run, results, here / "code_maps.png")

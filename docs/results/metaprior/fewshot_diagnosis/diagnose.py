@@ -8,7 +8,7 @@ against the 1,437 training images; on ``n <= 300`` shots the same KL weighs up t
 140 times more per point.
 
 This script trains the fewshot experiment's MetaPrior once (``configs/metaprior_fewshot.yaml``,
-full settings, the seed's data; cached in ``runs/seed_S/model.pkl``) and illates all codes on
+full settings, the seed's data; cached in ``fits/seed_S/model.pkl``) and illates all codes on
 the *clean* task (no permutation: a correct procedure must not lose accuracy) and on
 the permuted-input and permuted-class tasks of ``run_fewshot`` (same permutations and
 nested shot sets), for
@@ -23,7 +23,7 @@ It records accuracy on the task's test images and on the clean test images, the 
 
     python docs/results/metaprior/fewshot_diagnosis/diagnose.py [--seed 0] [--shots 30 300]
 
-writes ``runs/seed_S/illation.json``; ``report.py`` in this folder turns it into tables.
+writes ``fits/seed_S/illation.json``; ``report.py`` in this folder turns it into tables.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cfg = load_config("fewshot")
     cfg = type(cfg)(**{**cfg.__dict__, "seed": args.seed})
-    out = HERE / "runs" / f"seed_{args.seed}"
+    out = HERE / "fits" / f"seed_{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     x_tr, y_tr, x_te, y_te, _ = load_data(cfg.seed, cfg.n_train, cfg.n_test)
     mcfg, params = trained_model(cfg, x_tr, y_tr, out)
