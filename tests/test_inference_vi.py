@@ -123,14 +123,87 @@ def _kl_exact(res, x, y):
 FAST = dict(num_steps=400, lr=(2e-2, 1e-4), progress_bar=False)
 
 
+@pytest.mark.parametrize("factor", gvi.FACTORS)
 @pytest.mark.parametrize("sigma", [0.01, 0.3, 10.0])
-def test_full_covariance_families_reach_exact_posterior_at_every_scale(x64, sigma):
+def test_full_covariance_families_reach_exact_posterior_at_every_scale(x64, sigma, factor):
     # two output units, so UCVI's, LCVI's and FCVI's families all hold the exact posterior;
-    # q starts at e^-3 times the Gauss-Newton scale, so T has to grow by e^3 to get there
+    # q starts at e^-3 times the Gauss-Newton scale, so S has to grow by e^3 to get there
     model, x, y = _linear(y_dim=2, sigma=sigma, low=0.0)
     for i, method in enumerate(("ucvi", "lcvi", "fcvi")):
-        res = vi.fit(jax.random.PRNGKey(20 + i), model, x, y, method, **FAST)
-        assert _kl_exact(res, x, y) < 0.05, (method, sigma, _kl_exact(res, x, y))
+        res = vi.fit(jax.random.PRNGKey(20 + i), model, x, y, method, factor=factor, init_log_scale=-3.0, **FAST)
+        assert _kl_exact(res, x, y) < 0.05, (method, sigma, factor, _kl_exact(res, x, y))
+
+
+def _dense_reference_loss(p, key, w, model, x, y, num_particles):
+    """The direct factor's negative ELBO written densely: ``m = m0 + K0 u``, ``V`` built entry
+    by entry, ``S = C_p^{-T} V`` with ``C_p^{-T}`` from the prior's dense covariance (its
+    reversed-order Cholesky factor), the KL to the prior from the dense formula (``solve``,
+    ``slogdet``); the draws use :func:`gaussian_vi.sample`'s noise (one segment: one key)."""
+    (m0,), (k0,), (r,), (u,), (t,) = w.m0, w.k0, w.row_scale, p.u, p.t
+    n = m0.shape[-1]
+    mean = m0[0] + k0[0] @ u[0]
+    i, j = np.triu_indices(n, 1)
+    vd = jnp.zeros((n, n), t.dtype).at[i, j].set(r[0][i] * t[0][i, j])
+    vd = vd.at[np.arange(n), np.arange(n)].set(jnp.exp(jnp.diagonal(t[0])))
+    prior = model.prior_gaussians()
+    cov_p = jax.scipy.linalg.block_diag(*[c for g in prior for c in g.covariance()])
+    flip = np.arange(n)[::-1]  # the upper-triangular square root of cov_p: C_p^{-T}
+    kp = jnp.linalg.cholesky(cov_p[flip][:, flip])[flip][:, flip]
+    s = kp @ vd
+    eps = jax.random.normal(jax.random.split(key, 1)[0], (num_particles, 1, n), t.dtype)[:, 0]
+    draws = mean + eps @ s.T
+    ll = jax.vmap(lambda d: bnn.log_likelihood(model, bnn.unflatten(model, d), x, y, None))(draws)
+    mu_p = jnp.concatenate([g.mean.reshape(-1) for g in prior])
+    cov_q, diff = s @ s.T, mean - mu_p
+    kl = 0.5 * (jnp.trace(jnp.linalg.solve(cov_p, cov_q)) + diff @ jnp.linalg.solve(cov_p, diff) - n
+                + jnp.linalg.slogdet(cov_p)[1] - jnp.linalg.slogdet(cov_q)[1])
+    return -(jnp.mean(ll) - kl)
+
+
+def test_direct_factor_loss_and_gradient_match_a_dense_reference(x64):
+    # FCVI's O(P^2) direct factor: the same negative-ELBO value and gradient as the dense
+    # formula, for random parameters, jitted and eager
+    model = bnn.fixed_prior_model([2, 3, 2], "tanh", 0.2)
+    lay = vi.layout("fcvi", model.widths)
+    x = jax.random.normal(jax.random.PRNGKey(1), (7, 2))
+    y = jax.random.normal(jax.random.PRNGKey(2), (7, 2))
+    m0 = bnn.flatten(bnn.prior_sample(jax.random.PRNGKey(0), model))
+    w = gvi.whitening(model, x, m0, lay, factor="direct")
+    p0 = gvi.init_params(lay, m0.dtype, -0.5, w)
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    p = jax.tree.map(lambda a, k=keys: a + 0.2 * jax.random.normal(k[0], a.shape), p0)
+    key = jax.random.PRNGKey(4)
+    fast = lambda p: gvi.loss(p, key, w, lay, model, x, y, None, 5)
+    ref = lambda p: _dense_reference_loss(p, key, w, model, x, y, 5)
+    value, grad = jax.value_and_grad(ref)(p)
+    for fn in (jax.jit(jax.value_and_grad(fast)), jax.value_and_grad(fast)):
+        v, g = fn(p)
+        np.testing.assert_allclose(v, value, rtol=1e-10)
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(grad)):
+            np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+        assert not np.any(np.tril(np.asarray(g.t[0][0]), -1))  # t's strict lower triangle is no parameter
+    with jax.disable_jit():
+        np.testing.assert_allclose(fast(p), value, rtol=1e-10)
+
+
+def test_direct_and_whitened_factors_start_at_the_same_q(x64):
+    # both forms start at N(m0, e^{2 s} C0^{-T} C0^{-1}); the direct one holds its square root
+    # C0^{-T} itself (upper-triangular), the whitened one as C0^{-T} T
+    model = bnn.fixed_prior_model([2, 3, 2], "tanh", 0.1)
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, 2))
+    m0 = bnn.flatten(bnn.prior_sample(jax.random.PRNGKey(0), model))
+    for method in ("ucvi", "lcvi", "fcvi"):
+        lay = vi.layout(method, model.widths)
+        res = {}
+        for f in gvi.FACTORS:
+            w = gvi.whitening(model, x, m0, lay, factor=f)
+            res[f] = vi.VIResult(method, gvi.init_params(lay, m0.dtype, -0.7, w), w, model, jnp.zeros(1))
+        (ma, la), (mb, lb) = vi.flat_gaussian(res["direct"]), vi.flat_gaussian(res["whitened"])
+        np.testing.assert_allclose(ma, mb, rtol=1e-12)
+        np.testing.assert_allclose(la @ la.T, lb @ lb.T, rtol=1e-9, atol=1e-14)
+        np.testing.assert_allclose(vi.kl_to_prior(res["direct"]), vi.kl_to_prior(res["whitened"]), rtol=1e-9)
+        for s in gvi.square_roots(res["direct"].whitening, res["direct"].params):
+            assert not np.any(np.tril(np.asarray(s), -1))  # upper-triangular: O(P^2) draws and KL
 
 
 def test_prior_whitening_fails_where_gauss_newton_succeeds(x64):

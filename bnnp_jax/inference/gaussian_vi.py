@@ -11,7 +11,25 @@ Parameterisation, relative to a fixed *whitening* ``(m0, C0)`` per block:
     m = m0 + C0^{-T} u,      S = C0^{-T} T,
 
 ``T`` lower-triangular with a positive (``exp``) diagonal, diagonal for MFVI; ``u`` and ``T``
-are optimised. ``C0`` is the Cholesky factor of the block of a precision ``Lambda0``:
+are optimised. That is ``factor="whitened"``. Its cost per step is a ``[size, size]`` matrix
+product ``C0^{-T} T`` per block (the KL needs ``S``), ``O(P^3)`` for FCVI, which dominates a step
+on the KL table's BNN (P = 481). ``factor="direct"`` (the default) holds an upper-triangular
+factor ``V`` of ``S`` relative to the prior's (block-diagonal, per-unit) precision factor
+``C_p`` instead, its entries scaled by fixed per-row factors:
+
+    m = m0 + C0^{-T} u,      S = C_p^{-T} V,   V_ij = r_i t_ij (i < j),   V_ii = exp(t_ii),
+
+``V = C_p^T S`` is upper-triangular (both factors are), so ``KL(q || prior)`` needs only
+``||V||_F^2`` and ``sum log diag V``, and a draw ``m + C_p^{-T} (V eps)`` is a triangular
+matrix-vector product plus a per-unit one: ``O(P^2)`` per draw and step, no ``P x P`` product.
+``r_i = ((C_p^{-1} Lambda0 C_p^{-T})_ii)^{-1/2}``: the curvature of the expected log joint in
+``V_ij`` is that diagonal entry for every ``j``, so Adam's per-entry step (about the learning
+rate in ``t``) is on the scale of the ELBO's basin in every entry, a diagonal (Jacobi)
+preconditioner fixed at the start. ``V`` starts at ``C_p^T C0^{-T}``, the whitened form's
+start (the same ``q``); the mean keeps the full whitening (a matrix-vector product).
+Diagonal segments (MFVI) are the same in both forms.
+
+``C0`` is the Cholesky factor of the block of a precision ``Lambda0``:
 
 - ``"ggn"`` (default): the Gauss-Newton precision at ``m0``,
   ``Lambda0 = Lambda_prior + J^T diag(1 / sigma_y^2) J`` (``J = d f(x) / d w``), the
@@ -25,8 +43,9 @@ are optimised. ``C0`` is the Cholesky factor of the block of a precision ``Lambd
 ``mean_init="gauss_newton"`` moves ``m0`` from a prior draw to the MAP weights by
 Gauss-Newton steps on ``log p(y | w) + log p(w)`` (exact in one step for a model with no
 hidden layer; Levenberg-Marquardt damped, accepted only when the log joint rises, with hidden
-layers), so the optimiser starts at the (block-restricted) Gauss-Newton Laplace approximation. ``C0^{-T}`` is formed once, by a triangular solve, at
-the start; every step is then matrix products (no LAPACK in the loop).
+layers), so the optimiser starts at the (block-restricted) Gauss-Newton Laplace approximation.
+``C0^{-T}`` (and, for the direct factor, ``C_p^{-T}`` and the row scales) are formed once, by
+triangular solves, at the start; every step is then matrix products (no LAPACK in the loop).
 
 The ELBO is ``E_q log p(y | w) - KL(q || p(w))``, the KL in closed form
 (:func:`kl_to_units`); ``estimator="stl"`` uses the sticking-the-landing estimator instead
@@ -53,7 +72,7 @@ from bnnp_jax.inference.gauss_newton import (Segment, _join, _map_weights, _spli
                                              unit_layout)
 
 __all__ = [
-    "Segment", "Whitening", "Params", "Result", "SCALES", "MEAN_INITS", "ESTIMATORS", "unit_layout",
+    "Segment", "Whitening", "Params", "Result", "SCALES", "MEAN_INITS", "ESTIMATORS", "FACTORS", "unit_layout",
     "layer_layout", "full_layout", "gauss_newton_blocks", "gauss_newton_step", "map_weights", "whitening", "init_params",
     "mean", "square_roots", "log_det_sqrt", "sample", "kl_to_units", "kl_to_prior", "loss", "fit",
     "still_rising", "VMAP_MAX_BLOCK",
@@ -69,16 +88,60 @@ MAX_DENSE_WEIGHTS = 2048  # above this the MAP start solves the family's own blo
 class Whitening(NamedTuple):
     """Fixed coordinates of ``q``, per segment: ``m0 [count, size]``; ``k0 = C0^{-T}``
     ``[count, size, size]`` (upper-triangular), or ``[count, size]`` for a diagonal segment;
-    ``log_det_k0``: ``sum log diag k0`` -> scalar."""
+    ``log_det_k0``: ``sum log diag k0`` over the segments whose ``S`` is ``k0 T`` (scalar);
+    ``row_scale``, ``prior_k``: ``None`` for ``factor="whitened"``; for ``"direct"``, per
+    segment the row scales ``r [count, size]`` of ``V`` and ``C_p^{-T}`` as its per-unit
+    blocks, a tuple over the segment's layers of ``[O_l, D_l, D_l]`` (upper-triangular), ``None``
+    for a diagonal segment; then ``log_det_k0`` holds ``log det C_p^{-T}`` of those segments."""
 
     m0: list
     k0: list
     log_det_k0: Array
+    row_scale: list | None = None
+    prior_k: list | None = None
+
+
+FACTORS = ("direct", "whitened")
+
+
+def _direct(w: Whitening, i: int) -> bool:
+    return w.row_scale is not None and w.row_scale[i] is not None
+
+
+def _apply_units(blocks, v: Array) -> Array:
+    """``C_p^{-T} v`` for a segment's per-unit blocks (``[O_l, D_l, D_l]`` per layer) and
+    ``v [..., count, size]`` -> the same shape; ``O(size D)``, where a dense block-diagonal
+    ``[size, size]`` product would be ``O(size^2)`` and, on XLA CPU, cost as much as the rest
+    of FCVI's step."""
+    flat = v.reshape(v.shape[:-2] + (-1,))
+    out, start = [], 0
+    for k in blocks:
+        o, d = k.shape[:2]
+        part = flat[..., start:start + o * d].reshape(flat.shape[:-1] + (o, d))
+        out.append(jnp.einsum("oij,...oj->...oi", k, part).reshape(flat.shape[:-1] + (o * d,)))
+        start += o * d
+    return jnp.concatenate(out, -1).reshape(v.shape)
+
+
+def _dense_units(blocks, count: int) -> Array:
+    """The per-unit blocks as the segment's ``[count, size, size]`` block-diagonal matrices."""
+    if count > 1:
+        return blocks[0]
+    return jax.scipy.linalg.block_diag(*[b for k in blocks for b in k])[None]
+
+
+def _upper(t: Array, r: Array) -> Array:
+    """The direct factor ``V [count, size, size]`` from ``t`` (strict upper triangle scaled by
+    the row scales ``r [count, size]``, diagonal as a log): elementwise, ``O(size^2)``."""
+    n = t.shape[-1]
+    idx = jnp.arange(n)
+    return jnp.triu(t * r[..., :, None], 1).at[..., idx, idx].set(jnp.exp(t[..., idx, idx]))
 
 
 class Params(NamedTuple):
     """Optimised coordinates, per segment: ``u [count, size]``; ``t [count, size, size]``
-    (strict lower triangle as is, diagonal as a log), or ``[count, size]`` log-scales."""
+    (``factor="whitened"``: ``T``'s strict lower triangle as is; ``"direct"``: ``U``'s strict
+    upper triangle over the row scales; the diagonal as a log), or ``[count, size]`` log-scales."""
 
     u: list
     t: list
@@ -111,23 +174,38 @@ def mean(w: Whitening, p: Params) -> Array:
 
 
 def square_roots(w: Whitening, p: Params) -> list[Array]:
-    """``S = C0^{-T} T`` per segment: ``[count, size, size]``, or ``[count, size]`` (diagonal)."""
-    return [k0 * jnp.exp(t) if k0.ndim == 2 else k0 @ _tril(t) for k0, t in zip(w.k0, p.t)]
+    """``S`` per segment: ``C0^{-T} T`` (whitened) or ``C_p^{-T} V`` (direct), ``[count, size,
+    size]``; ``[count, size]`` standard deviations for a diagonal segment. ``O(size^3)``: for
+    reading a fitted ``q`` out, not for the training step."""
+    out = []
+    for i, (k0, t) in enumerate(zip(w.k0, p.t)):
+        if k0.ndim == 2:
+            out.append(k0 * jnp.exp(t))
+        elif _direct(w, i):
+            out.append(_dense_units(w.prior_k[i], t.shape[0]) @ _upper(t, w.row_scale[i]))
+        else:
+            out.append(k0 @ _tril(t))
+    return out
 
 
 def log_det_sqrt(w: Whitening, p: Params) -> Array:
-    """``log |det S| = log det C0^{-T} + sum log diag T`` -> scalar."""
+    """``log |det S|``: ``log det C0^{-T} + sum log diag T`` over whitened and diagonal segments,
+    ``log det C_p^{-T} + sum log diag V`` over direct ones -> scalar."""
     return w.log_det_k0 + sum(jnp.sum(t if t.ndim == 2 else jnp.diagonal(t, 0, -2, -1)) for t in p.t)
 
 
 def sample(key: Array, w: Whitening, p: Params, num_samples: int) -> Array:
-    """Flat draws ``m0 + C0^{-T} (u + T eps)`` -> ``[num_samples, P]``."""
+    """Flat draws ``m0 + C0^{-T} (u + T eps)`` (whitened) or ``m0 + C0^{-T} u + C_p^{-T} V eps``
+    (direct) -> ``[num_samples, P]``; ``O(S size^2)`` per block in both forms."""
     keys = jax.random.split(key, len(p.u))
     parts = []
-    for k, m0, k0, u, t in zip(keys, w.m0, w.k0, p.u, p.t):
+    for i, (k, m0, k0, u, t) in enumerate(zip(keys, w.m0, w.k0, p.u, p.t)):
         eps = jax.random.normal(k, (num_samples,) + u.shape, u.dtype)
         if k0.ndim == 2:
             parts.append(m0 + k0 * (u + jnp.exp(t) * eps))
+        elif _direct(w, i):
+            v = jnp.einsum("cij,scj->sci", _upper(t, w.row_scale[i]), eps)
+            parts.append(m0 + jnp.einsum("cij,cj->ci", k0, u) + _apply_units(w.prior_k[i], v))
         else:
             z = u + jnp.einsum("cij,scj->sci", _tril(t), eps)
             parts.append(m0 + jnp.einsum("cij,scj->sci", k0, z))
@@ -181,39 +259,84 @@ def _shape_model(widths):
 
 
 def kl_to_prior(w: Whitening, p: Params, layout, model: bnn.BNNModel) -> Array:
-    """Exact ``KL(q || p(W))`` -> scalar."""
-    return kl_to_units(mean(w, p), square_roots(w, p), log_det_sqrt(w, p), layout, model.widths,
-                       model.prior_gaussians())
+    """Exact ``KL(q || p(W))`` -> scalar. In the direct form ``C_p^T S = V``, so the trace term
+    is ``||V||_F^2`` (``O(P^2)``, no matrix product)."""
+    if w.prior_k is None:
+        return kl_to_units(mean(w, p), square_roots(w, p), log_det_sqrt(w, p), layout, model.widths,
+                           model.prior_gaussians())
+    trace = sum(jnp.sum(_upper(t, r) ** 2) for t, r in zip(p.t, w.row_scale))
+    m = mean(w, p)
+    maha, log_det_c = 0.0, 0.0
+    for w_l, g in zip(bnn.unflatten(_shape_model(model.widths), m), model.prior_gaussians()):
+        maha += jnp.sum(jnp.einsum("oji,oj->oi", g.prec_tril, w_l.T - g.mean) ** 2)
+        log_det_c += jnp.sum(jnp.log(jnp.diagonal(g.prec_tril, 0, -2, -1)))
+    return 0.5 * (trace + maha - m.shape[-1]) - log_det_c - log_det_sqrt(w, p)
 
 
 # ----- the whitening ---------------------------------------------------------------------
 
 
-def whitening(model: bnn.BNNModel, x: Array, m0: Array, layout, scale: str = "ggn", *, mask=None) -> Whitening:
-    """``(m0, C0^{-T})`` per segment for ``scale`` in :data:`SCALES` (module docstring)."""
+def whitening(model: bnn.BNNModel, x: Array, m0: Array, layout, scale: str = "ggn", *, mask=None,
+              factor: str = "direct") -> Whitening:
+    """``(m0, C0^{-T})`` per segment for ``scale`` in :data:`SCALES` and, for ``factor="direct"``,
+    the row scales ``Lambda0_ii^{-1/2}`` of the full segments (module docstring)."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if factor not in FACTORS:
+        raise ValueError(f"factor must be one of {FACTORS}, got {factor!r}")
     m0s = _split(layout, m0)
     blocks = gauss_newton_blocks(model, m0, x, layout, mask, include_likelihood=scale == "ggn")
-    k0, log_det = [], 0.0
-    for g, b in zip(layout, blocks):
+    prior_c = _prior_factors(layout, model) if factor == "direct" else [None] * len(layout)
+    k0, rows, pk, log_det = [], [], [], 0.0
+    for g, b, units in zip(layout, blocks, prior_c):
         if g.diagonal:
             k0.append(1.0 / jnp.sqrt(b))
+            rows.append(None)
+            pk.append(None)
             log_det -= 0.5 * jnp.sum(jnp.log(b))
+            continue
+        c0 = jnp.linalg.cholesky(b)
+        eye = jnp.broadcast_to(jnp.eye(g.size, dtype=b.dtype), b.shape)
+        k0.append(solve_triangular(c0, eye, lower=True, trans=1))  # C0^{-T}, one solve at set-up
+        if factor == "direct":
+            unit_k = tuple(solve_triangular(c, jnp.broadcast_to(jnp.eye(c.shape[-1], dtype=c.dtype), c.shape),
+                                            lower=True, trans=1) for c in units)  # C_p^{-T} per unit, upper
+            pk.append(unit_k)
+            kp = _dense_units(unit_k, g.count)
+            # the curvature of the expected log joint in V_ij: (C_p^{-1} Lambda0 C_p^{-T})_ii (set-up only)
+            rows.append(jax.lax.rsqrt(jnp.sum(kp * (b @ kp), -2)))
+            log_det -= sum(jnp.sum(jnp.log(jnp.diagonal(c, 0, -2, -1))) for c in units)
         else:
-            c0 = jnp.linalg.cholesky(b)
-            eye = jnp.broadcast_to(jnp.eye(g.size, dtype=b.dtype), b.shape)
-            k0.append(solve_triangular(c0, eye, lower=True, trans=1))  # C0^{-T}, one solve at set-up
             log_det -= jnp.sum(jnp.log(jnp.diagonal(c0, 0, -2, -1)))
-    return Whitening(m0s, k0, jnp.asarray(log_det, m0.dtype))
+    direct = factor == "direct"
+    return Whitening(m0s, k0, jnp.asarray(log_det, m0.dtype), rows if direct else None, pk if direct else None)
 
 
-def init_params(layout, dtype, init_log_scale: float = 0.0) -> Params:
-    """``u = 0``, ``T = e^{init_log_scale} I``: ``q`` starts at ``N(m0, e^{2 init_log_scale} C0^{-T} C0^{-1})``."""
+def _prior_factors(layout, model: bnn.BNNModel) -> list:
+    """The prior precision's Cholesky factor ``C_p`` (lower) of each segment's units: a tuple
+    over the segment's layers of ``[O_l, D_l, D_l]``; ``None`` for a diagonal segment."""
+    trils = [g.prec_tril for g in model.prior_gaussians()]  # [O, D, D] per layer
+    return [None if g.diagonal else tuple(trils[l] for l in g.layers) for g in layout]
+
+
+def init_params(layout, dtype, init_log_scale: float = 0.0, whitening: Whitening | None = None) -> Params:
+    """``u = 0`` and ``S = e^{init_log_scale} C0^{-T}``: ``q`` starts at
+    ``N(m0, e^{2 init_log_scale} C0^{-T} C0^{-1})`` (whitened: ``T = e^{init_log_scale} I``;
+    direct: ``V = e^{init_log_scale} C_p^T C0^{-T}``, which needs ``whitening``)."""
     u = [jnp.zeros((g.count, g.size), dtype) for g in layout]
-    t = [jnp.full((g.count, g.size), init_log_scale, dtype) if g.diagonal
-         else init_log_scale * jnp.broadcast_to(jnp.eye(g.size, dtype=dtype), (g.count, g.size, g.size))
-         for g in layout]
+    t = []
+    for i, g in enumerate(layout):
+        if g.diagonal:
+            t.append(jnp.full((g.count, g.size), init_log_scale, dtype))
+        elif whitening is not None and _direct(whitening, i):
+            # V = C_p^T C0^{-T}: solve C_p^{-T} V = C0^{-T} (upper-triangular; set-up only)
+            v = solve_triangular(_dense_units(whitening.prior_k[i], g.count), whitening.k0[i], lower=False)
+            r = whitening.row_scale[i]
+            diag = jnp.log(jnp.diagonal(v, 0, -2, -1)) + init_log_scale
+            off = math.exp(init_log_scale) * jnp.triu(v, 1) / r[..., :, None]
+            t.append((off + jnp.vectorize(jnp.diag, signature="(n)->(n,n)")(diag)).astype(dtype))
+        else:
+            t.append(init_log_scale * jnp.broadcast_to(jnp.eye(g.size, dtype=dtype), (g.count, g.size, g.size)))
     return Params(u, t)
 
 
@@ -229,9 +352,13 @@ def _log_q_stopped(w: Whitening, p: Params, layout, draws: Array) -> Array:
     through the draws only): ``z = T^{-1} (C0^T (w - m0) - u)``, two triangular solves."""
     p = jax.lax.stop_gradient(p)
     z_parts = []
-    for k0, u, t, m0, d in zip(w.k0, p.u, p.t, w.m0, _split(layout, draws)):
+    for i, (k0, u, t, m0, d) in enumerate(zip(w.k0, p.u, p.t, w.m0, _split(layout, draws))):
         if k0.ndim == 2:
             z_parts.append(((d - m0) / k0 - u) * jnp.exp(-t))
+        elif _direct(w, i):  # z = V^{-1} C_p^T (w - m0 - C0^{-T} u), two upper-triangular solves
+            v = jnp.moveaxis(d - m0 - jnp.einsum("cij,cj->ci", k0, u), 0, -1)  # [c, size, S]
+            v = solve_triangular(_dense_units(w.prior_k[i], u.shape[0]), v, lower=False)
+            z_parts.append(jnp.moveaxis(solve_triangular(_upper(t, w.row_scale[i]), v, lower=False), -1, 0))
         else:  # k0 = C0^{-T} is upper-triangular
             v = solve_triangular(k0, jnp.moveaxis(d - m0, 0, -1), lower=False) - u[..., None]  # [c, s, S]
             z_parts.append(jnp.moveaxis(solve_triangular(_tril(t), v, lower=True), -1, 0))
@@ -291,7 +418,7 @@ def _chunk_batch(p, opt_state, keys, lrs, w, layout, model, x, y, mask, num_part
     return jax.lax.map(one, (p, opt_state, keys, w, model, x, y, mask), batch_size=fits_per_vmap)
 
 
-def _start(key, model, x, y, mask, layout, scale, mean_init, gauss_newton_iters, init_log_scale):
+def _start(key, model, x, y, mask, layout, scale, mean_init, gauss_newton_iters, init_log_scale, factor):
     """Pure set-up of one fit: ``m0`` (prior draw, then the MAP by :func:`map_weights` for
     ``mean_init="gauss_newton"``), its whitening and the initial params -> ``(w, p, run_key)``."""
     init_key, run_key = jax.random.split(key)
@@ -299,17 +426,18 @@ def _start(key, model, x, y, mask, layout, scale, mean_init, gauss_newton_iters,
     if mean_init == "gauss_newton":
         system = None if model.num_weights <= MAX_DENSE_WEIGHTS else layout  # dense [P, P] only while small
         m0 = _map_weights(model, m0, x, y, mask, gauss_newton_iters, system)
-    return whitening(model, x, m0, layout, scale, mask=mask), init_params(layout, m0.dtype, init_log_scale), run_key
+    w = whitening(model, x, m0, layout, scale, mask=mask, factor=factor)
+    return w, init_params(layout, m0.dtype, init_log_scale, w), run_key
 
 
-_START_STATIC = ("layout", "scale", "mean_init", "gauss_newton_iters", "init_log_scale")
+_START_STATIC = ("layout", "scale", "mean_init", "gauss_newton_iters", "init_log_scale", "factor")
 _init = jax.jit(_start, static_argnames=_START_STATIC)
 
 
 @partial(jax.jit, static_argnames=_START_STATIC)
-def _init_batch(keys, model, x, y, mask, layout, scale, mean_init, gauss_newton_iters, init_log_scale):
+def _init_batch(keys, model, x, y, mask, layout, scale, mean_init, gauss_newton_iters, init_log_scale, factor):
     one = lambda k, m, x, y, mask: _start(k, m, x, y, mask, layout, scale, mean_init, gauss_newton_iters,
-                                          init_log_scale)
+                                          init_log_scale, factor)
     return jax.vmap(one)(keys, model, x, y, mask)
 
 
@@ -323,15 +451,16 @@ def _check_options(mean_init, estimator):
 def fit(key: Array, model: bnn.BNNModel, x: Array, y: Array, layout, *, num_steps: int = 20_000,
         lr: tuple[float, float] = (5e-3, 5e-5), num_particles: int = 8, scale: str = "ggn",
         mean_init: str = "gauss_newton", estimator: str = "closed_form", gauss_newton_iters: int = 30,
-        init_log_scale: float = 0.0, mask=None, chunk_size: int = 500, b1: float = 0.9, b2: float = 0.999,
-        progress_bar: bool = False, desc: str = "", batched: bool = False) -> Result:
+        init_log_scale: float = 0.0, factor: str = "direct", mask=None, chunk_size: int = 500, b1: float = 0.9,
+        b2: float = 0.999, progress_bar: bool = False, desc: str = "", batched: bool = False) -> Result:
     """Fit ``q`` by Adam on the whitened coordinates (``lr`` decayed linearly ``lr[0] -> lr[1]``).
 
     ``m0`` is a prior draw, moved to the MAP weights by :func:`map_weights` (
     ``gauss_newton_iters`` steps; the dense system up to :data:`MAX_DENSE_WEIGHTS` weights,
     the layout's blocks above) when ``mean_init="gauss_newton"``; ``C0`` from ``scale``
-    at ``m0`` (module docstring); ``T`` starts at ``e^{init_log_scale} I``. Raises on a
-    non-finite loss.
+    at ``m0`` (module docstring); ``S`` starts at ``e^{init_log_scale} C0^{-T}``, held as
+    ``factor`` (:data:`FACTORS`: ``"direct"``, ``O(P^2)`` per step, or ``"whitened"``,
+    ``O(P^3)`` for FCVI; module docstring). Raises on a non-finite loss.
 
     ``batched=True`` fits ``B`` datasets as one vmapped program: ``key [B, 2]``, ``model`` a
     batched :class:`BNNModel` (every leaf ``[B, ...]``, e.g. one ``sigma_y`` per fit),
@@ -345,7 +474,10 @@ def fit(key: Array, model: bnn.BNNModel, x: Array, y: Array, layout, *, num_step
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     start = _init_batch if batched else _init
-    w, p, run_key = start(key, model, x, y, mask, layout, scale, mean_init, gauss_newton_iters, float(init_log_scale))
+    if factor not in FACTORS:
+        raise ValueError(f"factor must be one of {FACTORS}, got {factor!r}")
+    w, p, run_key = start(key, model, x, y, mask, layout, scale, mean_init, gauss_newton_iters, float(init_log_scale),
+                          factor)
     dtype = model.prior_means[0].dtype
     opt_init = optax.scale_by_adam(b1=b1, b2=b2).init
     opt_state = jax.vmap(opt_init)(p) if batched else opt_init(p)

@@ -34,6 +34,7 @@ class VISettings:
     mean_init: str = "gauss_newton"
     estimator: str = "closed_form"
     init_log_scale: float = 0.0
+    factor: str = "direct"
 
 
 @dataclasses.dataclass(frozen=True)
