@@ -173,8 +173,12 @@ def test_direct_factor_loss_and_gradient_match_a_dense_reference(x64):
     keys = jax.random.split(jax.random.PRNGKey(3), 2)
     p = jax.tree.map(lambda a, k=keys: a + 0.2 * jax.random.normal(k[0], a.shape), p0)
     key = jax.random.PRNGKey(4)
-    fast = lambda p: gvi.loss(p, key, w, lay, model, x, y, None, 5)
-    ref = lambda p: _dense_reference_loss(p, key, w, model, x, y, 5)
+    def fast(p):
+        return gvi.loss(p, key, w, lay, model, x, y, None, 5)
+
+    def ref(p):
+        return _dense_reference_loss(p, key, w, model, x, y, 5)
+
     value, grad = jax.value_and_grad(ref)(p)
     for fn in (jax.jit(jax.value_and_grad(fast)), jax.value_and_grad(fast)):
         v, g = fn(p)

@@ -316,7 +316,7 @@ def _prior_factors(layout, model: bnn.BNNModel) -> list:
     """The prior precision's Cholesky factor ``C_p`` (lower) of each segment's units: a tuple
     over the segment's layers of ``[O_l, D_l, D_l]``; ``None`` for a diagonal segment."""
     trils = [g.prec_tril for g in model.prior_gaussians()]  # [O, D, D] per layer
-    return [None if g.diagonal else tuple(trils[l] for l in g.layers) for g in layout]
+    return [None if g.diagonal else tuple(trils[layer] for layer in g.layers) for g in layout]
 
 
 def init_params(layout, dtype, init_log_scale: float = 0.0, whitening: Whitening | None = None) -> Params:
