@@ -30,7 +30,7 @@ Run from the repository root::
     python docs/results/metaprior/cubic_diagnosis/diagnose.py run --only shipped beta0.01 --seed 1
     python docs/results/metaprior/cubic_diagnosis/diagnose.py report           # summary.md and figures
 
-Each variant writes ``runs/seed_S/NAME.json`` and ``NAME.pkl`` (the trained
+Each variant writes ``fits/seed_S/NAME.json`` and ``NAME.pkl`` (the trained
 parameters as numpy arrays, for the figures).
 """
 
@@ -248,7 +248,7 @@ def run_mfvi(seed: int, steps: int, out: Path) -> dict:
     k_init, k_fit, k_d = jax.random.split(jax.random.PRNGKey(seed + 500), 3)
     params, _ = mf.fit(k_fit, mf.init(k_init, bcfg), mf.prior(bcfg), bcfg,
                        FitConfig(**{**cfg.baseline_fit, "steps": steps}), jnp.asarray(x), jnp.asarray(y / y_scale))
-    res = {"variant": "mfvi", "seed": seed}
+    res = {"variant": "mfvi", "seed": seed, "baseline": dict(cfg.baseline), "steps": steps}
     for n in (1, 40):
         f = np.asarray(mf_weight_draws(k_d, params, bcfg, jnp.asarray(GRID), 200, n))[..., 0]
         res[f"spread_{n}_weights"] = float(y_scale * f[:, INSIDE].std(0).mean())
@@ -267,7 +267,7 @@ def main(argv=None) -> int:
         from report import report  # noqa: E402  (sibling script)
         report(HERE)
         return 0
-    out = HERE / "runs" / f"seed_{args.seed}"
+    out = HERE / "fits" / f"seed_{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     for name in args.only or [*VARIANTS, "mfvi"]:
         res = run_mfvi(args.seed, args.steps, out) if name == "mfvi" else run_variant(name, args.seed, args.steps, out)

@@ -46,7 +46,7 @@ def _table(rows: list[dict], mf: dict | None) -> str:
             f"{r['pred_sd_in_data']:.2f} | {r['rmse_mean_codes_vs_cubic']:.1f} | "
             f"{r['topography_spearman']:.2f} ({r['topography_spearman_init']:.2f}) |")
     if mf:
-        lines += ["", f"MF-VI reference (same data, `configs/metaprior_cubic.yaml` baseline): redrawing 1 random "
+        lines += ["", f"MF-VI reference (same data, `prior_std` {mf['baseline']['prior_std']}): redrawing 1 random "
                       f"weight from its prior gives a spread of {mf['spread_1_weights']:.2f}, 40 weights "
                       f"{mf['spread_40_weights']:.2f} (200 draws)."]
     return "\n".join(lines)
@@ -128,7 +128,7 @@ def _function_draws(run: Path, results: dict, path: Path) -> None:
 
 def report(here: Path) -> None:
     out = []
-    for run in sorted((here / "runs").glob("seed_*")):
+    for run in sorted((here / "fits").glob("seed_*")):
         results = {p.stem: json.loads(p.read_text()) for p in sorted(run.glob("*.json")) if p.stem != "mfvi"}
         mf = json.loads((run / "mfvi.json").read_text()) if (run / "mfvi.json").exists() else None
         order = [n for n in ("shipped", "warmup", "code_std1", "no_fan_in", "x_std", "beta0.1", "beta0.01",
