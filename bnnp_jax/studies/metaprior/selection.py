@@ -105,7 +105,8 @@ def run_sweep(sweep: dict, progress=print) -> dict:
     experiment, quick, seeds = sweep["experiment"], bool(sweep.get("quick", False)), list(sweep["seeds"])
     base = load_config(experiment, sweep.get("config"), quick)
     score, tie = SCORES[experiment]
-    record = {"experiment": experiment, "quick": quick, "seeds": seeds, "base_config": dataclasses.asdict(base),
+    record = {"experiment": experiment, "quick": quick, "seeds": seeds, "config_file": sweep.get("config"),
+              "base_config": dataclasses.asdict(base),
               "rule": f"highest mean {score} over the seeds; ties: lower mean {tie}", "score": score,
               "tiebreak": tie, "candidates": {}, "chosen": {}}
     for model, candidates in sweep["candidates"].items():
@@ -125,7 +126,8 @@ def markdown_table(record: dict) -> str:
     """One table per model: candidate, overrides, mean +- s.d. validation score, mean tie-break
     metric, per-seed score (``record['score']``; records without one scored validation accuracy)."""
     score, tie = record.get("score", "val_accuracy"), record.get("tiebreak", "val_nll")
-    lines = [f"Selection for `{record['experiment']}` ({'quick' if record['quick'] else 'full'} settings), "
+    settings = f"`{record['config_file']}`" if record.get("config_file") else "full"
+    lines = [f"Selection for `{record['experiment']}` ({'quick' if record['quick'] else settings} settings), "
              f"seeds {record['seeds']}; rule: {record['rule']}. Validation metrics only.", ""]
     for model, rows in record["candidates"].items():
         lines += [f"**{model}**", "", f"| candidate | overrides | {score} (mean ± s.d.) | {tie} | per seed | "
