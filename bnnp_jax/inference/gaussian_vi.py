@@ -261,7 +261,7 @@ def _shape_model(widths):
 def kl_to_prior(w: Whitening, p: Params, layout, model: bnn.BNNModel) -> Array:
     """Exact ``KL(q || p(W))`` -> scalar. In the direct form ``C_p^T S = V``, so the trace term
     is ``||V||_F^2`` (``O(P^2)``, no matrix product)."""
-    if w.prior_k is None:
+    if w.prior_k is None or any(k is None for k in w.prior_k):
         return kl_to_units(mean(w, p), square_roots(w, p), log_det_sqrt(w, p), layout, model.widths,
                            model.prior_gaussians())
     trace = sum(jnp.sum(_upper(t, r) ** 2) for t, r in zip(p.t, w.row_scale))
@@ -308,7 +308,7 @@ def whitening(model: bnn.BNNModel, x: Array, m0: Array, layout, scale: str = "gg
             log_det -= sum(jnp.sum(jnp.log(jnp.diagonal(c, 0, -2, -1))) for c in units)
         else:
             log_det -= jnp.sum(jnp.log(jnp.diagonal(c0, 0, -2, -1)))
-    direct = factor == "direct"
+    direct = factor == "direct" and not all(g.diagonal for g in layout)  # MFVI: one form only
     return Whitening(m0s, k0, jnp.asarray(log_det, m0.dtype), rows if direct else None, pk if direct else None)
 
 
