@@ -14,7 +14,7 @@ from bnnp_jax.studies import kl_table
 
 
 def test_configs_load_and_unknown_keys_raise(tmp_path):
-    for name in ("kl_table", "kl_table_quick", "kl_linear", "kl_linear_grid"):
+    for name in ("kl_table", "kl_table_quick", "kl_table_paper_reduced", "kl_linear", "kl_linear_grid"):
         cfg = load_yaml(kl_table.KLTableConfig, f"configs/{name}.yaml")
         assert set(cfg.methods) <= set(kl_table.METHODS)
     quick = load_yaml(kl_table.KLTableConfig, "configs/kl_table_quick.yaml")
