@@ -239,13 +239,18 @@ def kl_to_units(mean_flat: Array, sqrts: Sequence[Array], log_det: Array, layout
     for l, rows in _unit_rows(layout, widths, sqrts):
         c_t = jnp.swapaxes(targets[l].prec_tril, -1, -2)  # [O, D, D]
         trace += jnp.sum((c_t * rows[..., None, :]) ** 2) if rows.ndim == 2 else jnp.sum((c_t @ rows) ** 2)
-    maha, log_det_c = 0.0, 0.0
-    means = bnn.unflatten(_shape_model(widths), mean_flat)
-    for w_l, g in zip(means, targets):
-        diff = w_l.T - g.mean
-        maha += jnp.sum(jnp.einsum("oji,oj->oi", g.prec_tril, diff) ** 2)
-        log_det_c += jnp.sum(jnp.log(jnp.diagonal(g.prec_tril, 0, -2, -1)))
+    maha, log_det_c = _mean_terms(mean_flat, widths, targets)
     return 0.5 * (trace + maha - mean_flat.shape[-1]) - log_det_c - log_det
+
+
+def _mean_terms(mean_flat: Array, widths, targets: Sequence[Gaussian]) -> tuple[Array, Array]:
+    """The KL's mean terms against per-layer unit Gaussians: ``sum_units ||C^T (m_unit - mu)||^2``
+    and ``sum log diag C`` -> two scalars."""
+    maha, log_det_c = 0.0, 0.0
+    for w_l, g in zip(bnn.unflatten(_shape_model(widths), mean_flat), targets):
+        maha += jnp.sum(jnp.einsum("oji,oj->oi", g.prec_tril, w_l.T - g.mean) ** 2)
+        log_det_c += jnp.sum(jnp.log(jnp.diagonal(g.prec_tril, 0, -2, -1)))
+    return maha, log_det_c
 
 
 class _Shape(NamedTuple):
@@ -266,10 +271,7 @@ def kl_to_prior(w: Whitening, p: Params, layout, model: bnn.BNNModel) -> Array:
                            model.prior_gaussians())
     trace = sum(jnp.sum(_upper(t, r) ** 2) for t, r in zip(p.t, w.row_scale))
     m = mean(w, p)
-    maha, log_det_c = 0.0, 0.0
-    for w_l, g in zip(bnn.unflatten(_shape_model(model.widths), m), model.prior_gaussians()):
-        maha += jnp.sum(jnp.einsum("oji,oj->oi", g.prec_tril, w_l.T - g.mean) ** 2)
-        log_det_c += jnp.sum(jnp.log(jnp.diagonal(g.prec_tril, 0, -2, -1)))
+    maha, log_det_c = _mean_terms(m, model.widths, model.prior_gaussians())
     return 0.5 * (trace + maha - m.shape[-1]) - log_det_c - log_det_sqrt(w, p)
 
 
