@@ -14,7 +14,9 @@ hold the rest (README, "Design"):
   (:func:`fixed_prior_model`, :func:`from_bnnp`); :func:`numpyro_model` is the
   same model for numpyro.
 - Runs: :func:`load_config`, :func:`train`, :func:`load_run`.
-- Building blocks: :class:`Gaussian`, :func:`kl_divergence`.
+- Building blocks: :class:`Gaussian`, :func:`kl_divergence`; :func:`after` and
+  :func:`unordered_lapack_calls` to keep your own batched CPU LAPACK calls from
+  running beside ours in one program (README, "Nothing hangs").
 """
 
 import importlib as _importlib
@@ -33,6 +35,8 @@ __version__ = "0.1.0"
 _FRONT_DOOR = {
     "Gaussian": ("bnnp_jax.core.gaussian", "Gaussian"),
     "kl_divergence": ("bnnp_jax.core.gaussian", "kl_divergence"),
+    "after": ("bnnp_jax.core.linalg", "after"),
+    "unordered_lapack_calls": ("bnnp_jax.core.lapack_order", "unordered_lapack_calls"),
     "BNNPConfig": ("bnnp_jax.bnnp.model", "BNNPConfig"),
     "BNNPParams": ("bnnp_jax.bnnp.model", "BNNPParams"),
     "init": ("bnnp_jax.bnnp.model", "init"),

@@ -43,6 +43,7 @@ from bnnp_jax.priors import weight_prior as priors
 from bnnp_jax.bnnp.model import Prediction
 from bnnp_jax.bnnp.params import FINAL_LAYER_MODES, raw_sigma, sigma_from_raw
 from bnnp_jax.core.gaussian import Gaussian, normal_log_prob
+from bnnp_jax.core.linalg import after
 from bnnp_jax.core.networks import ACTIVATIONS, activation_fn, with_bias
 from bnnp_jax.bnnp.objectives import TaskTerms
 
@@ -236,7 +237,7 @@ class _Path:
         sl = slice(self.next, self.next + count)
         if self.next == 0:
             # Order the prior's LAPACK call before the paths' (see bnnp.sample_path).
-            self.factors, phi = jax.lax.optimization_barrier((self.factors, phi))
+            phi = after(phi, self.factors)
         ws, kls = _sample_layers(jax.random.fold_in(self.keys, self.next), self.factors[sl], self.pseudo[sl],
                                  phi, self.ctx_w)
         self.next += count

@@ -35,6 +35,7 @@ from bnnp_jax.bnnp.path import sample_layers
 from bnnp_jax.priors import metaprior_prior
 from bnnp_jax.priors import weight_prior as priors
 from bnnp_jax.core.gaussian import Gaussian, normal_log_prob
+from bnnp_jax.core.linalg import after
 from bnnp_jax.core.minibatch import batched_map, batched_sum
 from bnnp_jax.core import networks
 from bnnp_jax.core.networks import activation_fn, with_bias
@@ -130,7 +131,7 @@ def _walk(key, params: BNNPParams, layer_priors: list, x, y, ctx_w, with_kl: boo
     final_prec = _final_precision(params)
     # Order the prior's LAPACK calls before every path's, and their VJPs after
     # (blr's module docstring: concurrent batched LAPACK calls can deadlock on CPU).
-    layer_priors, x = jax.lax.optimization_barrier((layer_priors, x))
+    x = after(x, layer_priors)
     a, weights, kl = x, [], 0.0
     for l, (k, prior) in enumerate(zip(jax.random.split(key, len(layer_priors)), layer_priors)):
         h = _layer_input(a, l, cfg.activation)  # act(a_{l-1}) [N, D_{l-1}]

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from bnnp_jax.core.blr import NaturalStats, PriorFactors, ScaleFactors, sample_posterior
+from bnnp_jax.core.linalg import after
 
 __all__ = ["sample_layers"]
 
@@ -37,7 +38,7 @@ def sample_layers(key: Array, factors: Sequence[PriorFactors | ScaleFactors],
         if l == 0:
             # Order the prior's LAPACK calls before every path's, and their VJPs after
             # (bnnp_jax.core.linalg: concurrent batched LAPACK calls can deadlock on CPU).
-            factors, stats = jax.lax.optimization_barrier((factors, stats))
+            stats = after(stats, factors)
         w, kl_units = sample_posterior(k, factors[l], stats, with_kl)
         weights.append(w)
         kl = kl + jnp.sum(kl_units) if with_kl else None

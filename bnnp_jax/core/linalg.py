@@ -2,10 +2,12 @@
 
 jaxlib 0.10's batched CPU LAPACK kernels split a large batch over XLA's
 intra-op thread pool and block until the pieces finish; two such calls running
-at once can hold every pool thread and deadlock (seen on 2 cores). So the
-samplers' LAPACK calls form one chain (factor, solve, solve), and
-:func:`cholesky` / :func:`tri_solve` carry custom VJPs whose backward passes
-are chains too (JAX's own rules emit independent solves that may overlap).
+at once can hold every pool thread and deadlock (seen on 2 cores). So every
+program's LAPACK calls form one chain of data dependencies (factor, solve,
+solve, next layer ...), threaded with :func:`after` where the maths leaves
+them independent, and :func:`cholesky` / :func:`tri_solve` carry custom VJPs
+whose backward passes are chains too (JAX's own rules emit independent solves
+that may overlap). :mod:`bnnp_jax.core.lapack_order` checks a compiled program.
 :func:`solve_lower` is the plain broadcasting solve, for code off that path
 (:class:`~bnnp_jax.core.gaussian.Gaussian`).
 """
@@ -18,9 +20,46 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-__all__ = ["cholesky", "tri_solve", "solve_lower", "log_diag"]
+__all__ = ["after", "cholesky", "tri_solve", "solve_lower", "log_diag"]
 
 Array = jax.Array
+
+
+def _token(tree) -> Array:
+    """A float32 scalar that is exactly 0 but data-depends on every leaf of ``tree``: one
+    element per leaf, non-finite values mapped to 0 first (so NaN never leaks)."""
+    zero = jnp.zeros((), jnp.float32)
+    for d in jax.tree.leaves(tree):
+        if not jnp.issubdtype(d.dtype, jnp.inexact) or d.size == 0:
+            continue
+        e = jnp.ravel(d)[0]
+        zero = zero + jnp.where(jnp.isfinite(e), e, 0).astype(jnp.float32) * 0.0
+    return zero
+
+
+@jax.custom_vjp
+def after(x, deps):
+    """``x`` (any pytree; its float leaves), unchanged in value, computed only once every
+    float array in ``deps`` (a pytree) is: a data dependency XLA keeps. Differentiated, the
+    order reverses: the cotangent reaching ``deps`` waits for the one of ``x``, so the
+    backward passes of two chained LAPACK calls are chained too.
+
+    An ``optimization_barrier`` is no substitute: XLA CPU runs an operation as soon as
+    its operands' buffers are ready and ignores control dependencies."""
+    t = _token(deps)
+    return jax.tree.map(lambda a: a + t.astype(a.dtype) if jnp.issubdtype(a.dtype, jnp.inexact) else a, x)
+
+
+def _after_fwd(x, deps):
+    return after(x, deps), deps
+
+
+def _after_bwd(deps, g):
+    t = _token(g)
+    return g, jax.tree.map(lambda d: jnp.zeros_like(d) + t.astype(d.dtype), deps)  # deps: float leaves
+
+
+after.defvjp(_after_fwd, _after_bwd)
 
 
 def log_diag(tril: Array) -> Array:

@@ -12,12 +12,14 @@ of fits jits and vmaps it.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
+from bnnp_jax.core.linalg import after
 from bnnp_jax.inference import model as bnn
 
 __all__ = ["Segment", "unit_layout", "layer_layout", "full_layout", "gauss_newton_blocks", "gauss_newton_step",
@@ -128,11 +130,15 @@ def gauss_newton_step(model: bnn.BNNModel, flat: Array, x: Array, y: Array, mask
     it lands on the posterior mean."""
     layout = full_layout(model.widths) if layout is None else layout
     grad = jax.grad(lambda w: bnn.log_joint(model, bnn.unflatten(model, w), x, y, mask))(flat)
+    # one LAPACK chain (bnnp_jax.core.linalg): the prior's factors after the gradient's
+    # solves, each segment's factor after the previous segment's solves
+    chained = dataclasses.replace(model, prior_scale_trils=after(model.prior_scale_trils, grad))
     steps = []
-    for g, prec, gr in zip(layout, gauss_newton_blocks(model, flat, x, layout, mask), _split(layout, grad)):
+    for g, prec, gr in zip(layout, gauss_newton_blocks(chained, flat, x, layout, mask), _split(layout, grad)):
         if g.diagonal:
             steps.append(gr / (prec * (1.0 + damping)))
             continue
+        prec = after(prec, steps[-1:])
         prec = prec + damping * jnp.vectorize(jnp.diag, signature="(n)->(n,n)")(jnp.diagonal(prec, 0, -2, -1))
         chol = jnp.linalg.cholesky(prec)
         half = solve_triangular(chol, gr[..., None], lower=True)

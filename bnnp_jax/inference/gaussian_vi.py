@@ -54,6 +54,7 @@ The ELBO is ``E_q log p(y | w) - KL(q || p(w))``, the KL in closed form
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import partial
 from typing import NamedTuple, Sequence
@@ -66,6 +67,7 @@ from jax.scipy.linalg import solve_triangular
 
 from bnnp_jax.core.driver import finite_check, run_chunks
 from bnnp_jax.core.gaussian import LOG_2PI, Gaussian
+from bnnp_jax.core.linalg import after
 from bnnp_jax.inference import model as bnn
 from bnnp_jax.inference.gauss_newton import (Segment, _join, _map_weights, _split, _units, full_layout,
                                              gauss_newton_blocks, gauss_newton_step, layer_layout, map_weights,
@@ -287,10 +289,14 @@ def whitening(model: bnn.BNNModel, x: Array, m0: Array, layout, scale: str = "gg
     if factor not in FACTORS:
         raise ValueError(f"factor must be one of {FACTORS}, got {factor!r}")
     m0s = _split(layout, m0)
+    # one LAPACK chain (bnnp_jax.core.linalg): the prior's factors after m0's search, then
+    # each segment's factorisation after the previous segment's
+    model = _chained(model, m0)
     blocks = gauss_newton_blocks(model, m0, x, layout, mask, include_likelihood=scale == "ggn")
-    prior_c = _prior_factors(layout, model) if factor == "direct" else [None] * len(layout)
+    prior_c = _prior_factors(layout, _chained(model, blocks)) if factor == "direct" else [None] * len(layout)
     k0, rows, pk, log_det = [], [], [], 0.0
     for g, b, units in zip(layout, blocks, prior_c):
+        b = after(b, (k0[-1:], pk[-1:], prior_c))
         if g.diagonal:
             k0.append(1.0 / jnp.sqrt(b))
             rows.append(None)
@@ -301,8 +307,11 @@ def whitening(model: bnn.BNNModel, x: Array, m0: Array, layout, scale: str = "gg
         eye = jnp.broadcast_to(jnp.eye(g.size, dtype=b.dtype), b.shape)
         k0.append(solve_triangular(c0, eye, lower=True, trans=1))  # C0^{-T}, one solve at set-up
         if factor == "direct":
-            unit_k = tuple(solve_triangular(c, jnp.broadcast_to(jnp.eye(c.shape[-1], dtype=c.dtype), c.shape),
-                                            lower=True, trans=1) for c in units)  # C_p^{-T} per unit, upper
+            unit_k = []
+            for c in units:  # C_p^{-T} per unit, upper; chained after k0's solve
+                eye_c = jnp.broadcast_to(jnp.eye(c.shape[-1], dtype=c.dtype), c.shape)
+                unit_k.append(solve_triangular(after(c, (k0[-1], unit_k[-1:])), eye_c, lower=True, trans=1))
+            unit_k = tuple(unit_k)
             pk.append(unit_k)
             kp = _dense_units(unit_k, g.count)
             # the curvature of the expected log joint in V_ij: (C_p^{-1} Lambda0 C_p^{-T})_ii (set-up only)
@@ -312,6 +321,11 @@ def whitening(model: bnn.BNNModel, x: Array, m0: Array, layout, scale: str = "gg
             log_det -= jnp.sum(jnp.log(jnp.diagonal(c0, 0, -2, -1)))
     direct = factor == "direct" and not all(g.diagonal for g in layout)  # MFVI: one form only
     return Whitening(m0s, k0, jnp.asarray(log_det, m0.dtype), rows if direct else None, pk if direct else None)
+
+
+def _chained(model: bnn.BNNModel, deps) -> bnn.BNNModel:
+    """``model`` whose prior factorisations wait for ``deps`` (:func:`bnnp_jax.core.linalg.after`)."""
+    return dataclasses.replace(model, prior_scale_trils=after(model.prior_scale_trils, deps))
 
 
 def _prior_factors(layout, model: bnn.BNNModel) -> list:
@@ -332,7 +346,8 @@ def init_params(layout, dtype, init_log_scale: float = 0.0, whitening: Whitening
             t.append(jnp.full((g.count, g.size), init_log_scale, dtype))
         elif whitening is not None and _direct(whitening, i):
             # V = C_p^T C0^{-T}: solve C_p^{-T} V = C0^{-T} (upper-triangular; set-up only)
-            v = solve_triangular(_dense_units(whitening.prior_k[i], g.count), whitening.k0[i], lower=False)
+            k0 = after(whitening.k0[i], (t[-1:], whitening))  # one LAPACK chain, after the whitening's
+            v = solve_triangular(_dense_units(whitening.prior_k[i], g.count), k0, lower=False)
             r = whitening.row_scale[i]
             diag = jnp.log(jnp.diagonal(v, 0, -2, -1)) + init_log_scale
             off = math.exp(init_log_scale) * jnp.triu(v, 1) / r[..., :, None]

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from bnnp_jax.core import blr
 from bnnp_jax.bnnp.path import sample_layers
 from bnnp_jax.core.gaussian import Gaussian, kl_divergence
+from bnnp_jax.core.linalg import after
 from bnnp_jax.inference import evidence
 from bnnp_jax.inference import model as bnn
 from bnnp_jax.inference.vi import run_adam
@@ -74,6 +75,7 @@ def layerwise_path(key, model: bnn.BNNModel, pseudo_x: Array, x: Array, layer_st
         return layer_stats(l, phis[l][: m or None])
 
     factors = [blr.PriorFactors.from_gaussian(p) for p in model.prior_gaussians()]
+    phis[0] = after(phis[0], factors)  # the draws' LAPACK chain starts after the prior's
     weights, kl = sample_layers(key, factors, stats)
     return (phis[-1] @ weights[-1].T)[m:], kl
 

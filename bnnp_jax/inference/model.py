@@ -35,6 +35,7 @@ from jax.scipy.linalg import solve_triangular
 from bnnp_jax.core import blr
 from bnnp_jax.priors import weight_prior as priors
 from bnnp_jax.core.gaussian import Gaussian, normal_log_prob
+from bnnp_jax.core.linalg import after
 from bnnp_jax.core.networks import activation_fn, forward, with_bias
 
 __all__ = ["BNNModel", "make_model", "fixed_prior_model", "from_bnnp", "flatten", "unflatten",
@@ -77,8 +78,12 @@ class BNNModel:
         return sum((a + 1) * b for a, b in zip(self.widths[:-1], self.widths[1:]))
 
     def prior_gaussians(self) -> list[Gaussian]:
-        """The layer priors in precision form, ``mean [O, D]``, ``prec_tril [O, D, D]``."""
-        return [Gaussian.from_scale_tril(m, s) for m, s in zip(self.prior_means, self.prior_scale_trils)]
+        """The layer priors in precision form, ``mean [O, D]``, ``prec_tril [O, D, D]``; each
+        layer's factorisation waits for the previous one's (one LAPACK chain, :mod:`bnnp_jax.core.linalg`)."""
+        out = []
+        for m, s in zip(self.prior_means, self.prior_scale_trils):
+            out.append(Gaussian.from_scale_tril(m, after(s, [g.prec_tril for g in out[-1:]])))
+        return out
 
 
 def _default_dtype():
@@ -171,9 +176,9 @@ def forward_flat(model: BNNModel, flat: Array, x: Array) -> Array:
 
 def log_prior(model: BNNModel, weights: Sequence[Array]) -> Array:
     """``sum_l sum_d log N(w_{l,d} | mu_{l,d}, L_{l,d} L_{l,d}^T)`` -> scalar."""
-    total = 0.0
+    total, z = 0.0, []
     for w, mean, tril in zip(weights, model.prior_means, model.prior_scale_trils):
-        z = solve_triangular(tril, (w.T - mean)[..., None], lower=True)[..., 0]  # [O, D]
+        z = solve_triangular(tril, after(w.T - mean, z)[..., None], lower=True)[..., 0]  # [O, D], one LAPACK chain
         log_det = jnp.sum(jnp.log(jnp.diagonal(tril, axis1=-2, axis2=-1)))
         total = total - 0.5 * jnp.sum(z**2) - log_det - 0.5 * z.size * math.log(2 * math.pi)
     return total

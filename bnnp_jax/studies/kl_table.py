@@ -59,11 +59,13 @@ from bnnp_jax.config import ConfigError, load_yaml, to_dict
 from bnnp_jax.studies.kl_table_meta import amortised_elbo, load_meta_bnnp
 from bnnp_jax.studies.kl_table_config import (GAUSSIAN_VI, METHODS, MODES, AISSettings, KLTableConfig,
                                               NUTSSettings, TrainSettings, VISettings)
-from bnnp_jax.studies.kl_table_report import elbo_trace, markdown_table, ordering_violations, plot
+from bnnp_jax.studies.kl_table_report import (elbo_trace, markdown_table, ordering_violations, plot,
+                                              plot_elbo_gaps)
 
 __all__ = ["METHODS", "GAUSSIAN_VI", "MODES", "TrainSettings", "VISettings", "AISSettings", "NUTSSettings",
            "KLTableConfig", "Grid", "simulate", "grid", "load_meta_bnnp", "closed_form_kl", "run_method",
-           "run_evidence", "elbo_trace", "markdown_table", "ordering_violations", "plot", "add_arguments", "run"]
+           "run_evidence", "elbo_trace", "markdown_table", "ordering_violations", "plot", "plot_elbo_gaps",
+           "add_arguments", "run"]
 
 
 # ----- data -------------------------------------------------------------------
@@ -289,6 +291,7 @@ def _write(out: Path, cfg: KLTableConfig, records: list[dict]) -> None:
     (out / "results.json").write_text(json.dumps({"config": to_dict(cfg), "records": records}, indent=1))
     (out / "kl_table.md").write_text(markdown_table(records, cfg.methods))
     plot(records, cfg.methods, out / "kl_vs_sigma.png")
+    plot_elbo_gaps(records, cfg.methods, out / "elbo_gaps.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from bnnp_jax.studies.kl_table_config import GAUSSIAN_VI
 
-__all__ = ["elbo_trace", "markdown_table", "ordering_violations", "plot"]
+__all__ = ["elbo_trace", "markdown_table", "ordering_violations", "plot", "plot_elbo_gaps"]
 
 
 def elbo_trace(losses, max_points: int = 200) -> dict:
@@ -122,6 +122,42 @@ def ordering_violations(records: list[dict], z: float = 3.0) -> list[str]:
                 if a["elbo"] < b["elbo"] - z * se:
                     out.append(f"{where}: {big} ELBO {a['elbo']:.3f} < {small} {b['elbo']:.3f}")
     return out
+
+
+def plot_elbo_gaps(records: list[dict], methods, path: Path, reference: str = "fcvi") -> bool:
+    """``ELBO(reference) - ELBO(m)`` against ``sigma_y`` for every other Gaussian family ``m``:
+    with a common ``log p(D)`` per cell this is ``KL(m) - KL(reference)``, so the nested
+    ordering reads off without the evidence. Mean over seeds with a band from the lowest to
+    the highest seed; symmetric-log y axis. Returns whether anything was drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {(r.get("seed"), r["sigma_y"], r["method"]): r["elbo"] for r in records}
+    seeds = sorted({r.get("seed") for r in records}, key=str)
+    sigmas = np.array(sorted({r["sigma_y"] for r in records}))
+    others = [m for m in GAUSSIAN_VI if m in methods and m != reference]
+    if reference not in methods or not others:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in others:
+        gaps = np.array([[by.get((k, v, reference), np.nan) - by.get((k, v, m), np.nan) for v in sigmas]
+                         for k in seeds])  # [seeds, sigma_y]
+        ok = np.isfinite(gaps).all(0)
+        if not ok.any():
+            continue
+        line, = ax.plot(sigmas[ok], gaps[:, ok].mean(0), marker="o", ms=3, label=f"{m} (mean of {len(seeds)} seeds)")
+        ax.fill_between(sigmas[ok], gaps[:, ok].min(0), gaps[:, ok].max(0), color=line.get_color(), alpha=0.2)
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set(xscale="log", xlabel="model sigma_y", ylabel=f"ELBO({reference}) - ELBO(method) [nats]")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.legend(fontsize=8)
+    ax.set_title("above 0: the larger family is better, as nesting implies", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def plot(records: list[dict], methods, path: Path) -> None:
