@@ -240,3 +240,14 @@ def test_committed_meta_bnnp_serves_the_table(x64):
     assert "bnnp_amortised" in table.methods
     params = kl_table.load_meta_bnnp(table)
     assert params.likelihood["raw_sigma"].dtype == np.float64
+
+
+def test_elbo_gap_plot_needs_the_reference_family(tmp_path):
+    methods = ["mfvi", "ucvi", "lcvi", "fcvi"]
+    records = [{"seed": seed, "sigma_y": s, "method": m, "elbo": -10.0 - i - seed * 0.1}
+               for seed in (1, 2) for s in (0.1, 1.0, 10.0) for i, m in enumerate(reversed(methods))]
+    assert kl_table.plot_elbo_gaps(records, methods, tmp_path / "gaps.png")
+    assert (tmp_path / "gaps.png").stat().st_size > 0
+    without = [r for r in records if r["method"] != "fcvi"]
+    assert not kl_table.plot_elbo_gaps(without, methods, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
