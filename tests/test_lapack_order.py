@@ -89,6 +89,8 @@ PROGRAMS = textwrap.dedent("""
         res = registry.fit_batch(method, kf, g.models, g.x, g.y, g.mask,
                                  **registry.budget(method, 2, (5e-3, 5e-5), 2), **own)
         registry.elbo_batch(ke, res, g.x, g.y, g.mask, 8)
+    own = {**dataclasses.asdict(VISettings()), "estimator": "stl"}  # log q's solves, segment by segment
+    registry.fit_batch("ucvi", kf, g.models, g.x, g.y, g.mask, **registry.budget("ucvi", 2, (5e-3, 5e-5), 2), **own)
     params = init(jax.random.PRNGKey(0), BNNPConfig(hidden=(8, 8)))
     x = jax.numpy.linspace(-2, 2, 12)[:, None]
     kl = lambda p: bnnp.posterior_samples(jax.random.PRNGKey(1), p, x, jax.numpy.sin(x), 4).kl
