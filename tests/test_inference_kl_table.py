@@ -251,3 +251,13 @@ def test_elbo_gap_plot_needs_the_reference_family(tmp_path):
     without = [r for r in records if r["method"] != "fcvi"]
     assert not kl_table.plot_elbo_gaps(without, methods, tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_ordering_uses_the_closed_form_kl_where_there_is_one():
+    # ELBOs 3.3 standard errors apart, exact KLs equal to 1e-3: no violation
+    recs = [dict(method="lcvi", sigma_y=0.3, elbo=-13.126, elbo_stderr=0.01, kl_closed_form=0.0005),
+            dict(method="fcvi", sigma_y=0.3, elbo=-13.174, elbo_stderr=0.01, kl_closed_form=0.0008)]
+    assert kl_table.ordering_violations(recs) == []
+    assert kl_table.ordering_violations([{k: v for k, v in r.items() if k != "kl_closed_form"} for r in recs])
+    recs[1]["kl_closed_form"] = 0.05  # the larger family 0.05 nats worse, exactly: a violation
+    assert kl_table.ordering_violations(recs) == ["sigma_y=0.3: fcvi exact KL 0.0500 > lcvi 0.0005"]
