@@ -261,3 +261,10 @@ def test_ordering_uses_the_closed_form_kl_where_there_is_one():
     assert kl_table.ordering_violations([{k: v for k, v in r.items() if k != "kl_closed_form"} for r in recs])
     recs[1]["kl_closed_form"] = 0.05  # the larger family 0.05 nats worse, exactly: a violation
     assert kl_table.ordering_violations(recs) == ["sigma_y=0.3: fcvi exact KL 0.0500 > lcvi 0.0005"]
+
+
+def test_many_violations_are_summarised_per_pair():
+    recs = [dict(method=m, sigma_y=s, elbo=e, elbo_stderr=0.01, kl_lower=1.0, kl_upper=1.0, upper_is_bound=True)
+            for s in (0.1, 0.2, 0.3, 0.4, 0.5) for m, e in (("fcvi", -20.0), ("ucvi", -10.0), ("mfvi", -11.0))]
+    md = kl_table.markdown_table(recs, ("ucvi", "fcvi", "mfvi"))
+    assert "violated in 10 comparisons (fcvi below ucvi: 5, fcvi below mfvi: 5 cells)" in md

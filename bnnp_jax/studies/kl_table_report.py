@@ -100,8 +100,25 @@ def markdown_table(records: list[dict], methods) -> str:
     bad = ordering_violations(records)
     if len([m for m in methods if m in GAUSSIAN_VI]) > 1:
         out += ("\nNested families (gaps FCVI <= LCVI <= UCVI <= MFVI at every sigma_y, within 3 ELBO standard "
-                "errors, or 0.01 nats of the closed-form KL where there is one): " + ("holds.\n" if not bad else "violated at " + "; ".join(bad) + ".\n"))
+                "errors, or 0.01 nats of the closed-form KL where there is one): " + _violations_text(bad))
     return out
+
+
+def _violations_text(bad: list[str], show: int = 8) -> str:
+    """``holds.`` or the violations: all of them when few, else a count per pair of families
+    and the first ``show`` (``results.json`` has every cell)."""
+    if not bad:
+        return "holds.\n"
+    if len(bad) <= show:
+        return "violated at " + "; ".join(bad) + ".\n"
+    pairs: dict[str, int] = {}
+    for b in bad:
+        big, small = b.split(": ", 1)[1].split(" ")[0], b.split(" < " if " < " in b else " > ")[1].split(" ")[0]
+        key = f"{big} below {small}"
+        pairs[key] = pairs.get(key, 0) + 1
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(pairs.items(), key=lambda kv: -kv[1]))
+    return (f"violated in {len(bad)} comparisons ({counts} cells); the first {show}: " + "; ".join(bad[:show])
+            + ".\n")
 
 
 def ordering_violations(records: list[dict], z: float = 3.0, exact_tol: float = 0.01) -> list[str]:
