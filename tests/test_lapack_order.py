@@ -69,6 +69,9 @@ def test_after_keeps_values_dtypes_and_gradients(dtype, request):
     gx, gd = jax.grad(f, (0, 1))(x["a"], d)
     np.testing.assert_allclose(gx, 2 * x["a"])
     np.testing.assert_allclose(gd, 3 * d ** 2)
+    # integer deps (e.g. a counter in a pytree) are allowed and get no gradient
+    g_int = jax.grad(lambda x: jnp.sum(after(x, (jnp.arange(2), d)) ** 2))(x["a"])
+    np.testing.assert_allclose(g_int, 2 * x["a"])
     batched = jax.vmap(after)(jnp.ones((2, 3), dtype), jnp.ones((2, 4), dtype))
     np.testing.assert_array_equal(batched, jnp.ones((2, 3), dtype))
 

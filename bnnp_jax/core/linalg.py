@@ -18,6 +18,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 __all__ = ["after", "cholesky", "tri_solve", "solve_lower", "log_diag"]
@@ -56,7 +57,13 @@ def _after_fwd(x, deps):
 
 def _after_bwd(deps, g):
     t = _token(g)
-    return g, jax.tree.map(lambda d: jnp.zeros_like(d) + t.astype(d.dtype), deps)  # deps: float leaves
+
+    def zero(d):  # integer leaves of deps take float0 cotangents
+        if jnp.issubdtype(d.dtype, jnp.inexact):
+            return jnp.zeros_like(d) + t.astype(d.dtype)
+        return np.zeros(d.shape, jax.dtypes.float0)
+
+    return g, jax.tree.map(zero, deps)
 
 
 after.defvjp(_after_fwd, _after_bwd)
