@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-__all__ = ["chunk", "batched_sum", "batched_map"]
+__all__ = ["chunk", "batched_sum", "batched_map", "map_padded"]
 
 Array = jax.Array
 
@@ -59,3 +59,19 @@ def batched_map(fn: Callable, x: Array, batch_size: int | None) -> Array:
     out = jnp.moveaxis(out, 0, 1)
     out = out.reshape((out.shape[0], -1) + out.shape[3:])
     return out[:, :n]
+
+
+def map_padded(fn: Callable, xs, batch_size: int):
+    """``jax.lax.map(fn, xs, batch_size=batch_size)`` over the leading axis of the pytree
+    ``xs`` (size ``N``), with the tail padded (the last element repeated, outputs sliced
+    back to ``N``) instead of lax.map's separate remainder call. That second copy of ``fn``
+    has no data path to the loop, so XLA CPU may run their batched LAPACK calls at once,
+    which can deadlock on few cores (:mod:`bnnp_jax.core.linalg`)."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    batch_size = max(1, min(batch_size, n))
+    padded = -(-n // batch_size) * batch_size
+    if padded != n:
+        xs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], padded - n, axis=0)]), xs)
+    out = jax.lax.map(fn, xs, batch_size=batch_size)
+    return out if padded == n else jax.tree.map(lambda a: a[:n], out)
+

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from bnnp_jax.bnnp import amortised_layer
 from bnnp_jax.core import blr
 from bnnp_jax.core.gaussian import kl_divergence
+from bnnp_jax.core.minibatch import map_padded
 from bnnp_jax.core.networks import with_bias
 from bnnp_jax.inference import evidence, givi
 from bnnp_jax.inference import model as bnn
@@ -164,7 +165,7 @@ def _init_batch(keys, model, x, final_layer):
 
 def _per_task_elbo_terms(key, model, params, x, y, mask, num_samples, batch_size):
     one = lambda k: per_task_elbo_terms(k, model, params, x, y, 1, mask)
-    ll, kl = jax.lax.map(one, jax.random.split(key, num_samples), batch_size=min(batch_size, num_samples))
+    ll, kl = map_padded(one, jax.random.split(key, num_samples), batch_size)
     return ll[:, 0], kl[:, 0]
 
 
@@ -224,7 +225,7 @@ def _amortised_elbo(key, params, x, y, num_samples, batch_size):
         post = bnnp.masked_posterior(k, params, x, y, ones, 1)
         return bnnp.log_likelihood_sums(params, post.weights, x, y, ones[:, None])[0, 0], post.kl
 
-    return jax.lax.map(one, jax.random.split(key, num_samples), batch_size=min(batch_size, num_samples))
+    return map_padded(one, jax.random.split(key, num_samples), batch_size)
 
 
 def amortised_elbo(key, result: AmortisedResult, num_samples: int = 10_000, *, batch_size: int = 1000):

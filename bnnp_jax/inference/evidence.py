@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bnnp_jax.core.minibatch import map_padded
 from bnnp_jax.inference import ais
 from bnnp_jax.inference import model as bnn
 
@@ -42,7 +43,7 @@ FITS_PER_CALL = 8
 def map_fits(fn, *args):
     """``fn(*args_b)`` for every fit ``b`` of a batch (every leaf of ``args`` ``[B, ...]``),
     :data:`FITS_PER_CALL` fits at a time -> outputs with a leading ``[B]``."""
-    return jax.lax.map(lambda a: fn(*a), args, batch_size=FITS_PER_CALL)
+    return map_padded(lambda a: fn(*a), args, FITS_PER_CALL)
 
 
 class ELBOEstimate(NamedTuple):

@@ -35,6 +35,7 @@ from bnnp_jax.core import blr
 from bnnp_jax.bnnp.path import sample_layers
 from bnnp_jax.core.gaussian import Gaussian, kl_divergence
 from bnnp_jax.core.linalg import after
+from bnnp_jax.core.minibatch import map_padded
 from bnnp_jax.inference import evidence
 from bnnp_jax.inference import model as bnn
 from bnnp_jax.inference.vi import run_adam
@@ -251,7 +252,7 @@ def _init_batch(keys, model, x, y, mask, num_inducing, full_precision):
 
 def _elbo_terms_mapped(key, model, params, x, y, mask, num_samples, batch_size):
     one = lambda k: elbo_terms(k, model, params, x, y, 1, mask)
-    ll, kl = jax.lax.map(one, jax.random.split(key, num_samples), batch_size=min(batch_size, num_samples))
+    ll, kl = map_padded(one, jax.random.split(key, num_samples), batch_size)
     return ll[:, 0], kl[:, 0]
 
 
