@@ -84,9 +84,8 @@ def unordered_lapack_calls(hlo_text: str) -> list[tuple[str, str, str]]:
             continue
         ancestors: dict[str, set] = {}
 
-        def anc(i):
+        def anc(i):  # every instruction with a data path into i
             if i not in ancestors:
-                ancestors[i] = set()  # cycles cannot occur in HLO; this guards the recursion
                 out = set()
                 stack = [o for o in instrs[i][0] if o in instrs]
                 while stack:

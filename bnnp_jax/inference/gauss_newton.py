@@ -120,6 +120,11 @@ def gauss_newton_blocks(model: bnn.BNNModel, flat: Array, x: Array, layout, mask
     return out
 
 
+def _chained(model: bnn.BNNModel, deps) -> bnn.BNNModel:
+    """``model`` whose prior factorisations wait for ``deps`` (:func:`bnnp_jax.core.linalg.after`)."""
+    return dataclasses.replace(model, prior_scale_trils=after(model.prior_scale_trils, deps))
+
+
 def gauss_newton_step(model: bnn.BNNModel, flat: Array, x: Array, y: Array, mask=None, damping: float = 0.0,
                       layout=None) -> Array:
     """One Gauss-Newton step on ``log p(y | w) + log p(w)`` -> the new flat ``[P]``.
@@ -132,9 +137,9 @@ def gauss_newton_step(model: bnn.BNNModel, flat: Array, x: Array, y: Array, mask
     grad = jax.grad(lambda w: bnn.log_joint(model, bnn.unflatten(model, w), x, y, mask))(flat)
     # one LAPACK chain (bnnp_jax.core.linalg): the prior's factors after the gradient's
     # solves, each segment's factor after the previous segment's solves
-    chained = dataclasses.replace(model, prior_scale_trils=after(model.prior_scale_trils, grad))
     steps = []
-    for g, prec, gr in zip(layout, gauss_newton_blocks(chained, flat, x, layout, mask), _split(layout, grad)):
+    for g, prec, gr in zip(layout, gauss_newton_blocks(_chained(model, grad), flat, x, layout, mask),
+                           _split(layout, grad)):
         if g.diagonal:
             steps.append(gr / (prec * (1.0 + damping)))
             continue

@@ -43,7 +43,6 @@ Diagonal segments (MFVI) are the same in both forms.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import NamedTuple, Sequence
 
@@ -54,7 +53,7 @@ from jax.scipy.linalg import solve_triangular
 from bnnp_jax.core.gaussian import LOG_2PI, Gaussian
 from bnnp_jax.core.linalg import after
 from bnnp_jax.inference import model as bnn
-from bnnp_jax.inference.gauss_newton import Segment, _join, _split, _units, gauss_newton_blocks
+from bnnp_jax.inference.gauss_newton import Segment, _chained, _join, _split, _units, gauss_newton_blocks
 
 __all__ = ["Segment", "Whitening", "Params", "SCALES", "FACTORS", "whitening", "init_params", "mean", "square_roots",
            "log_det_sqrt", "sample", "log_prob", "kl_to_units", "kl_to_prior"]
@@ -286,11 +285,6 @@ def whitening(model: bnn.BNNModel, x: Array, m0: Array, layout, scale: str = "gg
             log_det -= jnp.sum(jnp.log(jnp.diagonal(c0, 0, -2, -1)))
     direct = factor == "direct" and not all(g.diagonal for g in layout)  # MFVI: one form only
     return Whitening(m0s, k0, jnp.asarray(log_det, m0.dtype), rows if direct else None, pk if direct else None)
-
-
-def _chained(model: bnn.BNNModel, deps) -> bnn.BNNModel:
-    """``model`` whose prior factorisations wait for ``deps`` (:func:`bnnp_jax.core.linalg.after`)."""
-    return dataclasses.replace(model, prior_scale_trils=after(model.prior_scale_trils, deps))
 
 
 def _prior_factors(layout, model: bnn.BNNModel) -> list:
