@@ -45,12 +45,13 @@ __all__ = [
     "Segment", "Whitening", "Params", "Result", "SCALES", "MEAN_INITS", "ESTIMATORS", "FACTORS", "unit_layout",
     "layer_layout", "full_layout", "gauss_newton_blocks", "gauss_newton_step", "map_weights", "whitening", "init_params",
     "mean", "square_roots", "log_det_sqrt", "sample", "log_prob", "kl_to_units", "kl_to_prior", "loss", "fit",
-    "still_rising", "VMAP_MAX_BLOCK",
+    "still_rising", "VMAP_MAX_BLOCK", "STEP_RULES", "step_multipliers",
 ]
 
 Array = jax.Array
 MEAN_INITS = ("prior_draw", "gauss_newton")
 ESTIMATORS = ("closed_form", "stl")
+STEP_RULES = ("entry", "row")
 MAX_DENSE_WEIGHTS = 2048  # above this the MAP start solves the family's own blocks, not a dense [P, P] system
 
 
@@ -86,22 +87,54 @@ def loss(p: Params, key, w: Whitening, layout, model: bnn.BNNModel, x, y, mask, 
     return -jnp.mean(ll + log_prior - log_q)
 
 
-def _scan(p, opt_state, keys, lrs, w, layout, model, x, y, mask, num_particles, estimator, b1, b2):
-    """Adam steps over ``keys [C, 2]`` and learning rates ``lrs [C]`` -> ``((p, opt_state), losses [C])``."""
+def step_multipliers(w: Whitening, p: Params, rule: str = "entry") -> list:
+    """Per segment, fixed multipliers of Adam's steps in ``t``, broadcastable to ``t``.
+
+    ``"entry"``: 1 everywhere (Adam's own per-entry steps). ``"row"``: the off-diagonal steps
+    of row ``i`` of the factor divided by ``sqrt(n_i)``, ``n_i`` its number of free
+    off-diagonal entries (``size - 1 - i`` for the direct, upper factor; ``i`` for the whitened,
+    lower one). Adam moves every entry by about the learning rate (in the row-scaled units of
+    :mod:`gaussian_family`), so a row of ``n_i`` entries moves the marginal variance of its
+    weight ``n_i`` times as far as one entry does: a full ``[481, 481]`` block takes steps
+    ``sqrt(480)`` times longer than a unit's. ``"row"`` gives every row a step of about the
+    learning rate, as in a diagonal family. Diagonal entries and diagonal segments keep 1.
+    """
+    if rule not in STEP_RULES:
+        raise ValueError(f"step_rule must be one of {STEP_RULES}, got {rule!r}")
+    out = []
+    for i, t in enumerate(p.t):
+        if rule == "entry" or t.ndim == 2:
+            out.append(1.0)
+            continue
+        n = t.shape[-1]
+        idx = np.arange(n)
+        count = (n - 1 - idx) if w.row_scale is not None and w.row_scale[i] is not None else idx
+        mult = np.broadcast_to(1.0 / np.sqrt(np.maximum(count, 1))[:, None], (n, n)).copy()
+        mult[idx, idx] = 1.0
+        out.append(jnp.asarray(mult, t.dtype))
+    return out
+
+
+def _scan(p, opt_state, keys, lrs, w, layout, model, x, y, mask, num_particles, estimator, b1, b2,
+          step_rule="entry"):
+    """Adam steps over ``keys [C, 2]`` and learning rates ``lrs [C]`` -> ``((p, opt_state), losses [C])``;
+    the steps in ``t`` scaled by :func:`step_multipliers` (``step_rule``)."""
     opt = optax.scale_by_adam(b1=b1, b2=b2)
+    mults = step_multipliers(w, p, step_rule)
 
     def step(carry, inp):
         p, s = carry
         k, lr = inp
         value, grads = jax.value_and_grad(loss)(p, k, w, layout, model, x, y, mask, num_particles, estimator)
         updates, s = opt.update(grads, s, p)
+        updates = updates._replace(t=[m * d for m, d in zip(mults, updates.t)])
         p = jax.tree.map(lambda a, b: a - lr * b, p, updates)
         return (p, s), value
 
     return jax.lax.scan(step, (p, opt_state), (keys, lrs))
 
 
-_STATIC = ("layout", "num_particles", "estimator", "b1", "b2")
+_STATIC = ("layout", "num_particles", "estimator", "b1", "b2", "step_rule")
 _chunk = jax.jit(_scan, static_argnames=_STATIC)
 
 
@@ -118,11 +151,11 @@ def _fits_per_vmap(layout, num_fits: int) -> int | None:
 
 @partial(jax.jit, static_argnames=_STATIC + ("fits_per_vmap",))
 def _chunk_batch(p, opt_state, keys, lrs, w, layout, model, x, y, mask, num_particles, estimator, b1, b2,
-                 fits_per_vmap):
+                 step_rule, fits_per_vmap):
     # each fit is the single fit's scan; the learning rates are common to the batch
     def one(a):
         p, s, k, w, model, x, y, mask = a
-        return _scan(p, s, k, lrs, w, layout, model, x, y, mask, num_particles, estimator, b1, b2)
+        return _scan(p, s, k, lrs, w, layout, model, x, y, mask, num_particles, estimator, b1, b2, step_rule)
 
     return jax.lax.map(one, (p, opt_state, keys, w, model, x, y, mask), batch_size=fits_per_vmap)
 
@@ -161,7 +194,8 @@ def fit(key: Array, model: bnn.BNNModel, x: Array, y: Array, layout, *, num_step
         lr: tuple[float, float] = (5e-3, 5e-5), num_particles: int = 8, scale: str = "ggn",
         mean_init: str = "gauss_newton", estimator: str = "closed_form", gauss_newton_iters: int = 30,
         init_log_scale: float = 0.0, factor: str = "direct", mask=None, chunk_size: int = 500, b1: float = 0.9,
-        b2: float = 0.999, progress_bar: bool = False, desc: str = "", batched: bool = False) -> Result:
+        b2: float = 0.999, step_rule: str = "entry", progress_bar: bool = False, desc: str = "",
+        batched: bool = False) -> Result:
     """Fit ``q`` by Adam on the whitened coordinates (``lr`` decayed linearly ``lr[0] -> lr[1]``).
 
     ``m0`` is a prior draw, moved to the MAP weights by :func:`map_weights` (
@@ -169,7 +203,8 @@ def fit(key: Array, model: bnn.BNNModel, x: Array, y: Array, layout, *, num_step
     the layout's blocks above) when ``mean_init="gauss_newton"``; ``C0`` from ``scale``
     at ``m0`` (module docstring); ``S`` starts at ``e^{init_log_scale} C0^{-T}``, held as
     ``factor`` (:data:`FACTORS`: ``"direct"``, ``O(P^2)`` per step, or ``"whitened"``,
-    ``O(P^3)`` for FCVI; module docstring). Raises on a non-finite loss.
+    ``O(P^3)`` for FCVI; module docstring). ``step_rule`` (:data:`STEP_RULES`) scales the
+    factor's off-diagonal steps (:func:`step_multipliers`). Raises on a non-finite loss.
 
     ``batched=True`` fits ``B`` datasets as one vmapped program: ``key [B, 2]``, ``model`` a
     batched :class:`BNNModel` (every leaf ``[B, ...]``, e.g. one ``sigma_y`` per fit),
@@ -180,6 +215,8 @@ def fit(key: Array, model: bnn.BNNModel, x: Array, y: Array, layout, *, num_step
     inside the program rather than vmapped.
     """
     _check_options(mean_init, estimator)
+    if step_rule not in STEP_RULES:
+        raise ValueError(f"step_rule must be one of {STEP_RULES}, got {step_rule!r}")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     start = _init_batch if batched else _init
@@ -196,7 +233,7 @@ def fit(key: Array, model: bnn.BNNModel, x: Array, y: Array, layout, *, num_step
 
     def run_chunk(carry, done, n):
         return chunk(*carry, keys[..., done:done + n, :], lrs[done:done + n], w, layout, model, x, y, mask,
-                     num_particles, estimator, b1, b2)
+                     num_particles, estimator, b1, b2, step_rule)
 
     check = finite_check(desc or "gaussian_vi")  # a diverged chunk never replaces the last good state
 

@@ -35,6 +35,7 @@ class VISettings:
     estimator: str = "closed_form"
     init_log_scale: float = 0.0
     factor: str = "direct"
+    step_rule: str = "entry"
 
 
 @dataclasses.dataclass(frozen=True)
