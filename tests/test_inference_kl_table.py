@@ -233,6 +233,56 @@ def test_table_resumes_per_method(tmp_path, monkeypatch):
         kl_table.run(args)
 
 
+def test_seed_batches_resume_per_seed_and_equal_one_batch(tmp_path, monkeypatch):
+    base = ("seeds: [1, 2]\nwidths: [1, 2, 1]\nsigma_y_values: [0.1, 1.0]\nelbo_samples: 32\nmethods: [ucvi]\n"
+            "train: {num_steps: 6}\nais: {num_temps: 4, num_particles: 4, num_leapfrog: 2}\n")
+    (tmp_path / "all.yaml").write_text(base)
+    (tmp_path / "seed.yaml").write_text(base + "fit_batches: seed\n")
+    run = lambda name, out: kl_table.run(argparse.Namespace(config=str(tmp_path / name), out=str(tmp_path / out)))
+    assert run("all.yaml", "all") == 0
+    # the per-seed run stops after its first seed's batch (as if killed there), then resumes
+    run_method, sizes = kl_table.run_method, []
+
+    def first_batch_only(m, g, *a, **k):
+        if sizes:
+            raise KeyboardInterrupt
+        sizes.append(len(g.sigmas))
+        return run_method(m, g, *a, **k)
+
+    monkeypatch.setattr(kl_table, "run_method", first_batch_only)
+    with pytest.raises(KeyboardInterrupt):
+        run("seed.yaml", "seed")
+    kept = json.loads((tmp_path / "seed" / "methods" / "ucvi.json").read_text())["records"]
+    assert sizes == [2] and {r["seed"] for r in kept} == {1}
+    sizes.clear()
+    monkeypatch.setattr(kl_table, "run_method", lambda m, g, *a, **k: sizes.append(list(g.seeds)) or
+                        run_method(m, g, *a, **k))
+    assert run("seed.yaml", "seed") == 0
+    assert sizes == [[2, 2]]  # only the missing seed was fitted
+    key = lambda r: (r["seed"], r["sigma_y"])
+    one, per_seed = (sorted(json.loads((tmp_path / d / "methods" / "ucvi.json").read_text())["records"], key=key)
+                     for d in ("all", "seed"))
+    assert [key(r) for r in one] == [key(r) for r in per_seed]
+    np.testing.assert_allclose([r["elbo"] for r in per_seed], [r["elbo"] for r in one], rtol=1e-5)
+    with pytest.raises(ConfigError, match="fit_batches"):
+        (tmp_path / "bad.yaml").write_text(base + "fit_batches: task\n")
+        load_yaml(kl_table.KLTableConfig, tmp_path / "bad.yaml")
+
+
+def test_stored_records_without_later_settings_still_load(tmp_path):
+    # a methods file written before a setting existed matches a config that leaves it at its default
+    cfg = kl_table.KLTableConfig(seeds=(1,), widths=(1, 2, 1), sigma_y_values=(0.1,))
+    fp = kl_table._fingerprint(cfg)
+    del fp["vi"]["step_rule"]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"config": fp, "records": [{"seed": 1}]}))
+    assert kl_table._load(path, cfg) == [{"seed": 1}]
+    changed = kl_table.KLTableConfig(seeds=(1,), widths=(1, 2, 1), sigma_y_values=(0.1,),
+                                     vi=kl_table.VISettings(step_rule="row"))
+    with pytest.raises(ConfigError, match="different config"):
+        kl_table._load(path, changed)
+
+
 def test_committed_meta_bnnp_serves_the_table(x64):
     """The paper config's meta-BNNP column runs from a fresh clone: the committed run loads and
     passes every check against the table's model (widths, activation, the fixed prior)."""

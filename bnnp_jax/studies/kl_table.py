@@ -28,10 +28,12 @@ bracketed by bidirectional Monte Carlo, giving ``KL(q || p(W | D))`` in
 
 Batching: the ``(seed, sigma_y)`` grid is one batch axis (:class:`Grid`; datasets padded to
 the largest ``N`` with a mask), and each method's fits over all of it run as one vmapped,
-jitted program (:func:`bnnp_jax.inference.registry.fit_batch`), its ELBOs as another.
+jitted program (:func:`bnnp_jax.inference.registry.fit_batch`), its ELBOs as another;
+``fit_batches: seed`` runs one such program per dataset seed instead.
 
-Outputs in ``DIR``, resumable per method: ``methods/<method>.json`` (a method's records,
-written when its batch finishes and skipped on a rerun with the same config),
+Outputs in ``DIR``, resumable per method (and per seed with ``fit_batches: seed``):
+``methods/<method>.json`` (a method's records, written when a batch finishes; finished
+``(seed, sigma_y)`` elements are skipped on a rerun with the same config),
 ``evidence.json`` (the ``log p(D)`` bounds per ``(seed, sigma_y)``, written as they come),
 ``timing.json`` (wall time of each method's batch and of the evidence), ``results.json``
 (config and one record per seed, ``sigma_y`` and method, rewritten after every step),
@@ -55,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from bnnp_jax.config import ConfigError, load_yaml, to_dict
+from bnnp_jax.config import ConfigError, from_dict, load_yaml, to_dict
 from bnnp_jax.studies.kl_table_meta import amortised_elbo, load_meta_bnnp
 from bnnp_jax.studies.kl_table_config import (GAUSSIAN_VI, METHODS, MODES, AISSettings, KLTableConfig,
                                               NUTSSettings, TrainSettings, VISettings)
@@ -107,6 +109,12 @@ class Grid(NamedTuple):
     mask: jax.Array
     w_true: jax.Array
     keys: jax.Array
+
+    def subset(self, idx) -> "Grid":
+        """The elements ``idx`` (indices into the batch), padding unchanged."""
+        idx = np.asarray(idx)
+        return Grid(self.seeds[idx], self.sigmas[idx], self.sizes[idx], jax.tree.map(lambda a: a[idx], self.models),
+                    self.x[idx], self.y[idx], self.mask[idx], self.w_true[idx], self.keys[idx])
 
     def element(self, i: int):
         """Element ``i`` unpadded: ``(model, x [N_i, D_0], y [N_i, D_L], w_true [P])``."""
@@ -266,8 +274,22 @@ def _combine(method_records: list[dict], evidence: dict) -> list[dict]:
 
 
 def _fingerprint(cfg: KLTableConfig) -> dict:
-    """What a stored method's or evidence's records depend on: the config less the method list."""
-    return {k: v for k, v in to_dict(cfg).items() if k != "methods"}
+    """What a stored method's or evidence's records depend on: the config less the method list
+    and the batching (which changes results only by float error)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("methods", "fit_batches")}
+
+
+def _same_config(stored: dict | None, cfg: KLTableConfig) -> bool:
+    """Did ``cfg`` write a stored fingerprint? Keys the stored one lacks (settings added since)
+    take their defaults."""
+    if stored is None:
+        return False
+    try:
+        old = from_dict(KLTableConfig, {**stored, "methods": list(cfg.methods), "seed": None,
+                                        "bnnp_checkpoint": stored.get("bnnp_checkpoint", cfg.bnnp_checkpoint)})
+    except (ConfigError, ValueError):
+        return False
+    return _fingerprint(old) == _fingerprint(cfg)
 
 
 def _load(path: Path, cfg: KLTableConfig):
@@ -275,7 +297,7 @@ def _load(path: Path, cfg: KLTableConfig):
     if not path.is_file():
         return None
     stored = json.loads(path.read_text())
-    if stored.get("config") != _fingerprint(cfg):
+    if not _same_config(stored.get("config"), cfg):
         raise ConfigError(f"{path} was written by a different config; use a new --out directory (or delete it) "
                           "to rerun with this one")
     return stored["records"]
@@ -324,15 +346,24 @@ def _run(cfg: KLTableConfig, out: Path, progress: bool = True) -> int:
     print(f"KL table: {len(cfg.seeds)} seeds x {b // len(cfg.seeds)} sigma_y = {b} fits per method "
           f"(N {int(g.sizes.min())}..{int(g.sizes.max())}, padded to {g.x.shape[1]})", flush=True)
     for method in cfg.methods:
-        if stored[method] is not None:
+        have = {(r["seed"], r["sigma_y"]) for r in stored[method] or []}
+        todo = [i for i in range(b) if (int(g.seeds[i]), float(g.sigmas[i])) not in have]
+        if not todo:
             print(f"{method}: done already ({out / 'methods' / (method + '.json')}), skipped", flush=True)
             continue
-        t0 = time.perf_counter()
-        stored[method] = run_method(method, g, cfg, meta_bnnp, progress)
-        timing[method] = {"seconds": time.perf_counter() - t0, "fits": b, "num_steps": cfg.train.num_steps}
-        _dump(out / "methods" / f"{method}.json", cfg, stored[method])
-        write()
-        print(f"{method}: {b} fits in {timing[method]['seconds']:.0f} s", flush=True)
+        groups = [todo] if cfg.fit_batches == "all" else \
+            [[i for i in todo if g.seeds[i] == s] for s in dict.fromkeys(int(g.seeds[i]) for i in todo)]
+        for group in groups:
+            t0 = time.perf_counter()
+            part = g if len(group) == b else g.subset(group)
+            stored[method] = (stored[method] or []) + run_method(method, part, cfg, meta_bnnp, progress)
+            seconds = time.perf_counter() - t0
+            prev = timing.get(method, {}) if have or group is not groups[0] else {}
+            timing[method] = {"seconds": prev.get("seconds", 0.0) + seconds, "fits": prev.get("fits", 0) + len(group),
+                              "num_steps": cfg.train.num_steps}
+            _dump(out / "methods" / f"{method}.json", cfg, stored[method])
+            write()
+            print(f"{method}: {len(group)} fits in {seconds:.0f} s ({len(stored[method])} of {b} done)", flush=True)
 
     if not evidence:
         t0 = time.perf_counter()

@@ -13,6 +13,7 @@ __all__ = ["METHODS", "GAUSSIAN_VI", "MODES", "PAPER_SEEDS", "TrainSettings", "V
 METHODS = ("bnnp_per_task", "bnnp_amortised", "givi", "ucvi", "lcvi", "fcvi", "mfvi")
 GAUSSIAN_VI = ("mfvi", "ucvi", "lcvi", "fcvi")  # nested families: MFVI ⊂ UCVI ⊂ LCVI ⊂ FCVI
 MODES = ("paper", "certified")
+FIT_BATCHES = ("all", "seed")
 PAPER_SEEDS = (21, 42, 69, 420)
 
 
@@ -62,6 +63,9 @@ class KLTableConfig:
     overrides the log-spaced grid ``sigma_y_min .. sigma_y_max`` (``num_sigma_y`` points).
     ``bnnp_checkpoint`` is needed for ``bnnp_amortised``: the run directory of a BNNP
     meta-trained with the table's fixed prior (``configs/kl_meta_bnnp.yaml``).
+    ``fit_batches``: ``"all"`` fits a method's whole grid as one batched program (resumable
+    per method); ``"seed"`` one program per dataset seed, kept as it finishes (resumable per
+    method and seed: for runs of hours, whose optimiser states are too large to checkpoint).
     """
 
     seeds: tuple[int, ...] = PAPER_SEEDS
@@ -84,6 +88,7 @@ class KLTableConfig:
     ais: AISSettings = AISSettings()
     nuts: NUTSSettings = NUTSSettings()
     bnnp_checkpoint: str | None = None
+    fit_batches: str = "all"
 
     def __post_init__(self):
         if self.seed is not None:
@@ -98,6 +103,8 @@ class KLTableConfig:
             raise ValueError(f"methods: unknown {bad}; valid methods are {list(METHODS)}")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods: each method once, got {list(self.methods)}")
+        if self.fit_batches not in FIT_BATCHES:
+            raise ValueError(f"fit_batches must be one of {FIT_BATCHES}, got {self.fit_batches!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if "bnnp_amortised" in self.methods and not self.bnnp_checkpoint:
