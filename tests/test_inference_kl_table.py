@@ -60,7 +60,9 @@ def test_nested_family_ordering_and_rising_flags():
     assert kl_table.ordering_violations(recs) == []  # lcvi < ucvi by 0.1 is within 3 standard errors
     recs[0]["elbo"] = -13.0  # FCVI below every smaller family: three violations
     bad = kl_table.ordering_violations(recs)
-    assert len(bad) == 3 and all(b.startswith("sigma_y=0.1: fcvi") for b in bad)
+    assert len(bad) == 3 and all(str(v).startswith("sigma_y=0.1: fcvi") for v in bad)
+    assert [(v.larger, v.smaller, v.measure) for v in bad] == [("fcvi", m, "elbo") for m in ("lcvi", "ucvi", "mfvi")]
+    assert bad[0].larger_value == -13.0 and bad[0].smaller_value == -10.2
     recs[1]["elbo_rising"] = True
     md = kl_table.markdown_table(recs, ("ucvi", "lcvi", "fcvi", "mfvi"))
     assert "1 ↑" in md and "violated at sigma_y=0.1: fcvi" in md
@@ -310,7 +312,7 @@ def test_ordering_uses_the_closed_form_kl_where_there_is_one():
     assert kl_table.ordering_violations(recs) == []
     assert kl_table.ordering_violations([{k: v for k, v in r.items() if k != "kl_closed_form"} for r in recs])
     recs[1]["kl_closed_form"] = 0.05  # the larger family 0.05 nats worse, exactly: a violation
-    assert kl_table.ordering_violations(recs) == ["sigma_y=0.3: fcvi exact KL 0.0500 > lcvi 0.0005"]
+    assert list(map(str, kl_table.ordering_violations(recs))) == ["sigma_y=0.3: fcvi exact KL 0.0500 > lcvi 0.0005"]
 
 
 def test_many_violations_are_summarised_per_pair():

@@ -61,12 +61,12 @@ from bnnp_jax.config import ConfigError, from_dict, load_yaml, to_dict
 from bnnp_jax.studies.kl_table_meta import amortised_elbo, load_meta_bnnp
 from bnnp_jax.studies.kl_table_config import (GAUSSIAN_VI, METHODS, MODES, AISSettings, KLTableConfig,
                                               NUTSSettings, TrainSettings, VISettings)
-from bnnp_jax.studies.kl_table_report import (elbo_trace, markdown_table, ordering_violations, plot,
+from bnnp_jax.studies.kl_table_report import (Violation, elbo_trace, markdown_table, ordering_violations, plot,
                                               plot_elbo_gaps)
 
 __all__ = ["METHODS", "GAUSSIAN_VI", "MODES", "TrainSettings", "VISettings", "AISSettings", "NUTSSettings",
            "KLTableConfig", "Grid", "simulate", "grid", "load_meta_bnnp", "closed_form_kl", "run_method",
-           "run_evidence", "elbo_trace", "markdown_table", "ordering_violations", "plot", "plot_elbo_gaps",
+           "run_evidence", "elbo_trace", "markdown_table", "ordering_violations", "Violation", "plot", "plot_elbo_gaps",
            "add_arguments", "run"]
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from bnnp_jax.studies.kl_table_config import GAUSSIAN_VI
 
-__all__ = ["elbo_trace", "markdown_table", "ordering_violations", "plot", "plot_elbo_gaps"]
+__all__ = ["Violation", "elbo_trace", "markdown_table", "ordering_violations", "plot", "plot_elbo_gaps"]
 
 
 def elbo_trace(losses, max_points: int = 200) -> dict:
@@ -104,47 +105,67 @@ def markdown_table(records: list[dict], methods) -> str:
     return out
 
 
-def _violations_text(bad: list[str], show: int = 8) -> str:
+def _violations_text(bad: list["Violation"], show: int = 8) -> str:
     """``holds.`` or the violations: all of them when few, else a count per pair of families
     and the first ``show`` (``results.json`` has every cell)."""
     if not bad:
         return "holds.\n"
     if len(bad) <= show:
-        return "violated at " + "; ".join(bad) + ".\n"
+        return "violated at " + "; ".join(map(str, bad)) + ".\n"
     pairs: dict[str, int] = {}
     for b in bad:
-        big, small = b.split(": ", 1)[1].split(" ")[0], b.split(" < " if " < " in b else " > ")[1].split(" ")[0]
-        key = f"{big} below {small}"
+        key = f"{b.larger} below {b.smaller}"
         pairs[key] = pairs.get(key, 0) + 1
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(pairs.items(), key=lambda kv: -kv[1]))
-    return (f"violated in {len(bad)} comparisons ({counts} cells); the first {show}: " + "; ".join(bad[:show])
-            + ".\n")
+    return (f"violated in {len(bad)} comparisons ({counts} cells); the first {show}: "
+            + "; ".join(map(str, bad[:show])) + ".\n")
 
 
-def ordering_violations(records: list[dict], z: float = 3.0, exact_tol: float = 0.01) -> list[str]:
+class Violation(NamedTuple):
+    """One broken nesting: in cell ``(seed, sigma_y)`` the ``larger`` family did worse than the
+    ``smaller`` one it contains, by ``measure`` (``"elbo"``: ``larger_value < smaller_value``;
+    ``"exact_kl"``: the closed-form KLs, ``larger_value > smaller_value``)."""
+
+    seed: int | None
+    sigma_y: float
+    larger: str
+    smaller: str
+    measure: str
+    larger_value: float
+    smaller_value: float
+    many_seeds: bool = False
+
+    def __str__(self) -> str:
+        where = f"seed={self.seed} sigma_y={self.sigma_y:.3g}" if self.many_seeds else f"sigma_y={self.sigma_y:.3g}"
+        if self.measure == "exact_kl":
+            return f"{where}: {self.larger} exact KL {self.larger_value:.4f} > {self.smaller} {self.smaller_value:.4f}"
+        return f"{where}: {self.larger} ELBO {self.larger_value:.3f} < {self.smaller} {self.smaller_value:.3f}"
+
+
+def ordering_violations(records: list[dict], z: float = 3.0, exact_tol: float = 0.01) -> list[Violation]:
     """Where the nested Gaussian families break ``gap(FCVI) <= gap(LCVI) <= gap(UCVI) <= gap(MFVI)``,
     i.e. a larger family's ELBO is below a smaller one's by more than ``z`` combined standard
     errors (the evidence is common to a dataset and ``sigma_y``, so gaps compare as ELBOs),
-    per seed -> descriptions. Where both records carry the exact ``kl_closed_form`` (no hidden
-    layer) that is compared instead, the larger family's KL above the smaller's by more than
-    ``exact_tol`` nats: with exact KLs of ~1e-3, Monte-Carlo ELBOs would only test their noise."""
+    per seed -> one :class:`Violation` each (``str`` describes it). Where both records carry
+    the exact ``kl_closed_form`` (no hidden layer) that is compared instead, the larger
+    family's KL above the smaller's by more than ``exact_tol`` nats: with exact KLs of ~1e-3,
+    Monte-Carlo ELBOs would only test their noise."""
     by = {(r.get("seed"), r["sigma_y"], r["method"]): r for r in records}
     many = len({r.get("seed") for r in records}) > 1
     out = []
     for seed, s in sorted({(r.get("seed"), r["sigma_y"]) for r in records}, key=lambda k: (str(k[0]), k[1])):
         present = [m for m in reversed(GAUSSIAN_VI) if (seed, s, m) in by]  # fcvi, lcvi, ucvi, mfvi
-        where = f"seed={seed} sigma_y={s:.3g}" if many else f"sigma_y={s:.3g}"
         for i, big in enumerate(present):
             for small in present[i + 1:]:
                 a, b = by[(seed, s, big)], by[(seed, s, small)]
                 if "kl_closed_form" in a and "kl_closed_form" in b:
                     if a["kl_closed_form"] > b["kl_closed_form"] + exact_tol:
-                        out.append(f"{where}: {big} exact KL {a['kl_closed_form']:.4f} > {small} "
-                                   f"{b['kl_closed_form']:.4f}")
+                        out.append(Violation(seed, s, big, small, "exact_kl", a["kl_closed_form"],
+                                             b["kl_closed_form"], many))
                     continue
                 se = math.hypot(a.get("elbo_stderr", 0.0), b.get("elbo_stderr", 0.0))
                 if a["elbo"] < b["elbo"] - z * se:
-                    out.append(f"{where}: {big} ELBO {a['elbo']:.3f} < {small} {b['elbo']:.3f}")
+                    out.append(Violation(seed, s, big, small, "elbo", a["elbo"], b["elbo"], many))
     return out
 
 
