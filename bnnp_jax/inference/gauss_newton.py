@@ -1,9 +1,6 @@
-"""Block layouts of a Gaussian over the flat weights, and the Gauss-Newton MAP start of the
-Gaussian VI baselines (:mod:`bnnp_jax.inference.gaussian_vi`).
+"""The Gauss-Newton MAP start of the Gaussian VI baselines (:mod:`bnnp_jax.inference.gaussian_vi`)
+over a block layout (:mod:`bnnp_jax.inference.layout`).
 
-A *layout* is a tuple of :class:`Segment` s over the flat weights ``[P]``
-(:func:`model.flatten`'s order, layer by layer, unit-major): each a run of consecutive layers
-cut into ``count`` equal blocks of ``size`` weights (one unit, one layer, or everything).
 :func:`gauss_newton_blocks` restricts the Gauss-Newton precision
 ``Lambda_prior + J^T diag(1 / sigma_y^2) J`` to a layout's blocks; :func:`map_weights` runs
 damped Gauss-Newton steps on them to the MAP weights, as a fixed number of tries, so a batch
@@ -12,74 +9,17 @@ of fits jits and vmaps it.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import NamedTuple, Sequence
-
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from bnnp_jax.core.linalg import after
 from bnnp_jax.inference import model as bnn
+from bnnp_jax.inference.layout import full_layout, join, split
 
-__all__ = ["Segment", "unit_layout", "layer_layout", "full_layout", "gauss_newton_blocks", "gauss_newton_step",
-           "map_weights"]
+__all__ = ["gauss_newton_blocks", "gauss_newton_step", "map_weights"]
 
 Array = jax.Array
-
-
-class Segment(NamedTuple):
-    """A run of consecutive ``layers`` held as ``count`` blocks of ``size`` weights (static).
-
-    ``count * size`` is the number of weights of those layers; blocks cover whole units
-    (``size = D``, one per unit, or ``count = 1``). ``diagonal``: each block is diagonal.
-    """
-
-    layers: tuple[int, ...]
-    count: int
-    size: int
-    diagonal: bool = False
-
-
-def _units(widths) -> list[tuple[int, int]]:
-    return [(o, d + 1) for d, o in zip(widths[:-1], widths[1:])]  # (O, D) per layer
-
-
-def unit_layout(widths: Sequence[int], diagonal: bool = False) -> tuple[Segment, ...]:
-    """One block per output unit (UCVI), or a diagonal per unit (MFVI)."""
-    return tuple(Segment((l,), o, d, diagonal) for l, (o, d) in enumerate(_units(widths)))
-
-
-def layer_layout(widths: Sequence[int]) -> tuple[Segment, ...]:
-    """One full block per layer (LCVI)."""
-    return tuple(Segment((l,), 1, o * d) for l, (o, d) in enumerate(_units(widths)))
-
-
-def full_layout(widths: Sequence[int]) -> tuple[Segment, ...]:
-    """One block over every weight (FCVI)."""
-    units = _units(widths)
-    return (Segment(tuple(range(len(units))), 1, sum(o * d for o, d in units)),)
-
-
-# ----- flat <-> segments ---------------------------------------------------------------
-
-
-def _split(layout, flat: Array) -> list[Array]:
-    """Flat ``[..., P]`` -> per segment ``[..., count, size]``."""
-    out, start = [], 0
-    for g in layout:
-        n = g.count * g.size
-        out.append(flat[..., start:start + n].reshape(flat.shape[:-1] + (g.count, g.size)))
-        start += n
-    return out
-
-
-def _join(parts: Sequence[Array]) -> Array:
-    """Per segment ``[..., count, size]`` -> flat ``[..., P]``."""
-    return jnp.concatenate([p.reshape(p.shape[:-2] + (-1,)) for p in parts], axis=-1)
-
-
-# ----- Gauss-Newton ----------------------------------------------------------------------
 
 
 def _jacobian(model: bnn.BNNModel, flat: Array, x: Array, mask) -> Array:
@@ -113,16 +53,12 @@ def gauss_newton_blocks(model: bnn.BNNModel, flat: Array, x: Array, layout, mask
     blocks = _prior_blocks(layout, model)
     if not include_likelihood:
         return blocks
-    jac = _split(layout, _jacobian(model, flat, x, mask))  # [M, count, size] per segment
+    jac = split(layout, _jacobian(model, flat, x, mask))  # [M, count, size] per segment
     out = []
     for g, b, j in zip(layout, blocks, jac):
         out.append(b + (jnp.sum(j**2, 0) if g.diagonal else jnp.einsum("mci,mcj->cij", j, j)))
     return out
 
-
-def _chained(model: bnn.BNNModel, deps) -> bnn.BNNModel:
-    """``model`` whose prior factorisations wait for ``deps`` (:func:`bnnp_jax.core.linalg.after`)."""
-    return dataclasses.replace(model, prior_scale_trils=after(model.prior_scale_trils, deps))
 
 
 def gauss_newton_step(model: bnn.BNNModel, flat: Array, x: Array, y: Array, mask=None, damping: float = 0.0,
@@ -138,8 +74,8 @@ def gauss_newton_step(model: bnn.BNNModel, flat: Array, x: Array, y: Array, mask
     # one LAPACK chain (bnnp_jax.core.linalg): the prior's factors after the gradient's
     # solves, each segment's factor after the previous segment's solves
     steps = []
-    for g, prec, gr in zip(layout, gauss_newton_blocks(_chained(model, grad), flat, x, layout, mask),
-                           _split(layout, grad)):
+    for g, prec, gr in zip(layout, gauss_newton_blocks(model.waiting_for(grad), flat, x, layout, mask),
+                           split(layout, grad)):
         if g.diagonal:
             steps.append(gr / (prec * (1.0 + damping)))
             continue
@@ -148,7 +84,7 @@ def gauss_newton_step(model: bnn.BNNModel, flat: Array, x: Array, y: Array, mask
         chol = jnp.linalg.cholesky(prec)
         half = solve_triangular(chol, gr[..., None], lower=True)
         steps.append(solve_triangular(chol, half, lower=True, trans=1)[..., 0])
-    return flat + _join(steps)
+    return flat + join(steps)
 
 
 def _map_weights(model, flat, x, y, mask, max_iters, layout):

@@ -53,7 +53,8 @@ from jax.scipy.linalg import solve_triangular
 from bnnp_jax.core.gaussian import LOG_2PI, Gaussian
 from bnnp_jax.core.linalg import after
 from bnnp_jax.inference import model as bnn
-from bnnp_jax.inference.gauss_newton import Segment, _chained, _join, _split, _units, gauss_newton_blocks
+from bnnp_jax.inference.gauss_newton import gauss_newton_blocks
+from bnnp_jax.inference.layout import Segment, join, split, unit_shapes
 
 __all__ = ["Segment", "Whitening", "Params", "SCALES", "FACTORS", "whitening", "init_params", "mean", "square_roots",
            "log_det_sqrt", "sample", "log_prob", "kl_to_units", "kl_to_prior"]
@@ -136,7 +137,7 @@ def mean(w: Whitening, p: Params) -> Array:
     parts = []
     for m0, k0, u in zip(w.m0, w.k0, p.u):
         parts.append(m0 + (k0 * u if k0.ndim == 2 else jnp.einsum("cij,cj->ci", k0, u)))
-    return _join(parts)
+    return join(parts)
 
 
 def square_roots(w: Whitening, p: Params) -> list[Array]:
@@ -175,13 +176,13 @@ def sample(key: Array, w: Whitening, p: Params, num_samples: int) -> Array:
         else:
             z = u + jnp.einsum("cij,scj->sci", _tril(t), eps)
             parts.append(m0 + jnp.einsum("cij,scj->sci", k0, z))
-    return _join(parts)
+    return join(parts)
 
 
 def _unit_rows(layout, widths, sqrts: Sequence[Array]):
     """Yield ``(layer, rows)``: the rows of ``S`` of each layer's units, ``[O, D, R]``, or
     ``[O, D]`` for a diagonal segment (the unit's standard deviations)."""
-    units = _units(widths)
+    units = unit_shapes(widths)
     for g, s in zip(layout, sqrts):
         if g.diagonal or g.count > 1:  # one block per unit
             yield g.layers[0], s
@@ -252,12 +253,12 @@ def whitening(model: bnn.BNNModel, x: Array, m0: Array, layout, scale: str = "gg
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     if factor not in FACTORS:
         raise ValueError(f"factor must be one of {FACTORS}, got {factor!r}")
-    m0s = _split(layout, m0)
+    m0s = split(layout, m0)
     # one LAPACK chain (bnnp_jax.core.linalg): the prior's factors after m0's search, then
     # each segment's factorisation after the previous segment's
-    model = _chained(model, m0)
+    model = model.waiting_for(m0)
     blocks = gauss_newton_blocks(model, m0, x, layout, mask, include_likelihood=scale == "ggn")
-    prior_c = _prior_factors(layout, _chained(model, blocks)) if factor == "direct" else [None] * len(layout)
+    prior_c = _prior_factors(layout, model.waiting_for(blocks)) if factor == "direct" else [None] * len(layout)
     k0, rows, pk, log_det = [], [], [], 0.0
     for g, b, units in zip(layout, blocks, prior_c):
         b = after(b, (k0[-1:], pk[-1:], prior_c))
@@ -320,7 +321,7 @@ def log_prob(w: Whitening, p: Params, layout, draws: Array) -> Array:
     """``log q(draws [S, P])`` -> ``[S]``: ``z = T^{-1} (C0^T (w - m0) - u)``, two triangular
     solves per segment, the segments one LAPACK chain (:mod:`bnnp_jax.core.linalg`)."""
     z_parts = []
-    for i, (k0, u, t, m0, d) in enumerate(zip(w.k0, p.u, p.t, w.m0, _split(layout, draws))):
+    for i, (k0, u, t, m0, d) in enumerate(zip(w.k0, p.u, p.t, w.m0, split(layout, draws))):
         d = after(d, z_parts[-1:])
         if k0.ndim == 2:
             z_parts.append(((d - m0) / k0 - u) * jnp.exp(-t))
@@ -331,5 +332,5 @@ def log_prob(w: Whitening, p: Params, layout, draws: Array) -> Array:
         else:  # k0 = C0^{-T} is upper-triangular
             v = solve_triangular(k0, jnp.moveaxis(d - m0, 0, -1), lower=False) - u[..., None]  # [c, s, S]
             z_parts.append(jnp.moveaxis(solve_triangular(_tril(t), v, lower=True), -1, 0))
-    z = _join(z_parts)
+    z = join(z_parts)
     return -0.5 * jnp.sum(z**2, -1) - log_det_sqrt(w, p) - 0.5 * draws.shape[-1] * LOG_2PI

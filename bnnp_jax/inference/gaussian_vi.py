@@ -35,8 +35,8 @@ import optax
 from bnnp_jax.core.driver import finite_check, run_chunks
 from bnnp_jax.core.linalg import after
 from bnnp_jax.inference import model as bnn
-from bnnp_jax.inference.gauss_newton import (Segment, _map_weights, full_layout, gauss_newton_blocks,
-                                             gauss_newton_step, layer_layout, map_weights, unit_layout)
+from bnnp_jax.inference.gauss_newton import gauss_newton_blocks, gauss_newton_step, map_weights
+from bnnp_jax.inference.layout import Segment, full_layout, layer_layout, unit_layout
 from bnnp_jax.inference.gaussian_family import (FACTORS, SCALES, Params, Whitening, init_params,
                                                 kl_to_prior, kl_to_units, log_det_sqrt, log_prob, mean,
                                                 sample, square_roots, whitening)
@@ -167,7 +167,7 @@ def _start(key, model, x, y, mask, layout, scale, mean_init, gauss_newton_iters,
     m0 = bnn.flatten(bnn.prior_sample(init_key, model))
     if mean_init == "gauss_newton":
         system = None if model.num_weights <= MAX_DENSE_WEIGHTS else layout  # dense [P, P] only while small
-        m0 = _map_weights(model, m0, x, y, mask, gauss_newton_iters, system)
+        m0 = map_weights(model, m0, x, y, mask, gauss_newton_iters, system)
     w = whitening(model, x, m0, layout, scale, mask=mask, factor=factor)
     return w, init_params(layout, m0.dtype, init_log_scale, w), run_key
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from bnnp_jax.inference import gaussian_vi as gvi
-from bnnp_jax.inference.gauss_newton import _split
+from bnnp_jax.inference.layout import split
 
 __all__ = ["METHOD", "layout", "layer_gaussians"]
 
@@ -38,6 +38,6 @@ def layer_gaussians(result) -> list[tuple[Array, Array]]:
     if result.method != METHOD:
         raise ValueError(f"layer_gaussians is for {METHOD}, got {result.method!r}")
     lay = layout(result.model.widths)
-    means = _split(lay, gvi.mean(result.whitening, result.params))
+    means = split(lay, gvi.mean(result.whitening, result.params))
     return [(m[0], jnp.linalg.cholesky(s[0] @ s[0].T))
             for m, s in zip(means, gvi.square_roots(result.whitening, result.params))]

@@ -77,6 +77,11 @@ class BNNModel:
     def num_weights(self) -> int:
         return sum((a + 1) * b for a, b in zip(self.widths[:-1], self.widths[1:]))
 
+    def waiting_for(self, deps) -> "BNNModel":
+        """This model with its prior factors made to wait for ``deps``, so the factorisations
+        of :meth:`prior_gaussians` join a LAPACK chain (:func:`bnnp_jax.core.linalg.after`)."""
+        return dataclasses.replace(self, prior_scale_trils=after(self.prior_scale_trils, deps))
+
     def prior_gaussians(self) -> list[Gaussian]:
         """The layer priors in precision form, ``mean [O, D]``, ``prec_tril [O, D, D]``; each
         layer's factorisation waits for the previous one's (one LAPACK chain, :mod:`bnnp_jax.core.linalg`)."""
