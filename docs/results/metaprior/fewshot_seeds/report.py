@@ -1,8 +1,9 @@
-"""Tables of the 5-seed few-shot record from ``reduced/seed_S/results.json``.
+"""Tables of the 5-seed few-shot records from ``full/seed_S/results.json`` and
+``reduced/seed_S/results.json``.
 
     python docs/results/metaprior/fewshot_seeds/report.py
 
-writes ``results.md``: for each task and shot count, every method's accuracy on the
+writes ``results.md``: for each record, task and shot count, every method's accuracy on the
 permuted validation images, on the permuted test images and on the clean test images
 (mean ± sample s.d. over the seeds that finished), and the method that validation picks.
 """
@@ -23,11 +24,17 @@ def _ms(values) -> str:
     return f"{v.mean():.3f} ± {sd:.3f}"
 
 
-def main() -> int:
-    runs = [json.loads(p.read_text()) for p in sorted((HERE / "reduced").glob("seed_*/results.json"))]
+RUNS = {  # folder: (heading, how the wall time was measured)
+    "full": ("FULL settings (`configs/metaprior_fewshot.yaml`)", "no other job running"),
+    "reduced": ("REDUCED settings (`configs/metaprior_fewshot_reduced.yaml`)", "CPU shared, load average 8-10"),
+}
+
+
+def section(folder: str, heading: str, timing: str) -> list[str]:
+    runs = [json.loads(p.read_text()) for p in sorted((HERE / folder).glob("seed_*/results.json"))]
     seeds = [r["seed"] for r in runs]
     first = runs[0]
-    lines = [f"Few-shot, REDUCED settings (`configs/metaprior_fewshot_reduced.yaml`), seeds {seeds}: "
+    lines = [f"## Few-shot, {heading}, seeds {seeds}", "",
              f"{first['n_fit']} fitting and {first['n_val']} validation images. Mean ± s.d. over the seeds.", "",
              f"Clean test accuracy before adaptation: MetaPrior {_ms([r['clean_accuracy']['metaprior'] for r in runs])}, "
              f"MF-VI {_ms([r['clean_accuracy']['mfvi'] for r in runs])}.", ""]
@@ -50,9 +57,17 @@ def main() -> int:
             picks.append(f"{n} shots: `{best}` (val {best_val:.3f}, test {_ms(test)})")
         lines += ["", "Chosen by mean validation accuracy: " + "; ".join(picks) + ".", ""]
     walls = [r["wall_seconds"] for r in runs]
-    lines.append(f"Wall time per seed (training both models, every adaptation; CPU shared, load average 8-10): "
-                 f"{', '.join(f'{w:.0f}' for w in walls)} s.")
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    lines += [f"Wall time per seed (training both models, every adaptation; {timing}): "
+              f"{', '.join(f'{w:.0f}' for w in walls)} s.", ""]
+    return lines
+
+
+def main() -> int:
+    lines = []
+    for folder, (heading, timing) in RUNS.items():
+        if any((HERE / folder).glob("seed_*/results.json")):
+            lines += section(folder, heading, timing)
+    (HERE / "results.md").write_text("\n".join(lines))
     print((HERE / "results.md").read_text())
     return 0
 
