@@ -28,8 +28,10 @@ class TrainSettings:
 
 @dataclasses.dataclass(frozen=True)
 class VISettings:
-    """How MFVI/UCVI/LCVI/FCVI are fitted (:func:`bnnp_jax.inference.gaussian_vi.fit`; the
-    defaults are the settings chosen in docs/kl_study.md)."""
+    """How MFVI/UCVI/LCVI/FCVI are fitted (:func:`bnnp_jax.inference.gaussian_vi.fit`'s
+    keywords, with its defaults). The paper-grid configs set the start scale and step rule
+    chosen on validation datasets (``init_log_scale: -1``, ``step_rule: row``;
+    docs/kl_study.md)."""
 
     scale: str = "ggn"
     mean_init: str = "gauss_newton"
