@@ -17,7 +17,6 @@ ELBO is the Monte-Carlo log-likelihood under your draws minus the exact
 import argparse
 
 import jax
-import jax.numpy as jnp
 
 import bnnp_jax
 from bnnp_jax.inference import ais, evidence, vi

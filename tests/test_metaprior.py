@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bnnp_jax.metaprior import codes as mc
 from bnnp_jax.metaprior import model as mp
 from bnnp_jax.core.gaussian import Gaussian, kl_divergence
 from bnnp_jax.metaprior.fit import FitConfig, code_mask, fit, illate
@@ -22,10 +23,10 @@ def x64():
 
 def _random_codes(key, widths, k, g, dtype):
     keys = jax.random.split(key, 2 * len(widths) + 2)
-    units = tuple(mp.CodeQ(jax.random.normal(keys[2 * i], (w, k), dtype),
+    units = tuple(mc.CodeQ(jax.random.normal(keys[2 * i], (w, k), dtype),
                            0.5 * jax.random.normal(keys[2 * i + 1], (w, k), dtype)) for i, w in enumerate(widths))
-    glob = mp.CodeQ(jax.random.normal(keys[-2], (g,), dtype), 0.3 * jax.random.normal(keys[-1], (g,), dtype))
-    return mp.Codes(units, glob)
+    glob = mc.CodeQ(jax.random.normal(keys[-2], (g,), dtype), 0.3 * jax.random.normal(keys[-1], (g,), dtype))
+    return mc.Codes(units, glob)
 
 
 @jax.jit
@@ -42,24 +43,24 @@ def _dense_code_kl(codes):
 
 def test_code_kl_matches_dense_gaussian_kl(x64):
     codes = _random_codes(jax.random.PRNGKey(0), (3, 5, 2), 4, 2, jnp.float64)
-    kl = jax.jit(mp.code_kl)(codes)
+    kl = jax.jit(mc.code_kl)(codes)
     assert kl.dtype == jnp.float64
     np.testing.assert_allclose(kl, _dense_code_kl(codes), rtol=1e-12)
-    assert float(mp.code_kl(codes)) == pytest.approx(float(kl), rel=1e-14)  # eager
+    assert float(mc.code_kl(codes)) == pytest.approx(float(kl), rel=1e-14)  # eager
 
 
 def test_code_kl_zero_at_prior_and_monte_carlo(x64):
     k = 3
-    prior = mp.Codes((mp.CodeQ(jnp.zeros((4, k)), jnp.zeros((4, k))),), mp.CodeQ(jnp.zeros(0), jnp.zeros(0)))
-    assert float(mp.code_kl(prior)) == 0.0
+    prior = mc.Codes((mc.CodeQ(jnp.zeros((4, k)), jnp.zeros((4, k))),), mc.CodeQ(jnp.zeros(0), jnp.zeros(0)))
+    assert float(mc.code_kl(prior)) == 0.0
     codes = _random_codes(jax.random.PRNGKey(1), (4,), k, 0, jnp.float64)
-    z = mp.sample_codes(jax.random.PRNGKey(2), codes, (200_000,)).units[0]
+    z = mc.sample_codes(jax.random.PRNGKey(2), codes, (200_000,)).units[0]
     q = codes.units[0]
     log_q = -0.5 * ((z - q.mean) / jnp.exp(q.log_std)) ** 2 - q.log_std
     log_p = -0.5 * z**2
-    mc = jnp.mean(jnp.sum(log_q - log_p, axis=(-1, -2)))
+    estimate = jnp.mean(jnp.sum(log_q - log_p, axis=(-1, -2)))
     se = jnp.std(jnp.sum(log_q - log_p, axis=(-1, -2))) / np.sqrt(200_000)
-    assert abs(float(mc - mp.code_kl(codes))) < 4 * float(se)
+    assert abs(float(estimate - mc.code_kl(codes))) < 4 * float(se)
 
 
 @pytest.mark.parametrize("use_global,noise_dim,hidden", [(False, 0, (8,)), (True, 0, (8, 6)), (True, 3, (5,))])
@@ -92,7 +93,7 @@ def test_local_reparameterisation_matches_weight_sampling():
     cfg = mp.MetaPriorConfig(widths=(3, 2), likelihood="gaussian", init_weight_log_std=-0.5)
     params = mp.init(jax.random.PRNGKey(0), cfg)
     x = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
-    z = mp.mean_codes(params.codes)
+    z = mc.mean_codes(params.codes)
     m, s = mp.weight_moments(params.hyper, cfg, z)[0]
     mean = x @ m[:-1] + m[-1]
     sd = jnp.sqrt((x**2) @ (s[:-1] ** 2) + s[-1] ** 2)
@@ -112,7 +113,7 @@ def test_elbo_float64_weights_and_scale(x64):
     elbo = jax.jit(mp.elbo, static_argnames=("config", "num_samples"))
     full = elbo(jax.random.PRNGKey(2), params, cfg, x, y, jnp.ones(6), 1.0, num_samples=3)
     assert full[0].dtype == jnp.float64
-    np.testing.assert_allclose(full[0] - full[1], -mp.code_kl(params.codes), rtol=1e-10)
+    np.testing.assert_allclose(full[0] - full[1], -mc.code_kl(params.codes), rtol=1e-10)
     # zero weights drop points; with the same noise, two copies at scale 0.5 equal one copy
     w = jnp.array([1.0, 1, 1, 0, 0, 0])
     half = elbo(jax.random.PRNGKey(2), params, cfg, x, y, w, 1.0, num_samples=3)
@@ -125,7 +126,7 @@ def test_elbo_float64_weights_and_scale(x64):
 def test_implicit_head_samples_vary_with_noise():
     cfg = mp.MetaPriorConfig(widths=(2, 5, 2), head="implicit", noise_dim=3)
     params = mp.init(jax.random.PRNGKey(0), cfg)
-    w = mp.predict(jax.random.PRNGKey(1), params, cfg, jnp.eye(2), 2, z=mp.mean_codes(params.codes))
+    w = mp.predict(jax.random.PRNGKey(1), params, cfg, jnp.eye(2), 2, z=mc.mean_codes(params.codes))
     assert w.shape == (2, 2, 2)
     assert not np.allclose(w[0], w[1])  # same codes, different weight noise
     elbo = jax.jit(mp.elbo, static_argnames=("config", "num_samples"))

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bnnp_jax.metaprior import codes as mc
 from bnnp_jax.metaprior import model as mp
 from bnnp_jax.metaprior.fit import FitConfig, code_mask, fit, illate
 from bnnp_jax.metaprior.hypernet import HyperNet, concatenated_reference
@@ -37,7 +38,7 @@ def _latent_twin(params: mp.MetaPriorParams, cfg: mp.MetaPriorConfig, means: lis
                               hyper_hidden=cfg.hyper_hidden, head=cfg.head, noise_dim=cfg.noise_dim,
                               likelihood=cfg.likelihood)
     zero_sd = lambda m: jnp.full_like(m, -jnp.inf)  # noqa: E731  exp(-inf) = 0: z = mu exactly
-    codes = mp.Codes(tuple(mp.CodeQ(m, zero_sd(m)) for m in means), mp.CodeQ(glob, zero_sd(glob)))
+    codes = mc.Codes(tuple(mc.CodeQ(m, zero_sd(m)) for m in means), mc.CodeQ(glob, zero_sd(glob)))
     # the twin's own init has g's parameter tree: the variants share g's layout
     ref = jax.eval_shape(lambda k: mp.init(k, lcfg, jnp.float64), jax.random.PRNGKey(0))
     assert jax.tree.structure(ref.hyper) == jax.tree.structure(params.hyper)
@@ -76,7 +77,7 @@ def test_one_hot_model_equals_latent_model_at_one_hot_means(x64, head):
     params = mp.init(jax.random.PRNGKey(0), cfg, jnp.float64)
     assert params.codes is None
     lcfg, lparams = _latent_twin(params, cfg, _one_hot_means(cfg.widths), jnp.zeros(0, jnp.float64))
-    z_oh, z_lv = mp.point_codes(params, cfg), mp.mean_codes(lparams.codes)
+    z_oh, z_lv = mp.point_codes(params, cfg), mc.mean_codes(lparams.codes)
     assert [z.tolist() for z in z_oh.units] == [[0, 1, 2], [3, 4, 5, 6, 7], [8, 9]]
     if head == "gaussian":
         for (m, s), (m_ref, s_ref) in zip(mp.weight_moments(params.hyper, cfg, z_oh),
@@ -154,7 +155,7 @@ def test_point_objective_is_latent_likelihood_at_zero_code_std(x64):
                                               num_samples=3)[0]))(params.codes)
 
     def latent_ell(means_, glob_):
-        codes = mp.Codes(tuple(q._replace(mean=m) for q, m in zip(lparams.codes.units, means_)),
+        codes = mc.Codes(tuple(q._replace(mean=m) for q, m in zip(lparams.codes.units, means_)),
                          lparams.codes.glob._replace(mean=glob_))
         return mp.elbo(jax.random.PRNGKey(2), lparams._replace(codes=codes), lcfg, x, y, w, num_samples=3)[1]
 
@@ -173,7 +174,7 @@ def test_point_codes_are_not_sampled():
         assert np.array_equal(out[0], out[1]) == same, codes
     point = mp.init(jax.random.PRNGKey(0), mp.MetaPriorConfig(widths=(2, 3), codes="point"))
     with pytest.raises(ValueError, match="point estimates"):
-        mp.sample_codes(jax.random.PRNGKey(0), point.codes)
+        mc.sample_codes(jax.random.PRNGKey(0), point.codes)
 
 
 @pytest.mark.parametrize("which,changed", [("input", {0}), ("output", {2}), ("hidden", {1}), ("all", {0, 1, 2})])
@@ -199,8 +200,8 @@ def test_point_illation_leaves_other_codes_bit_identical(which, changed):
 def test_latent_layout_unchanged_and_masks_follow_the_variant():
     cfg = mp.MetaPriorConfig(widths=(3, 4, 2), code_dim=5, global_dim=2, hyper_hidden=(7,))
     params = mp.init(jax.random.PRNGKey(0), cfg)
-    assert jax.tree.map(jnp.shape, params.codes) == mp.Codes(
-        (mp.CodeQ((3, 5), (3, 5)), mp.CodeQ((4, 5), (4, 5)), mp.CodeQ((2, 5), (2, 5))), mp.CodeQ((2,), (2,)))
+    assert jax.tree.map(jnp.shape, params.codes) == mc.Codes(
+        (mc.CodeQ((3, 5), (3, 5)), mc.CodeQ((4, 5), (4, 5)), mc.CodeQ((2, 5), (2, 5))), mc.CodeQ((2,), (2,)))
     assert params.hyper["params"]["first_out"]["kernel"].shape == (5, 7)
     assert params.hyper["params"]["first_in"]["kernel"].shape == (5, 7)
     point = mp.init(jax.random.PRNGKey(0), mp.MetaPriorConfig(widths=(3, 4, 2), code_dim=5, global_dim=2,
@@ -230,7 +231,7 @@ def test_variant_misuse_errors():
     with pytest.raises(ValueError, match="code_prior"):
         fit(jax.random.PRNGKey(0), params, cfg, FitConfig(steps=1), x, y, code_prior=latent.codes, progress=False)
     with pytest.raises(ValueError, match="log_std"):
-        mp.code_kl(params.codes)
+        mc.code_kl(params.codes)
     one_hot = mp.MetaPriorConfig(widths=(2, 3, 2), codes="one_hot")
     with pytest.raises(ValueError, match="params.codes"):
         mp.point_codes(params, one_hot)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from bnnp_jax.core.driver import run_chunks
+from bnnp_jax.metaprior import codes as mc
 from bnnp_jax.metaprior import model as mp
 
 __all__ = ["CODE_SUBSETS", "FitConfig", "code_mask", "chunked_scan", "learning_rate", "apply_step", "fit",
@@ -67,7 +68,7 @@ class FitConfig:
                              f"{self.lr}, {self.batch_size}, {self.em_period}, {self.kl_warmup}")
 
 
-def code_mask(codes: mp.Codes | None, which: str = "all") -> mp.Codes | None:
+def code_mask(codes: mc.Codes | None, which: str = "all") -> mc.Codes | None:
     """Boolean mask pytree (scalar per leaf) marking the codes to re-fit, with the structure
     of ``codes`` (``log_std`` None for point codes; ``codes=None``, one-hot, gives None).
 
@@ -82,11 +83,11 @@ def code_mask(codes: mp.Codes | None, which: str = "all") -> mp.Codes | None:
     pick = {"all": lambda l: True, "input": lambda l: l == 0, "output": lambda l: l == last,
             "hidden": lambda l: 0 < l < last, "none": lambda l: False}[which]
 
-    def like(q: mp.CodeQ, on: bool) -> mp.CodeQ:
-        return mp.CodeQ(jnp.asarray(on), None if q.log_std is None else jnp.asarray(on))
+    def like(q: mc.CodeQ, on: bool) -> mc.CodeQ:
+        return mc.CodeQ(jnp.asarray(on), None if q.log_std is None else jnp.asarray(on))
 
     units = tuple(like(q, pick(l)) for l, q in enumerate(codes.units))
-    return mp.Codes(units, like(codes.glob, which == "all"))
+    return mc.Codes(units, like(codes.glob, which == "all"))
 
 
 def _select(pred, new, old):
@@ -174,7 +175,7 @@ def _run_chunk(carry, keys, ts, x, y, weight, mask, code_prior, total, *, config
 
 def fit(key: Array, params: mp.MetaPriorParams, config: mp.MetaPriorConfig, fcfg: FitConfig,
         x: Array, y: Array, weight: Array | None = None, *, which_codes: str = "all",
-        train_model: bool = True, code_prior: mp.Codes | None = None, progress: bool = True,
+        train_model: bool = True, code_prior: mc.Codes | None = None, progress: bool = True,
         desc: str = "metaprior") -> tuple:
     """Maximise the ELBO. ``x [N, D_0]``, ``y [N, D_L]`` or labels ``[N]``, ``weight [N]``
     (padding mask); ``code_prior`` replaces ``p(Z) = N(0, I)`` (``codes='latent'`` only).

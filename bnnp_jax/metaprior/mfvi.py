@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import optax
 
 from bnnp_jax.core.gaussian import diag_normal_kl, normal_log_prob
-from bnnp_jax.metaprior.model import LIKELIHOODS, split_normal
+from bnnp_jax.core.draws import split_normal
+from bnnp_jax.metaprior.model import LIKELIHOODS
 from bnnp_jax.metaprior.fit import FitConfig, apply_step, chunked_scan, learning_rate
 from bnnp_jax.core import networks
 from bnnp_jax.core.networks import activation_fn

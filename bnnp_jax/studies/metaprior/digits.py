@@ -21,6 +21,7 @@ from sklearn.manifold import TSNE
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
+from bnnp_jax.metaprior import codes as mc
 from bnnp_jax.metaprior import model as mp
 from bnnp_jax.data.images import MNIST_KEYS, load_mnist_dataset  # noqa: F401 (MNIST_KEYS re-exported)
 from bnnp_jax.metaprior.fit import FitConfig, illate
@@ -127,7 +128,7 @@ def _mf_acc(key, params, bcfg, x, y, s) -> dict:
     return classification_metrics(mf.predict(key, params, bcfg, jnp.asarray(x), s), y)
 
 
-def _code_geometry(codes: mp.Codes, x_tr: np.ndarray, dim: float = 0.05) -> dict:
+def _code_geometry(codes: mc.Codes, x_tr: np.ndarray, dim: float = 0.05) -> dict:
     """Paper fig. 4c claim: rarely lit (border) input pixels share codes. Mean distance of the
     input code means to their group centroid and mean code std (latent codes only), for pixels
     whose mean training intensity is below ``dim`` vs the others."""

@@ -16,6 +16,7 @@ from sklearn.datasets import make_moons
 from bnnp_jax.core import networks
 from bnnp_jax.core.gaussian import normal_log_prob
 from bnnp_jax.metaprior import mfvi as mf
+from bnnp_jax.metaprior import codes as mc
 from bnnp_jax.metaprior import model as mp
 from bnnp_jax.metaprior.fit import FitConfig
 from bnnp_jax.studies.metaprior import mlp_baseline as mlp
@@ -53,16 +54,16 @@ def cubic_split(seed: int, n_train: int, n_val: int, n_test: int, noise: float) 
     return x, y, x_va, y_va, x_te, y_te
 
 
-def with_hidden_code(z: mp.ZSample, layer: int, unit: int, value: Array) -> mp.ZSample:
+def with_hidden_code(z: mc.ZSample, layer: int, unit: int, value: Array) -> mc.ZSample:
     """``z`` with the code of one unit replaced by ``value [K]``."""
     units = list(z.units)
     units[layer] = units[layer].at[unit].set(value)
-    return mp.ZSample(tuple(units), z.glob)
+    return mc.ZSample(tuple(units), z.glob)
 
 
 @partial(jax.jit, static_argnames=("mcfg", "num_draws", "layer"))
 def metaprior_code_draws(key: Array, params: mp.MetaPriorParams, mcfg: mp.MetaPriorConfig, x: Array,
-                         num_draws: int, unit: int, z: mp.ZSample, layer: int = 1) -> tuple[Array, Array]:
+                         num_draws: int, unit: int, z: mc.ZSample, layer: int = 1) -> tuple[Array, Array]:
     """Paper fig. 2b: all codes clamped at ``z`` (their means in the paper) except hidden unit
     ``unit``, moved by ``delta ~ N(0, I)``; weights at the Gaussian head's mean.
     Returns ``(f [R, N, D_L], |delta| [R])``."""
@@ -109,7 +110,7 @@ def _plot_band(ax, grid: np.ndarray, f: np.ndarray, colour: str, label: str) -> 
     ax.plot(grid, mean, color=colour, lw=2, label=f"{label} mean")
 
 
-def _plot_code_maps(path: Path, before: mp.Codes, after: mp.Codes, title: str) -> None:
+def _plot_code_maps(path: Path, before: mc.Codes, after: mc.Codes, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     for ax, codes, name in zip(axes, (before, after), ("at initialisation", "after training")):
         for l, q in enumerate(codes.units):
@@ -127,8 +128,8 @@ def _cubic_draws(key: Array, cfg: ExperimentConfig, params, mcfg, mfp, bcfg, gri
     or at one draw from Q; MF-VI with ``mf_draw_weights`` or 1 weight(s) from the prior."""
     k_unit, k_z, k_mp, k_mf = jax.random.split(key, 4)
     unit = int(jax.random.randint(k_unit, (), 0, cfg.hidden[0]))
-    at_mean, offsets = metaprior_code_draws(k_mp, params, mcfg, grid, cfg.num_draws, unit, mp.mean_codes(params.codes))
-    at_draw, _ = metaprior_code_draws(k_mp, params, mcfg, grid, cfg.num_draws, unit, mp.sample_codes(k_z, params.codes))
+    at_mean, offsets = metaprior_code_draws(k_mp, params, mcfg, grid, cfg.num_draws, unit, mc.mean_codes(params.codes))
+    at_draw, _ = metaprior_code_draws(k_mp, params, mcfg, grid, cfg.num_draws, unit, mc.sample_codes(k_z, params.codes))
     return {"unit": unit, "offsets": offsets, "mp_at_mean": at_mean, "mp_at_draw": at_draw,
             "mf_many": mf_weight_draws(k_mf, mfp, bcfg, grid, cfg.num_draws, cfg.mf_draw_weights),
             "mf_one": mf_weight_draws(k_mf, mfp, bcfg, grid, cfg.num_draws, 1)}
@@ -277,7 +278,7 @@ def _weight_correlations(key: Array, params: mp.MetaPriorParams, mcfg: mp.MetaPr
     its incoming input weights ``[R, 2]``, outgoing weights ``[R, 2]`` and the offset angle ``[R]``."""
     q = params.codes.units[1]
     deltas = jnp.exp(q.log_std[unit]) * jax.random.normal(key, (num, mcfg.code_dim))
-    z = mp.mean_codes(params.codes)
+    z = mc.mean_codes(params.codes)
 
     def one(d):
         zz = with_hidden_code(z, 1, unit, q.mean[unit] + d)
@@ -330,7 +331,7 @@ def fit_moons(cfg: ExperimentConfig, key: Array) -> dict:
     data = moons_data(cfg.seed, cfg.n_train, cfg.n_test, cfg.noise, cfg.n_val)
     mcfg, p0, params, trace = train_metaprior(k_mp, cfg, (2, *cfg.hidden, 2), "categorical",
                                               jnp.asarray(data[0]), jnp.asarray(data[1]))
-    mean_z = mp.mean_codes(params.codes)
+    mean_z = mc.mean_codes(params.codes)
     metrics = {**split_metrics(lambda x: mp.predict(k_pred, params, mcfg, x, cfg.eval_samples), data),
                **convergence(trace), "final_elbo_per_point": final_elbo(trace),
                "accuracy_mean_codes": split_metrics(

@@ -51,6 +51,7 @@ import numpy as np
 from bnnp_jax.core import networks
 from bnnp_jax.core.gaussian import diag_normal_kl
 from bnnp_jax.metaprior import mfvi as mf
+from bnnp_jax.metaprior import codes as mc
 from bnnp_jax.metaprior import model as mp
 from bnnp_jax.metaprior.fit import FitConfig, fit
 from bnnp_jax.studies.metaprior.experiments import load_config
@@ -93,7 +94,7 @@ def model_config(cfg, y_scale: float, overrides: dict) -> mp.MetaPriorConfig:
                               **{**cfg.model, "sigma_y": cfg.noise / y_scale, **overrides})
 
 
-def layer_kl(codes: mp.Codes) -> list[float]:
+def layer_kl(codes: mc.Codes) -> list[float]:
     """``KL(Q || N(0, I))`` of each layer's codes (nats): ``[input, hidden, output]``."""
     return [float(jnp.sum(diag_normal_kl(q.mean, jnp.exp(q.log_std), 0.0, 1.0))) for q in codes.units]
 

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bnnp_jax.metaprior import codes as mc
 from bnnp_jax.metaprior import model as mp
 from bnnp_jax.metaprior.fit import FitConfig, illate
 from bnnp_jax.studies.metaprior.common import classification_metrics, train_metaprior
@@ -67,7 +68,7 @@ def trained_model(cfg, x_tr, y_tr, out: Path):
 
 
 def code_stats(params) -> dict:
-    kl = mp.code_kl(params.codes)
+    kl = mc.code_kl(params.codes)
     return {"code_kl": float(kl), "code_sd_per_layer": [float(jnp.exp(q.log_std).mean()) for q in params.codes.units]}
 
 
@@ -106,14 +107,14 @@ def main(argv=None) -> int:
             for name, beta, prior in methods:
                 row = {"task": task, "shots": n, "method": name, "beta": beta, "prior": prior,
                        "steps": [0], "task_accuracy": [acc(params, *test)], "clean_accuracy": [acc(params, x_te, y_te)],
-                       "code_kl": [float(mp.code_kl(params.codes))]}
+                       "code_kl": [float(mc.code_kl(params.codes))]}
                 for steps in STEPS:
                     fc = FitConfig(**{**cfg.illate_fit, "steps": steps})
                     p, _ = illate(k_n, params, mcfg, fc, x_s, y_s, w / beta, which="all", prior=prior)
                     row["steps"].append(steps)
                     row["task_accuracy"].append(acc(p, *test))
                     row["clean_accuracy"].append(acc(p, x_te, y_te))
-                    row["code_kl"].append(float(mp.code_kl(p.codes)))
+                    row["code_kl"].append(float(mc.code_kl(p.codes)))
                 row["code_sd_per_layer_final"] = code_stats(p)["code_sd_per_layer"]
                 result["runs"].append(row)
                 print(task, n, name, "task", np.round(row["task_accuracy"], 3).tolist(), "clean",
