@@ -177,7 +177,8 @@ def run_method(method: str, g: Grid, cfg: KLTableConfig, meta_bnnp=None, progres
     res = None
     if method == "bnnp_amortised":  # zero-shot at the table's sigma_y: nothing is trained
         meta_bnnp = meta_bnnp or load_meta_bnnp(cfg)
-        ests = [amortised_elbo(ke[i], meta_bnnp, *g.element(i)[:3], cfg) for i in range(len(g.sigmas))]
+        ests = [amortised_elbo(ke[i], meta_bnnp, *g.element(i)[:3], cfg)
+                for i in tqdm(range(len(g.sigmas)), desc=method, disable=not progress, leave=False)]
         values = np.array([[float(e.value), float(e.stderr)] for e in ests])
     else:
         own = {"givi": {"num_inducing": t.givi_inducing}, **{m: dataclasses.asdict(cfg.vi) for m in vi.METHODS}}
