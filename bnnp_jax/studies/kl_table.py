@@ -354,12 +354,14 @@ def _run(cfg: KLTableConfig, out: Path, progress: bool = True) -> int:
             continue
         groups = [todo] if cfg.fit_batches == "all" else \
             [[i for i in todo if g.seeds[i] == s] for s in dict.fromkeys(int(g.seeds[i]) for i in todo)]
+        if not have:  # a fresh start: no time carried over from an earlier run's entry
+            timing.pop(method, None)
         for group in groups:
             t0 = time.perf_counter()
             part = g if len(group) == b else g.subset(group)
             stored[method] = (stored[method] or []) + run_method(method, part, cfg, meta_bnnp, progress)
             seconds = time.perf_counter() - t0
-            prev = timing.get(method, {}) if have or group is not groups[0] else {}
+            prev = timing.get(method, {})
             timing[method] = {"seconds": prev.get("seconds", 0.0) + seconds, "fits": prev.get("fits", 0) + len(group),
                               "num_steps": cfg.train.num_steps}
             _dump(out / "methods" / f"{method}.json", cfg, stored[method])
