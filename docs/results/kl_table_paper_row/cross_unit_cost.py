@@ -9,7 +9,7 @@ init_log_scale -1, step_rule row), ELBOs from 10,000 draws.
 likelihood is weak (large sigma_y) they buy almost nothing, so if the deficit equals their
 cost, the deficit is those entries.
 """
-import dataclasses, jax, jax.numpy as jnp, numpy as np
+import dataclasses, jax, numpy as np
 jax.config.update("jax_enable_x64", True)
 from bnnp_jax.inference import registry
 from bnnp_jax.inference import gaussian_family as gf
