@@ -82,7 +82,7 @@ def test_gaussian_baseline_fit_predict_elbo_compile_once(monkeypatch):
     """Two MFVI fits on datasets of one shape share every compiled program of the
     fit (Gauss-Newton MAP start, whitening, the Adam chunk), of ``baseline_predict``
     and of ``baseline_elbo``."""
-    _guard(monkeypatch, gaussian_vi, "_chunk", static_argnames=("layout", "num_particles", "estimator", "b1", "b2"))
+    _guard(monkeypatch, gaussian_vi, "_chunk", static_argnames=gaussian_vi._STATIC)
     _guard(monkeypatch, gaussian_vi, "_init", static_argnames=gaussian_vi._START_STATIC)
     _guard(monkeypatch, vi, "_sample", static_argnames="num_samples")
     _guard(monkeypatch, vi, "_elbo_terms", static_argnames=("lay", "num_samples", "batch_size"))
