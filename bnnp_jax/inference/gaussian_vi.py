@@ -183,11 +183,13 @@ def _init_batch(keys, model, x, y, mask, layout, scale, mean_init, gauss_newton_
     return jax.vmap(one)(keys, model, x, y, mask)
 
 
-def _check_options(mean_init, estimator):
-    if mean_init not in MEAN_INITS:
-        raise ValueError(f"mean_init must be one of {MEAN_INITS}, got {mean_init!r}")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+def _check_options(**options):
+    """Each named option against its valid values, before anything compiles."""
+    valid = {"mean_init": MEAN_INITS, "estimator": ESTIMATORS, "step_rule": STEP_RULES, "scale": SCALES,
+             "factor": FACTORS}
+    for name, value in options.items():
+        if value not in valid[name]:
+            raise ValueError(f"{name} must be one of {valid[name]}, got {value!r}")
 
 
 def fit(key: Array, model: bnn.BNNModel, x: Array, y: Array, layout, *, num_steps: int = 20_000,
@@ -214,14 +216,8 @@ def fit(key: Array, model: bnn.BNNModel, x: Array, y: Array, layout, *, num_step
     :data:`VMAP_MAX_BLOCK` (FCVI, LCVI on the table's BNN) run the fits one after another
     inside the program rather than vmapped.
     """
-    _check_options(mean_init, estimator)
-    if step_rule not in STEP_RULES:
-        raise ValueError(f"step_rule must be one of {STEP_RULES}, got {step_rule!r}")
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    _check_options(mean_init=mean_init, estimator=estimator, step_rule=step_rule, scale=scale, factor=factor)
     start = _init_batch if batched else _init
-    if factor not in FACTORS:
-        raise ValueError(f"factor must be one of {FACTORS}, got {factor!r}")
     w, p, run_key = start(key, model, x, y, mask, layout, scale, mean_init, gauss_newton_iters, float(init_log_scale),
                           factor)
     dtype = model.prior_means[0].dtype
