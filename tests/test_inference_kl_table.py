@@ -212,7 +212,7 @@ def test_table_resumes_per_method(tmp_path, monkeypatch):
     calls = []
     run_method, evidence = kl_table.run_method, kl_table.run_evidence
     monkeypatch.setattr(kl_table, "run_method", lambda m, *a, **k: calls.append(m) or run_method(m, *a, **k))
-    monkeypatch.setattr(kl_table, "run_evidence", lambda *a: calls.append("evidence") or evidence(*a))
+    monkeypatch.setattr(kl_table, "run_evidence", lambda *a, **k: calls.append("evidence") or evidence(*a, **k))
     args = argparse.Namespace(config=str(cfg), out=str(out))
     assert kl_table.run(args) == 0
     assert calls == ["mfvi", "givi", "evidence"]
@@ -320,3 +320,41 @@ def test_many_violations_are_summarised_per_pair():
             for s in (0.1, 0.2, 0.3, 0.4, 0.5) for m, e in (("fcvi", -20.0), ("ucvi", -10.0), ("mfvi", -11.0))]
     md = kl_table.markdown_table(recs, ("ucvi", "fcvi", "mfvi"))
     assert "violated in 10 comparisons (fcvi below ucvi: 5, fcvi below mfvi: 5 cells)" in md
+
+
+def test_paper_evidence_resumes_per_seed_and_keeps_nuts_runs(tmp_path, monkeypatch):
+    """Paper mode, one seed per batch: a run killed in its first seed's AIS keeps that seed's
+    NUTS runs, the rerun reuses them and runs NUTS only for the other seed; the bounds equal a
+    run of the whole grid as one batch, and the NUTS cache is gone at the end."""
+    from bnnp_jax.inference import evidence, nuts
+
+    base = ("seeds: [1, 2]\nwidths: [1, 2, 1]\nsigma_y_values: [0.1, 1.0]\nelbo_samples: 16\nmethods: [mfvi]\n"
+            "mode: paper\ntrain: {num_steps: 4}\nais: {num_temps: 4, num_particles: 4, num_leapfrog: 2}\n"
+            "nuts: {num_warmup: 20, num_samples: 20, num_chains: 1}\n")
+    (tmp_path / "all.yaml").write_text(base)
+    (tmp_path / "seed.yaml").write_text(base + "fit_batches: seed\n")
+    run = lambda name, out: kl_table.run(argparse.Namespace(config=str(tmp_path / name), out=str(tmp_path / out)))
+    assert run("all.yaml", "all") == 0
+    estimate, fit, nuts_seeds = evidence.estimate, nuts.fit, []
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evidence, "estimate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run("seed.yaml", "seed")
+    assert not (tmp_path / "seed" / "evidence.json").exists()
+    assert sorted(p.name for p in (tmp_path / "seed" / "nuts_cache").iterdir()) == ["1_0.1.npz", "1_1.0.npz"]
+    monkeypatch.setattr(evidence, "estimate", estimate)
+    monkeypatch.setattr(nuts, "fit", lambda key, model, x, *a, **k: nuts_seeds.append(x.shape[0]) or
+                        fit(key, model, x, *a, **k))
+    assert run("seed.yaml", "seed") == 0
+    assert not (tmp_path / "seed" / "nuts_cache").exists()
+    key = lambda r: (r["seed"], r["sigma_y"])
+    one, per_seed = (sorted(json.loads((tmp_path / d / "evidence.json").read_text())["records"], key=key)
+                     for d in ("all", "seed"))
+    sizes = {r["seed"]: r["num_points"] for r in one}
+    assert sizes[1] != sizes[2] and nuts_seeds == [sizes[2]] * 2  # seed 1's NUTS runs came from the cache
+    assert [key(r) for r in one] == [key(r) for r in per_seed]
+    for field in ("log_evidence_lower", "log_evidence_upper", "nuts_max_r_hat"):
+        np.testing.assert_allclose([r[field] for r in per_seed], [r[field] for r in one], rtol=1e-5)

@@ -29,12 +29,15 @@ bracketed by bidirectional Monte Carlo, giving ``KL(q || p(W | D))`` in
 Batching: the ``(seed, sigma_y)`` grid is one batch axis (:class:`Grid`; datasets padded to
 the largest ``N`` with a mask), and each method's fits over all of it run as one vmapped,
 jitted program (:func:`bnnp_jax.inference.registry.fit_batch`), its ELBOs as another;
-``fit_batches: seed`` runs one such program per dataset seed instead.
+``fit_batches: seed`` runs one such program per dataset seed instead, for the fits and the
+evidence alike.
 
 Outputs in ``DIR``, resumable per method (and per seed with ``fit_batches: seed``):
 ``methods/<method>.json`` (a method's records, written when a batch finishes; finished
 ``(seed, sigma_y)`` elements are skipped on a rerun with the same config),
-``evidence.json`` (the ``log p(D)`` bounds per ``(seed, sigma_y)``, written as they come),
+``evidence.json`` (the ``log p(D)`` bounds per ``(seed, sigma_y)``, written when a batch
+finishes; in paper mode each element's NUTS run is kept in ``nuts_cache/`` until its batch's
+evidence is stored, so an interrupted batch does not rerun them),
 ``timing.json`` (wall time of each method's batch and of the evidence), ``results.json``
 (config and one record per seed, ``sigma_y`` and method, rewritten after every step),
 ``kl_table.md`` and ``kl_vs_sigma.png`` (log-log, the KL interval as error bars;
@@ -208,25 +211,41 @@ def closed_form_kl(res, model, x, y) -> float:
     return float(registry.linear_kl(res, [bnn.exact_posterior(model, x, y)]))
 
 
-def _nuts_starts(key, model, x, y, cfg: KLTableConfig):
-    """Reverse-AIS starts ``[K, P]`` for paper mode, drawn from a NUTS run's samples, and its diagnostics."""
+def _nuts_starts(key, model, x, y, cfg: KLTableConfig, cache: Path | None = None):
+    """Reverse-AIS starts ``[K, P]`` for paper mode, drawn from a NUTS run's samples, and its
+    diagnostics. With ``cache`` (a file), a stored result is reused and a new one is stored
+    (atomically): the NUTS runs of a group survive an interruption before its AIS is done."""
     from bnnp_jax.inference import nuts
 
+    if cache is not None and cache.is_file():
+        with np.load(cache) as f:
+            return jnp.asarray(f["starts"]), json.loads(str(f["diagnostics"]))
     kn, kp = jax.random.split(key)
     n = cfg.nuts
     run = nuts.fit(kn, model, x, y, num_warmup=n.num_warmup, num_samples=n.num_samples, num_chains=n.num_chains,
                    progress_bar=False)
     pool = nuts.flat_samples(run)
     starts = pool[jax.random.choice(kp, pool.shape[0], (cfg.ais.num_particles,), replace=False)]
-    return starts, {"nuts_max_r_hat": float(np.nanmax(run.diagnostics.r_hat)),
-                    "nuts_min_ess": float(np.min(run.diagnostics.ess)), "nuts_accept_rate": run.diagnostics.accept_rate}
+    diags = {"nuts_max_r_hat": float(np.nanmax(run.diagnostics.r_hat)),
+             "nuts_min_ess": float(np.min(run.diagnostics.ess)), "nuts_accept_rate": run.diagnostics.accept_rate}
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp.npz")
+        np.savez(tmp, starts=np.asarray(starts), diagnostics=json.dumps(diags))
+        tmp.replace(cache)
+    return starts, diags
 
 
-def run_evidence(g: Grid, cfg: KLTableConfig, progress: bool = True) -> dict:
+def _nuts_file(folder: Path, g: Grid, i: int) -> Path:
+    return folder / f"{int(g.seeds[i])}_{float(g.sigmas[i])!r}.npz"
+
+
+def run_evidence(g: Grid, cfg: KLTableConfig, progress: bool = True, nuts_cache: Path | None = None) -> dict:
     """Bounds on ``log p(D)`` at every element of ``g``, all AIS runs batched (one vmapped
     program per stage, :func:`evidence.estimate`) -> ``(seed, sigma_y) -> record``. Reverse AIS
     starts at the generating weights (certified), at exact posterior samples (no hidden
-    layer) or, in paper mode, at samples of one NUTS run per element (run one at a time)."""
+    layer) or, in paper mode, at samples of one NUTS run per element (run one at a time, each
+    kept in the folder ``nuts_cache`` when given: :func:`_nuts_starts`)."""
     from bnnp_jax.inference import evidence
 
     a = cfg.ais
@@ -236,7 +255,8 @@ def run_evidence(g: Grid, cfg: KLTableConfig, progress: bool = True) -> dict:
     if len(cfg.widths) > 2 and cfg.mode == "certified":
         starts = jnp.broadcast_to(g.w_true[:, None], (g.w_true.shape[0], a.num_particles, g.w_true.shape[1]))
     elif len(cfg.widths) > 2:
-        nuts = [_nuts_starts(parts[i, 0], *g.element(i)[:3], cfg)
+        cached = lambda i: None if nuts_cache is None else _nuts_file(nuts_cache, g, i)  # noqa: E731
+        nuts = [_nuts_starts(parts[i, 0], *g.element(i)[:3], cfg, cached(i))
                 for i in tqdm(range(len(g.sigmas)), desc="NUTS", disable=not progress)]
         starts, diags = jnp.stack([s for s, _ in nuts]), [d for _, d in nuts]
     ev = evidence.estimate(parts[:, 1], g.models, g.x, g.y, cfg.mode, posterior_init=starts, mask=g.mask,
@@ -328,6 +348,19 @@ def run(args: argparse.Namespace) -> int:
         return _run(cfg, Path(args.out))
 
 
+def _todo(g: Grid, done) -> list[int]:
+    """Indices of the elements of ``g`` whose ``(seed, sigma_y)`` is not in ``done``."""
+    return [i for i in range(len(g.sigmas)) if (int(g.seeds[i]), float(g.sigmas[i])) not in done]
+
+
+def _groups(g: Grid, todo: list[int], cfg: KLTableConfig) -> list[list[int]]:
+    """``todo`` split into the batches that run (and are stored) together: all at once, or one
+    per dataset seed (``cfg.fit_batches``)."""
+    if cfg.fit_batches == "all":
+        return [todo]
+    return [[i for i in todo if g.seeds[i] == s] for s in dict.fromkeys(int(g.seeds[i]) for i in todo)]
+
+
 def _run(cfg: KLTableConfig, out: Path, progress: bool = True) -> int:
     # loaded and checked before the long runs, so a bad path fails at once
     meta_bnnp = load_meta_bnnp(cfg) if "bnnp_amortised" in cfg.methods else None
@@ -348,12 +381,11 @@ def _run(cfg: KLTableConfig, out: Path, progress: bool = True) -> int:
           f"(N {int(g.sizes.min())}..{int(g.sizes.max())}, padded to {g.x.shape[1]})", flush=True)
     for method in cfg.methods:
         have = {(r["seed"], r["sigma_y"]) for r in stored[method] or []}
-        todo = [i for i in range(b) if (int(g.seeds[i]), float(g.sigmas[i])) not in have]
+        todo = _todo(g, have)
         if not todo:
             print(f"{method}: done already ({out / 'methods' / (method + '.json')}), skipped", flush=True)
             continue
-        groups = [todo] if cfg.fit_batches == "all" else \
-            [[i for i in todo if g.seeds[i] == s] for s in dict.fromkeys(int(g.seeds[i]) for i in todo)]
+        groups = _groups(g, todo, cfg)
         if not have:  # a fresh start: no time carried over from an earlier run's entry
             timing.pop(method, None)
         for group in groups:
@@ -368,11 +400,26 @@ def _run(cfg: KLTableConfig, out: Path, progress: bool = True) -> int:
             write()
             print(f"{method}: {len(group)} fits in {seconds:.0f} s ({len(stored[method])} of {b} done)", flush=True)
 
-    if not evidence:
+    todo = _todo(g, evidence)
+    if not todo:
+        print(f"evidence: done already ({out / 'evidence.json'}), skipped", flush=True)
+    elif len(todo) == b:  # a fresh start: no time carried over from an earlier run's entry
+        timing.pop("evidence", None)
+    cache = out / "nuts_cache"
+    for group in _groups(g, todo, cfg) if todo else []:
         t0 = time.perf_counter()
-        evidence = run_evidence(g, cfg, progress)
-        timing["evidence"] = {"seconds": time.perf_counter() - t0, "elements": b}
+        evidence.update(run_evidence(g if len(group) == b else g.subset(group), cfg, progress, nuts_cache=cache))
+        seconds = time.perf_counter() - t0
+        prev = timing.get("evidence", {})
+        timing["evidence"] = {"seconds": prev.get("seconds", 0.0) + seconds,
+                              "elements": prev.get("elements", 0) + len(group)}
         _dump(out / "evidence.json", cfg, list(evidence.values()))
+        write()
+        for i in group:  # the group's evidence is stored: its NUTS runs are no longer needed
+            _nuts_file(cache, g, i).unlink(missing_ok=True)
+        print(f"evidence: {len(group)} elements in {seconds:.0f} s ({len(evidence)} of {b} done)", flush=True)
+    if cache.is_dir() and not any(cache.iterdir()):
+        cache.rmdir()
     write()
     print((out / "kl_table.md").read_text())
     return 0

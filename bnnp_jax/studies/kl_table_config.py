@@ -65,9 +65,10 @@ class KLTableConfig:
     overrides the log-spaced grid ``sigma_y_min .. sigma_y_max`` (``num_sigma_y`` points).
     ``bnnp_checkpoint`` is needed for ``bnnp_amortised``: the run directory of a BNNP
     meta-trained with the table's fixed prior (``configs/kl_meta_bnnp.yaml``).
-    ``fit_batches``: ``"all"`` fits a method's whole grid as one batched program (resumable
-    per method); ``"seed"`` one program per dataset seed, kept as it finishes (resumable per
-    method and seed: for runs of hours, whose optimiser states are too large to checkpoint).
+    ``fit_batches``: ``"all"`` fits a method's whole grid (and the evidence's) as one batched
+    program (resumable per method); ``"seed"`` one program per dataset seed, kept as it
+    finishes (resumable per method and seed: for runs of hours, whose optimiser states are
+    too large to checkpoint).
     """
 
     seeds: tuple[int, ...] = PAPER_SEEDS
