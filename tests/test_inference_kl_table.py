@@ -358,3 +358,19 @@ def test_paper_evidence_resumes_per_seed_and_keeps_nuts_runs(tmp_path, monkeypat
     assert [key(r) for r in one] == [key(r) for r in per_seed]
     for field in ("log_evidence_lower", "log_evidence_upper", "nuts_max_r_hat"):
         np.testing.assert_allclose([r[field] for r in per_seed], [r[field] for r in one], rtol=1e-5)
+
+
+def test_validation_sweep_records_each_value(tmp_path, x64):
+    """``kl_sweep`` fits through the table's own ``run_method``: one record per (value, method,
+    seed, sigma_y) with the start ELBO, which the start scale moves; unknown settings raise."""
+    from bnnp_jax.studies import kl_sweep
+
+    recs = kl_sweep.sweep("init_log_scale", [-1.0, 0.0], tmp_path, seeds=(1,), sigmas=(0.1, 1.0), methods=("ucvi",),
+                          num_steps=3, elbo_samples=8)
+    assert [(r["init_log_scale"], r["sigma_y"]) for r in recs] == [(-1.0, 0.1), (-1.0, 1.0), (0.0, 0.1), (0.0, 1.0)]
+    assert json.loads((tmp_path / "sweep.json").read_text()) == recs
+    assert all(r["vi"]["init_log_scale"] == r["init_log_scale"] and r["num_steps"] == 3 for r in recs)
+    assert recs[0]["start_elbo"] != recs[2]["start_elbo"] and np.isfinite([r["elbo"] for r in recs]).all()
+    assert "| -1.0 | ucvi |" in kl_sweep.table(recs, "init_log_scale")
+    with pytest.raises(ValueError, match="unknown vi setting"):
+        kl_sweep.sweep("learning_rate", [1], tmp_path)

@@ -5,7 +5,7 @@ validation datasets: seeds that are not the table's (SPEC section 11 uses 21, 42
         --base init_log_scale=-1 --out docs/results/kl_step_rule
 
 Each value fits every method at every ``sigma_y`` of every seed as one batched program
-(:func:`bnnp_jax.inference.registry.fit_batch`) and records the final ELBO (``elbo_samples``
+(:func:`bnnp_jax.studies.kl_table.run_method`, as the table does) and records the final ELBO (``elbo_samples``
 draws), the starting ELBO and whether the ELBO was still rising. Writes ``sweep.json`` (one
 record per fit, written as they come) and ``sweep.md`` (mean final ELBO over the seeds).
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,35 +41,30 @@ def sweep(setting: str, values, out: Path, *, base: dict | None = None, seeds=SE
     """Fit ``methods`` on the paper-mode grid ``seeds x sigmas`` once per value of the
     :class:`~bnnp_jax.studies.kl_table_config.VISettings` field ``setting`` (the other fields
     from ``base``, else their defaults) -> records, also written to ``out/sweep.json``."""
-    from bnnp_jax.inference import registry
     from bnnp_jax.studies import kl_table
-    from bnnp_jax.studies.kl_table_config import KLTableConfig, VISettings
+    from bnnp_jax.studies.kl_table_config import KLTableConfig, TrainSettings, VISettings
 
     fields = {f.name for f in dataclasses.fields(VISettings)}
     unknown = sorted(({setting} | set(base or {})) - fields)
     if unknown:
         raise ValueError(f"unknown vi setting(s) {unknown}; valid: {sorted(fields)}")
     out.mkdir(parents=True, exist_ok=True)
-    cfg = KLTableConfig(seeds=tuple(seeds), sigma_y_values=tuple(sigmas), mode="paper", methods=tuple(methods))
+    train = TrainSettings(num_steps=num_steps, lr_start=lr[0], lr_end=lr[1], num_particles=num_particles)
+    cfg = KLTableConfig(seeds=tuple(seeds), sigma_y_values=tuple(sigmas), mode="paper", methods=tuple(methods),
+                        train=train, elbo_samples=elbo_samples)
     g = kl_table.grid(cfg)
     records = []
     for value in values:
         vi = {**dataclasses.asdict(VISettings()), **(base or {}), setting: value}
+        run = dataclasses.replace(cfg, vi=VISettings(**vi))
         for method in methods:
-            kf, ke = kl_table._keys(g, method)
-            t0 = time.perf_counter()
-            res = registry.fit_batch(method, kf, g.models, g.x, g.y, g.mask,
-                                     **registry.budget(method, num_steps, lr, num_particles), **vi)
-            est = registry.elbo_batch(ke, res, g.x, g.y, g.mask, elbo_samples)
-            sec = time.perf_counter() - t0
-            for i in range(len(g.sigmas)):
-                trace = kl_table.elbo_trace(res.losses[i])
-                records.append({setting: value, "method": method, "seed": int(g.seeds[i]),
-                                "sigma_y": float(g.sigmas[i]), "elbo": float(est.value[i]),
-                                "elbo_stderr": float(est.stderr[i]), "rising": bool(trace["elbo_rising"]),
-                                "start_elbo": float(-res.losses[i, 0]), "seconds": sec / len(g.sigmas),
-                                "vi": vi, "num_steps": num_steps})
-            print(f"{setting} {value} {method}: {sec:.0f} s", flush=True)
+            fits = kl_table.run_method(method, g, run, progress=False)
+            for r in fits:
+                records.append({setting: value, "method": method, "seed": r["seed"], "sigma_y": r["sigma_y"],
+                                "elbo": r["elbo"], "elbo_stderr": r["elbo_stderr"], "rising": r["elbo_rising"],
+                                "start_elbo": r["start_elbo"], "seconds": r["seconds"], "vi": vi,
+                                "num_steps": num_steps})
+            print(f"{setting} {value} {method}: {fits[0]['batch_seconds']:.0f} s", flush=True)
             (out / "sweep.json").write_text(json.dumps(records, indent=1))
     return records
 

@@ -170,8 +170,9 @@ def _keys(g: Grid, method: str | None):
 def run_method(method: str, g: Grid, cfg: KLTableConfig, meta_bnnp=None, progress: bool = True) -> list[dict]:
     """Fit ``method`` at every element of ``g`` as one batched program and estimate the ELBOs
     (another) -> one record per element (``seed``, ``sigma_y``, ``method``, ``elbo``,
-    ``elbo_stderr``, the ELBO trajectory, ``kl_closed_form`` without hidden layers, and
-    ``seconds``: the batch's wall time shared out). ``bnnp_amortised`` is zero-shot, per element."""
+    ``elbo_stderr``, the ELBO trajectory and its first value ``start_elbo``, ``kl_closed_form``
+    without hidden layers, and ``seconds``: the batch's wall time shared out).
+    ``bnnp_amortised`` is zero-shot, per element."""
     from bnnp_jax.inference import registry, vi
 
     t = cfg.train
@@ -195,7 +196,7 @@ def run_method(method: str, g: Grid, cfg: KLTableConfig, meta_bnnp=None, progres
         rec = {"seed": int(g.seeds[i]), "sigma_y": float(g.sigmas[i]), "method": method, "elbo": float(elbo),
                "elbo_stderr": float(stderr), "seconds": seconds / len(values), "batch_seconds": seconds}
         if res is not None:
-            rec.update(elbo_trace(res.losses[i]))
+            rec.update(elbo_trace(res.losses[i]), start_elbo=float(-res.losses[i, 0]))
             if len(cfg.widths) == 2:
                 rec["kl_closed_form"] = closed_form_kl(registry.take(res, i), *g.element(i)[:3])
         records.append(rec)
