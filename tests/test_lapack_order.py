@@ -71,6 +71,18 @@ def test_map_padded_equals_lax_map():
     assert lapack_call_count(text) == 2 and len(unordered_lapack_calls(text)) == 1  # what map_padded avoids
 
 
+def test_pad_rows_fills_and_chunk():
+    from bnnp_jax.core.minibatch import chunk, pad_rows
+
+    a = jnp.arange(6.0).reshape(3, 2)
+    np.testing.assert_array_equal(pad_rows(a, 5), [[0, 1], [2, 3], [4, 5], [0, 0], [0, 0]])
+    np.testing.assert_array_equal(pad_rows(a, 5, "last"), [[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]])
+    np.testing.assert_array_equal(pad_rows(a, 3, "last"), a)
+    np.testing.assert_array_equal(chunk(a, 2), [[[0, 1], [2, 3]], [[4, 5], [0, 0]]])
+    with pytest.raises(ValueError, match="fill"):
+        pad_rows(a, 4, "edge")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_after_keeps_values_dtypes_and_gradients(dtype, request):
     if dtype == "float64":

@@ -2,8 +2,11 @@
 
 Sequential Bayesian updates, within-task log-likelihoods and the memory-bounded
 forward pass all reduce to "apply ``fn`` to each batch of rows and add the
-results". The tail batch is zero-padded; callers make padded rows contribute
-nothing by passing a weight column (precision or mask) that pads to zero.
+results". Rows are padded by :func:`pad_rows`, with one of two fills: sums pad with
+zeros (callers make padded rows contribute nothing by passing a weight column,
+precision or mask, that pads to zero); maps whose padded outputs are dropped repeat
+the last row, so every padded call sees valid input (zeros could make a Cholesky
+factor singular).
 """
 
 from __future__ import annotations
@@ -13,17 +16,24 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-__all__ = ["chunk", "batched_sum", "batched_map", "map_padded"]
+__all__ = ["pad_rows", "chunk", "batched_sum", "batched_map", "map_padded"]
 
 Array = jax.Array
 
 
+def pad_rows(a: Array, rows: int, fill: str = "zeros") -> Array:
+    """``a [N, ...]`` padded to ``[rows, ...]`` (``rows >= N``) with zero rows (``fill="zeros"``)
+    or copies of the last row (``fill="last"``)."""
+    if fill not in ("zeros", "last"):
+        raise ValueError(f"fill must be 'zeros' or 'last', got {fill!r}")
+    widths = [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1)
+    return jnp.pad(a, widths, mode="constant" if fill == "zeros" else "edge")
+
+
 def chunk(a: Array, batch_size: int) -> Array:
     """``[N, ...] -> [ceil(N / B), B, ...]``, zero-padding the tail."""
-    n = a.shape[0]
-    num = -(-n // batch_size)
-    a = jnp.pad(a, [(0, num * batch_size - n)] + [(0, 0)] * (a.ndim - 1))
-    return a.reshape((num, batch_size) + a.shape[1:])
+    num = -(-a.shape[0] // batch_size)
+    return pad_rows(a, num * batch_size).reshape((num, batch_size) + a.shape[1:])
 
 
 def batched_sum(fn: Callable, arrays: Sequence[Array], batch_size: int | None, remat: bool = True):
@@ -71,7 +81,7 @@ def map_padded(fn: Callable, xs, batch_size: int):
     batch_size = max(1, min(batch_size, n))
     padded = -(-n // batch_size) * batch_size
     if padded != n:
-        xs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], padded - n, axis=0)]), xs)
+        xs = jax.tree.map(lambda a: pad_rows(a, padded, "last"), xs)
     out = jax.lax.map(fn, xs, batch_size=batch_size)
     return out if padded == n else jax.tree.map(lambda a: a[:n], out)
 

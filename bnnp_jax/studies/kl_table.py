@@ -61,6 +61,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bnnp_jax.config import ConfigError, from_dict, load_yaml, to_dict
+from bnnp_jax.core.minibatch import pad_rows
 from bnnp_jax.studies.kl_table_meta import amortised_elbo, load_meta_bnnp
 from bnnp_jax.studies.kl_table_config import (GAUSSIAN_VI, METHODS, MODES, AISSettings, KLTableConfig,
                                               NUTSSettings, TrainSettings, VISettings)
@@ -133,7 +134,7 @@ def grid(cfg: KLTableConfig) -> Grid:
     sigmas = cfg.sigma_grid()
     data = [simulate(cfg, s) for s in cfg.seeds]
     n_max = max(d[1].shape[0] for d in data)
-    pad = lambda a: jnp.pad(a, [(0, n_max - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
+    pad = lambda a: pad_rows(a, n_max)
     x, y, mask, w, keys = [], [], [], [], []
     for seed, (w_true, xs, f, eps) in zip(cfg.seeds, data):
         keys.append(jax.random.split(jax.random.PRNGKey(seed + 1), len(sigmas)))
@@ -256,7 +257,7 @@ def run_evidence(g: Grid, cfg: KLTableConfig, progress: bool = True, nuts_cache:
     if len(cfg.widths) > 2 and cfg.mode == "certified":
         starts = jnp.broadcast_to(g.w_true[:, None], (g.w_true.shape[0], a.num_particles, g.w_true.shape[1]))
     elif len(cfg.widths) > 2:
-        cached = lambda i: None if nuts_cache is None else _nuts_file(nuts_cache, g, i)  # noqa: E731
+        cached = lambda i: None if nuts_cache is None else _nuts_file(nuts_cache, g, i)
         nuts = [_nuts_starts(parts[i, 0], *g.element(i)[:3], cfg, cached(i))
                 for i in tqdm(range(len(g.sigmas)), desc="NUTS", disable=not progress)]
         starts, diags = jnp.stack([s for s, _ in nuts]), [d for _, d in nuts]
