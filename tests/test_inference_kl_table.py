@@ -233,6 +233,17 @@ def test_table_resumes_per_method(tmp_path, monkeypatch):
     cfg.write_text(base.replace("elbo_samples: 32", "elbo_samples: 16") + "methods: [mfvi]\n")
     with pytest.raises(ConfigError, match="different config"):
         kl_table.run(args)
+    # --evidence-first changes the order of the work, not its results
+    calls.clear()
+    first = argparse.Namespace(config=str(cfg), out=str(tmp_path / "first"), evidence_first=True)
+    cfg.write_text(base + "methods: [mfvi]\n")
+    assert kl_table.run(first) == 0
+    assert calls == ["evidence", "mfvi"]
+    key = lambda r: (r["seed"], r["sigma_y"])
+    for name in ("evidence.json", "methods/mfvi.json"):
+        a, b = (sorted(json.loads((d / name).read_text())["records"], key=key) for d in (out, tmp_path / "first"))
+        np.testing.assert_allclose([r.get("log_evidence_lower", r.get("elbo")) for r in a],
+                                   [r.get("log_evidence_lower", r.get("elbo")) for r in b], rtol=1e-5)
 
 
 def test_seed_batches_resume_per_seed_and_equal_one_batch(tmp_path, monkeypatch):

@@ -342,12 +342,15 @@ def _write(out: Path, cfg: KLTableConfig, records: list[dict]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML file (see configs/kl_table*.yaml)")
     parser.add_argument("--out", required=True, help="output directory (rerun with the same one to resume)")
+    parser.add_argument("--evidence-first", action="store_true",
+                        help="estimate log p(D) before fitting the methods not yet done (the order of the work only: "
+                             "the results are the same), so every finished column gets its KL sooner")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_yaml(KLTableConfig, args.config)
     with jax.enable_x64(cfg.float64):  # scoped, so a caller's float32 work is untouched
-        return _run(cfg, Path(args.out))
+        return _run(cfg, Path(args.out), evidence_first=getattr(args, "evidence_first", False))
 
 
 def _todo(g: Grid, done) -> list[int]:
@@ -363,7 +366,7 @@ def _groups(g: Grid, todo: list[int], cfg: KLTableConfig) -> list[list[int]]:
     return [[i for i in todo if g.seeds[i] == s] for s in dict.fromkeys(int(g.seeds[i]) for i in todo)]
 
 
-def _run(cfg: KLTableConfig, out: Path, progress: bool = True) -> int:
+def _run(cfg: KLTableConfig, out: Path, progress: bool = True, evidence_first: bool = False) -> int:
     # loaded and checked before the long runs, so a bad path fails at once
     meta_bnnp = load_meta_bnnp(cfg) if "bnnp_amortised" in cfg.methods else None
     (out / "methods").mkdir(parents=True, exist_ok=True)
@@ -381,45 +384,53 @@ def _run(cfg: KLTableConfig, out: Path, progress: bool = True) -> int:
     b = len(g.sigmas)
     print(f"KL table: {len(cfg.seeds)} seeds x {b // len(cfg.seeds)} sigma_y = {b} fits per method "
           f"(N {int(g.sizes.min())}..{int(g.sizes.max())}, padded to {g.x.shape[1]})", flush=True)
-    for method in cfg.methods:
-        have = {(r["seed"], r["sigma_y"]) for r in stored[method] or []}
-        todo = _todo(g, have)
-        if not todo:
-            print(f"{method}: done already ({out / 'methods' / (method + '.json')}), skipped", flush=True)
-            continue
-        groups = _groups(g, todo, cfg)
-        if not have:  # a fresh start: no time carried over from an earlier run's entry
-            timing.pop(method, None)
-        for group in groups:
-            t0 = time.perf_counter()
-            part = g if len(group) == b else g.subset(group)
-            stored[method] = (stored[method] or []) + run_method(method, part, cfg, meta_bnnp, progress)
-            seconds = time.perf_counter() - t0
-            prev = timing.get(method, {})
-            timing[method] = {"seconds": prev.get("seconds", 0.0) + seconds, "fits": prev.get("fits", 0) + len(group),
-                              "num_steps": cfg.train.num_steps}
-            _dump(out / "methods" / f"{method}.json", cfg, stored[method])
-            write()
-            print(f"{method}: {len(group)} fits in {seconds:.0f} s ({len(stored[method])} of {b} done)", flush=True)
 
-    todo = _todo(g, evidence)
-    if not todo:
-        print(f"evidence: done already ({out / 'evidence.json'}), skipped", flush=True)
-    elif len(todo) == b:  # a fresh start: no time carried over from an earlier run's entry
-        timing.pop("evidence", None)
+    def stage(name: str, done, path: Path, run_group, unit: str, on_stored=None, **extra):
+        """Run the elements not in ``done`` one batch (:func:`_groups`) at a time:
+        ``run_group(part) -> all records so far``, stored to ``path`` and the outputs after each
+        batch, then ``on_stored(group)``; the batch's wall time is added to ``timing[name]``."""
+        todo = _todo(g, done)
+        if not todo:
+            print(f"{name}: done already ({path}), skipped", flush=True)
+            return
+        if len(todo) == b:  # a fresh start: no time carried over from an earlier run's entry
+            timing.pop(name, None)
+        for group in _groups(g, todo, cfg):
+            t0 = time.perf_counter()
+            records = run_group(g if len(group) == b else g.subset(group))
+            seconds = time.perf_counter() - t0
+            prev = timing.get(name, {})
+            timing[name] = {"seconds": prev.get("seconds", 0.0) + seconds, unit: prev.get(unit, 0) + len(group),
+                            **extra}
+            _dump(path, cfg, records)
+            write()
+            if on_stored is not None:
+                on_stored(group)
+            print(f"{name}: {len(group)} {unit} in {seconds:.0f} s ({len(records)} of {b} done)", flush=True)
+
+    def fit(method: str, part: Grid) -> list[dict]:
+        stored[method] = (stored[method] or []) + run_method(method, part, cfg, meta_bnnp, progress)
+        return stored[method]
+
+    def methods():
+        for m in cfg.methods:
+            done = {(r["seed"], r["sigma_y"]) for r in stored[m] or []}
+            stage(m, done, out / "methods" / f"{m}.json", lambda part, m=m: fit(m, part), "fits",
+                  num_steps=cfg.train.num_steps)
+
     cache = out / "nuts_cache"
-    for group in _groups(g, todo, cfg) if todo else []:
-        t0 = time.perf_counter()
-        evidence.update(run_evidence(g if len(group) == b else g.subset(group), cfg, progress, nuts_cache=cache))
-        seconds = time.perf_counter() - t0
-        prev = timing.get("evidence", {})
-        timing["evidence"] = {"seconds": prev.get("seconds", 0.0) + seconds,
-                              "elements": prev.get("elements", 0) + len(group)}
-        _dump(out / "evidence.json", cfg, list(evidence.values()))
-        write()
-        for i in group:  # the group's evidence is stored: its NUTS runs are no longer needed
+
+    def bounds(part: Grid) -> list[dict]:
+        evidence.update(run_evidence(part, cfg, progress, nuts_cache=cache))
+        return list(evidence.values())
+
+    def drop_nuts(group):  # the group's evidence is stored: its NUTS runs are no longer needed
+        for i in group:
             _nuts_file(cache, g, i).unlink(missing_ok=True)
-        print(f"evidence: {len(group)} elements in {seconds:.0f} s ({len(evidence)} of {b} done)", flush=True)
+
+    stages = [methods, lambda: stage("evidence", evidence, out / "evidence.json", bounds, "elements", drop_nuts)]
+    for run_stage in reversed(stages) if evidence_first else stages:
+        run_stage()
     if cache.is_dir() and not any(cache.iterdir()):
         cache.rmdir()
     write()
