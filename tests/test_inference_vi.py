@@ -242,6 +242,28 @@ def test_still_rising_flags_a_rising_trajectory():
     noise = rng.normal(size=2000)
     assert not gvi.still_rising(100.0 + noise)["rising"]
     assert gvi.still_rising(100.0 - np.linspace(0.0, 5.0, 2000) + noise)["rising"]
+    # a fall that has stopped before the last quarter is not rising; the gain is along the line
+    flat = gvi.still_rising(np.concatenate([np.linspace(10.0, 0.0, 1400), np.zeros(600)]) + noise)
+    assert not flat["rising"] and abs(flat["gain"]) < 3 * flat["gain_stderr"]
+    lin = gvi.still_rising(-np.arange(2000.0) * 1e-2)
+    np.testing.assert_allclose(lin["gain"], 499 * 1e-2)
+
+
+def test_still_rising_line_beats_two_windows_at_small_slopes():
+    """The power the line test was chosen for: a slow, noisy rise over the last quarter is
+    caught far more often than by the last tenth against the tenth before (same z = 3)."""
+    rng = np.random.default_rng(1)
+
+    def two_windows(losses, n=200):
+        prev, last = losses[-2 * n:-n], losses[-n:]
+        return prev.mean() - last.mean() > 3 * np.sqrt(prev.var(ddof=1) / n + last.var(ddof=1) / n)
+
+    hits = np.array([[gvi.still_rising(l)["rising"], two_windows(l)]
+                     for l in (-np.linspace(0.0, 2.8, 2000) + rng.normal(size=2000) for _ in range(200))])
+    line, windows = hits.mean(0)
+    assert line > 0.8 and windows < 0.6 and line > windows + 0.25, (line, windows)
+    false = np.mean([gvi.still_rising(rng.normal(size=2000))["rising"] for _ in range(300)])
+    assert false < 0.02
 
 
 def test_run_adam_is_the_run_steps_loop_compiled_once(x64):

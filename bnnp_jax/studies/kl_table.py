@@ -66,7 +66,7 @@ from bnnp_jax.studies.kl_table_meta import amortised_elbo, load_meta_bnnp
 from bnnp_jax.studies.kl_table_config import (GAUSSIAN_VI, METHODS, MODES, AISSettings, KLTableConfig,
                                               NUTSSettings, TrainSettings, VISettings)
 from bnnp_jax.studies.kl_table_report import (Violation, elbo_trace, markdown_table, ordering_violations, plot,
-                                              plot_elbo_gaps)
+                                              plot_elbo_gaps, rising_flags)
 
 __all__ = ["METHODS", "GAUSSIAN_VI", "MODES", "TrainSettings", "VISettings", "AISSettings", "NUTSSettings",
            "KLTableConfig", "Grid", "simulate", "grid", "load_meta_bnnp", "closed_form_kl", "run_method",
@@ -282,6 +282,8 @@ def _combine(method_records: list[dict], evidence: dict) -> list[dict]:
     evidence is in)."""
     out = []
     for r in method_records:
+        if "elbo_trace" in r:  # the still-rising test from the stored trajectory, whoever wrote the record
+            r = dict(r, **rising_flags(r["elbo_trace"]))
         ev = evidence.get((r["seed"], r["sigma_y"]))
         if ev is None:
             out.append(dict(r, kl_lower=math.nan, kl_upper=math.nan, upper_is_bound=False))

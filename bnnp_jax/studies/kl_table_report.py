@@ -13,22 +13,29 @@ import numpy as np
 
 from bnnp_jax.studies.kl_table_config import GAUSSIAN_VI
 
-__all__ = ["Violation", "elbo_trace", "markdown_table", "ordering_violations", "plot", "plot_elbo_gaps"]
+__all__ = ["Violation", "elbo_trace", "rising_flags", "markdown_table", "ordering_violations", "plot", "plot_elbo_gaps"]
 
 
 def elbo_trace(losses, max_points: int = 200) -> dict:
     """The ELBO trajectory of a fit, kept in the records: the ELBO averaged over ``<= max_points``
     equal windows of steps (``steps``: each window's last step), and whether it is still rising
-    at the end (:func:`gaussian_vi.still_rising`)."""
-    from bnnp_jax.inference import gaussian_vi
-
+    at the end (:func:`rising_flags` of those window means)."""
     a = -np.asarray(losses, float)
     k = max(1, math.ceil(a.size / max_points))
     n = a.size // k
     trace = a[: n * k].reshape(n, k).mean(1)
-    rising = gaussian_vi.still_rising(losses)
     return {"elbo_trace": [float(v) for v in trace], "elbo_trace_steps": [int((i + 1) * k) for i in range(n)],
-            "elbo_rising": rising["rising"], "elbo_final_gain": rising["gain"],
+            **rising_flags(trace)}
+
+
+def rising_flags(trace) -> dict:
+    """``elbo_rising``, ``elbo_final_gain`` and its stderr from a stored ELBO trajectory
+    (:func:`gaussian_vi.still_rising` over its last quarter): computed from the trace, so
+    records written by any version of the study get the same test."""
+    from bnnp_jax.inference import gaussian_vi
+
+    rising = gaussian_vi.still_rising(-np.asarray(trace, float))
+    return {"elbo_rising": rising["rising"], "elbo_final_gain": rising["gain"],
             "elbo_final_gain_stderr": rising["gain_stderr"]}
 
 
@@ -80,8 +87,8 @@ def markdown_table(records: list[dict], methods) -> str:
             "† marks a crossed sandwich: the forward-AIS estimate of log p(D) exceeded the reverse-AIS one. "
             "Both are bounds only in expectation, so the evidence is pinned down to within their Monte-Carlo "
             "noise there (the same gap for every method at that sigma_y). "
-            "↑ marks a fit whose ELBO was still rising at the end (last 10% of the steps vs the 10% before, "
-            "by more than 3 standard errors): not converged.\n")
+            "↑ marks a fit whose ELBO was still rising at the end (a least-squares line through the last "
+            "quarter of its trajectory rises by more than 3 standard errors): not converged.\n")
     if len(seeds) > 1:
         note += (f"With {len(seeds)} seeds (datasets {', '.join(map(str, seeds))}), a cell is the mean over seeds "
                  "of both ends, ± the standard deviation over seeds of the interval's middle; ↑k: k seeds' fits "
