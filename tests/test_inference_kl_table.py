@@ -3,6 +3,7 @@ column (a tiny meta-training run, then the table on it; errors naming the config
 and (slow) an end-to-end run on the exact no-hidden-layer model."""
 
 import argparse
+import dataclasses
 import json
 
 import jax
@@ -356,6 +357,17 @@ def test_paper_evidence_resumes_per_seed_and_keeps_nuts_runs(tmp_path, monkeypat
         run("seed.yaml", "seed")
     assert not (tmp_path / "seed" / "evidence.json").exists()
     assert sorted(p.name for p in (tmp_path / "seed" / "nuts_cache").iterdir()) == ["1_0.1.npz", "1_1.0.npz"]
+    # a stored NUTS run is reused only by the config that made it
+    cfg = load_yaml(kl_table.KLTableConfig, tmp_path / "seed.yaml")
+    other = dataclasses.replace(cfg, nuts=kl_table.NUTSSettings(num_warmup=5, num_samples=4, num_chains=1))
+    cached, copy = tmp_path / "seed" / "nuts_cache" / "1_0.1.npz", tmp_path / "copy.npz"
+    copy.write_bytes(cached.read_bytes())
+    with jax.enable_x64(True):
+        g = kl_table.grid(cfg)
+        kept, _ = kl_table._nuts_starts(jax.random.PRNGKey(0), *g.element(0)[:3], cfg, cached)
+        redone, _ = kl_table._nuts_starts(jax.random.PRNGKey(0), *g.element(0)[:3], other, copy)
+    np.testing.assert_array_equal(kept, np.load(cached)["starts"])
+    assert not np.array_equal(redone, kept) and np.array_equal(np.load(copy)["starts"], redone)
     monkeypatch.setattr(evidence, "estimate", estimate)
     monkeypatch.setattr(nuts, "fit", lambda key, model, x, *a, **k: nuts_seeds.append(x.shape[0]) or
                         fit(key, model, x, *a, **k))

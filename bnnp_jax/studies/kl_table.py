@@ -215,13 +215,16 @@ def closed_form_kl(res, model, x, y) -> float:
 
 def _nuts_starts(key, model, x, y, cfg: KLTableConfig, cache: Path | None = None):
     """Reverse-AIS starts ``[K, P]`` for paper mode, drawn from a NUTS run's samples, and its
-    diagnostics. With ``cache`` (a file), a stored result is reused and a new one is stored
-    (atomically): the NUTS runs of a group survive an interruption before its AIS is done."""
+    diagnostics. With ``cache`` (a file), a result stored there by the same config is reused,
+    and a new one is stored (atomically): the NUTS runs of a group survive an interruption
+    before its AIS is done."""
     from bnnp_jax.inference import nuts
 
+    made_by = json.dumps(_fingerprint(cfg), sort_keys=True)
     if cache is not None and cache.is_file():
         with np.load(cache) as f:
-            return jnp.asarray(f["starts"]), json.loads(str(f["diagnostics"]))
+            if str(f["config"]) == made_by:  # else another config's run: redone and replaced
+                return jnp.asarray(f["starts"]), json.loads(str(f["diagnostics"]))
     kn, kp = jax.random.split(key)
     n = cfg.nuts
     run = nuts.fit(kn, model, x, y, num_warmup=n.num_warmup, num_samples=n.num_samples, num_chains=n.num_chains,
@@ -233,7 +236,7 @@ def _nuts_starts(key, model, x, y, cfg: KLTableConfig, cache: Path | None = None
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.name + ".tmp.npz")
-        np.savez(tmp, starts=np.asarray(starts), diagnostics=json.dumps(diags))
+        np.savez(tmp, starts=np.asarray(starts), diagnostics=json.dumps(diags), config=made_by)
         tmp.replace(cache)
     return starts, diags
 
