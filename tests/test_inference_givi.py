@@ -94,3 +94,25 @@ def test_givi_reaches_the_exact_posterior_where_a_random_subset_bunched(x64):
                            progress_bar=False)
             kls[z_init] = kl_table.closed_form_kl(res, model, x, y)
         assert kls["spread"] < 0.05 and kls["random"] > 0.1, (sigma, kls)
+
+
+def test_shared_prior_covariance_takes_one_factor_per_layer(x64):
+    """With the fixed prior (one covariance per layer, ``shared_cov``) GIVI factors one ``D x D``
+    posterior per layer; its loss and gradients equal the per-unit factors' to float64 error."""
+    import dataclasses
+
+    model = bnn.fixed_prior_model((1, 6, 5, 1), "relu", 0.3)
+    assert model.shared_cov == (True, True, True)
+    per_unit = dataclasses.replace(model, shared_cov=(False, False, False))
+    x = jnp.linspace(-2.0, 2.0, 9)[:, None]
+    y = jnp.sin(2.0 * x)
+    params = givi.init(jax.random.PRNGKey(0), model, x, y, num_inducing=4)
+    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(1), a.shape, a.dtype), params)
+    key = jax.random.PRNGKey(2)
+    fn = lambda p, m: givi.loss(p, key, m, x, y, num_samples=3)
+    (l1, g1), (l2, g2) = (jax.value_and_grad(fn)(params, m) for m in (model, per_unit))
+    np.testing.assert_allclose(l1, l2, rtol=1e-10)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+    stats = givi.layer_stats(jnp.ones((4, 7)), jnp.ones((4, 5)), params.prec_raw[1], shared=True)
+    assert stats.precision.shape == (1, 7, 7) and stats.shift.shape == (5, 7)

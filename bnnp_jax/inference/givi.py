@@ -76,6 +76,10 @@ def layerwise_path(key, model: bnn.BNNModel, pseudo_x: Array, x: Array, layer_st
         return layer_stats(l, phis[l][: m or None])
 
     factors = [blr.PriorFactors.from_gaussian(p) for p in model.prior_gaussians()]
+    # a layer whose prior covariance is shared by its units keeps one [1, D, D] root, so a
+    # likelihood shared by the units too gives one posterior factor (SPEC section 9)
+    factors = [blr.PriorFactors(f.mean, f.root[:1]) if shared else f
+               for f, shared in zip(factors, model.shared_cov or [False] * len(factors))]
     phis[0] = after(phis[0], factors)  # the draws' LAPACK chain starts after the prior's
     weights, kl = sample_layers(key, factors, stats)
     return (phis[-1] @ weights[-1].T)[m:], kl
@@ -115,10 +119,12 @@ def _whitened(phi_u: Array, pseudo_y: Array, raw: Array) -> tuple[Array, Array]:
     return r.T @ phi_u, r.T @ pseudo_y
 
 
-def layer_stats(phi_u: Array, pseudo_y: Array, raw: Array) -> blr.NaturalStats:
-    """Natural statistics of the whitened pseudo-data (what :func:`layerwise_path` samples from)."""
+def layer_stats(phi_u: Array, pseudo_y: Array, raw: Array, shared: bool = False) -> blr.NaturalStats:
+    """Natural statistics of the whitened pseudo-data (what :func:`layerwise_path` samples from):
+    precision ``[O, D, D]``, or ``[1, D, D]`` with ``shared`` (the same for every unit)."""
     feats, targets = _whitened(phi_u, pseudo_y, raw)
-    return blr.natural_stats(feats, targets, jnp.ones_like(targets))
+    ones = jnp.ones((targets.shape[0], 1 if shared else targets.shape[1]), targets.dtype)
+    return blr.natural_stats(feats, targets, ones)
 
 
 def layer_posterior(phi_u: Array, pseudo_y: Array, raw: Array, prior: Gaussian) -> Gaussian:
@@ -199,8 +205,11 @@ def init(key, model: bnn.BNNModel, x: Array, y: Array, num_inducing: int = 10, *
 
 
 def sample_path(key, model: bnn.BNNModel, params: GIVIParams, x: Array):
-    """``f [N, D_L]`` at ``x`` and the path's KL, for one joint draw of all layers."""
-    fn = lambda l, phi_u: layer_stats(phi_u, params.pseudo_y[l], params.prec_raw[l])
+    """``f [N, D_L]`` at ``x`` and the path's KL, for one joint draw of all layers. ``Lambda_l``
+    is shared by a layer's units, so where the prior covariance is too (``model.shared_cov``)
+    every unit has the same posterior covariance and the layer takes one ``D x D`` factor."""
+    shared = model.shared_cov or (False,) * model.num_layers
+    fn = lambda l, phi_u: layer_stats(phi_u, params.pseudo_y[l], params.prec_raw[l], shared[l])
     return layerwise_path(key, model, params.z, x, fn)
 
 

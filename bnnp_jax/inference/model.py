@@ -48,7 +48,7 @@ Array = jax.Array
 @partial(
     jax.tree_util.register_dataclass,
     data_fields=["sigma_y", "prior_means", "prior_scale_trils"],
-    meta_fields=["widths", "activation"],
+    meta_fields=["widths", "activation", "shared_cov"],
 )
 @dataclasses.dataclass(frozen=True)
 class BNNModel:
@@ -61,6 +61,10 @@ class BNNModel:
       sigma_y: ``[y_dim]`` observation noise standard deviations.
       prior_means: per layer ``[D_l, D_{l-1}+1]`` (unit-major).
       prior_scale_trils: per layer ``[D_l, D_{l-1}+1, D_{l-1}+1]`` covariance Cholesky factors.
+      shared_cov: per layer, static: ``True`` where every unit's prior covariance is the same
+        (:func:`make_model` given a ``[1, D, D]`` factor). A method whose layer likelihood is
+        shared by the units too (GIVI) then factors one ``D x D`` posterior per layer
+        instead of one per unit (SPEC section 9's fast path).
     """
 
     widths: tuple[int, ...]
@@ -68,6 +72,7 @@ class BNNModel:
     sigma_y: Array
     prior_means: tuple[Array, ...]
     prior_scale_trils: tuple[Array, ...]
+    shared_cov: tuple[bool, ...] = ()
 
     @property
     def num_layers(self) -> int:
@@ -103,7 +108,8 @@ def _check_widths(widths: Sequence[int]) -> tuple[int, ...]:
 
 
 def make_model(widths, activation, sigma_y, prior_means, prior_scale_trils) -> BNNModel:
-    """Validate shapes and build a :class:`BNNModel` (``[1, D, D]`` scale factors broadcast over units)."""
+    """Validate shapes and build a :class:`BNNModel` (``[1, D, D]`` scale factors broadcast over
+    units, and the layer marked ``shared_cov``)."""
     widths = _check_widths(widths)
     activation_fn(activation)
     sigma_y = jnp.broadcast_to(jnp.asarray(sigma_y), (widths[-1],))
@@ -118,7 +124,8 @@ def make_model(widths, activation, sigma_y, prior_means, prior_scale_trils) -> B
             raise ValueError(f"prior_scale_trils[{l}] must have shape {(shape[0],) + shape[1:] * 2}, got {s.shape}")
         means.append(m)
         trils.append(jnp.broadcast_to(s, shape + shape[1:]))
-    return BNNModel(widths, activation, sigma_y.astype(means[0].dtype), tuple(means), tuple(trils))
+    shared = tuple(s.shape[0] == 1 for s in prior_scale_trils)
+    return BNNModel(widths, activation, sigma_y.astype(means[0].dtype), tuple(means), tuple(trils), shared)
 
 
 def fixed_prior_model(widths: Sequence[int], activation: str = "relu", sigma_y=0.1, dtype=None) -> BNNModel:
@@ -130,8 +137,8 @@ def fixed_prior_model(widths: Sequence[int], activation: str = "relu", sigma_y=0
 
 @partial(jax.jit, static_argnums=(0, 1, 3))
 def _fixed_prior_model(widths, activation, sigma_y, dtype):  # jitted: dozens of tiny eager ops otherwise
-    layers = priors.init(widths, "unitwise", dtype)
-    trils = [priors.scale_tril(p, "unitwise") for p in layers]
+    layers = priors.init(widths, "shared", dtype)  # one covariance for all of a layer's units
+    trils = [priors.scale_tril(p, "shared") for p in layers]  # [1, D, D]
     return make_model(widths, activation, sigma_y, [p.mean for p in layers], trils)
 
 
