@@ -213,9 +213,16 @@ def closed_form_kl(res, model, x, y) -> float:
     return float(registry.linear_kl(res, [bnn.exact_posterior(model, x, y)]))
 
 
+# Per NUTS run: weight-space R-hat (max) and ESS (min), the acceptance rate, and R-hat and ESS
+# of the network's output at the data (``nuts.function_diagnostics``). Weight-space R-hat is
+# large whenever chains sit in permuted copies of one mode, which a reverse-AIS start does not
+# mind; the function-space R-hat says whether the chains agree on the posterior.
+NUTS_DIAGNOSTICS = ("nuts_max_r_hat", "nuts_min_ess", "nuts_accept_rate", "nuts_max_r_hat_f", "nuts_min_ess_f")
+
+
 def _nuts_starts(key, model, x, y, cfg: KLTableConfig, cache: Path | None = None):
     """Reverse-AIS starts ``[K, P]`` for paper mode, drawn from a NUTS run's samples, and its
-    diagnostics. With ``cache`` (a file), a result stored there by the same config is reused,
+    diagnostics (:data:`NUTS_DIAGNOSTICS`). With ``cache`` (a file), a result stored there by the same config is reused,
     and a new one is stored (atomically): the NUTS runs of a group survive an interruption
     before its AIS is done."""
     from bnnp_jax.inference import nuts
@@ -223,16 +230,20 @@ def _nuts_starts(key, model, x, y, cfg: KLTableConfig, cache: Path | None = None
     made_by = json.dumps(_fingerprint(cfg), sort_keys=True)
     if cache is not None and cache.is_file():
         with np.load(cache) as f:
-            if str(f["config"]) == made_by:  # else another config's run: redone and replaced
-                return jnp.asarray(f["starts"]), json.loads(str(f["diagnostics"]))
+            diags = json.loads(str(f["diagnostics"]))
+            # another config's run, or one without every diagnostic recorded now: redone and replaced
+            if str(f["config"]) == made_by and set(NUTS_DIAGNOSTICS) <= set(diags):
+                return jnp.asarray(f["starts"]), diags
     kn, kp = jax.random.split(key)
     n = cfg.nuts
     run = nuts.fit(kn, model, x, y, num_warmup=n.num_warmup, num_samples=n.num_samples, num_chains=n.num_chains,
                    progress_bar=False)
     pool = nuts.flat_samples(run)
     starts = pool[jax.random.choice(kp, pool.shape[0], (cfg.ais.num_particles,), replace=False)]
+    fd = nuts.function_diagnostics(run, x)
     diags = {"nuts_max_r_hat": float(np.nanmax(run.diagnostics.r_hat)),
-             "nuts_min_ess": float(np.min(run.diagnostics.ess)), "nuts_accept_rate": run.diagnostics.accept_rate}
+             "nuts_min_ess": float(np.min(run.diagnostics.ess)), "nuts_accept_rate": run.diagnostics.accept_rate,
+             "nuts_max_r_hat_f": float(np.nanmax(fd["r_hat"])), "nuts_min_ess_f": float(np.nanmin(fd["ess"]))}
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.name + ".tmp.npz")
