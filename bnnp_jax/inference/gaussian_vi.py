@@ -248,8 +248,8 @@ def still_rising(losses, fraction: float = 0.25, z: float = 3.0) -> dict:
     its slope against the scatter about the line.
 
     Why a line, not two window means: at small ``sigma_y`` one step's ELBO estimate scatters
-    by hundreds of nats; a slope over a quarter of the fit has about 1.6 times the power of
-    the difference between the last two tenths, for the same false-alarm rate.
+    by hundreds of nats; for a steady rise, a slope over the last quarter of the fit has about
+    1.6 times the signal-to-noise ratio of the difference between the last two tenths.
 
     Returns ``{"rising": bool, "gain": float, "gain_stderr": float}``: ``gain`` is the ELBO
     increase along the line over that stretch, ``rising`` when it exceeds ``z`` standard
