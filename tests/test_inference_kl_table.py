@@ -404,3 +404,14 @@ def test_validation_sweep_records_each_value(tmp_path, x64):
     assert "| -1.0 | ucvi |" in kl_sweep.table(recs, "init_log_scale")
     with pytest.raises(ValueError, match="unknown vi setting"):
         kl_sweep.sweep("learning_rate", [1], tmp_path)
+
+
+def test_seed_cells_use_the_seeds_whose_evidence_is_in():
+    rec = lambda seed, lo, hi: dict(method="mfvi", seed=seed, sigma_y=0.1, elbo=-1.0, elbo_stderr=0.1,
+                                    kl_lower=lo, kl_upper=hi, upper_is_bound=False)
+    md = kl_table.markdown_table([rec(1, 2.0, 3.0), rec(2, float("nan"), float("nan"))], ("mfvi",))
+    assert "| 2 .. 3* [1 of 2 seeds] |" in md
+    md = kl_table.markdown_table([rec(1, 2.0, 3.0), rec(2, 4.0, 5.0), rec(3, float("nan"), float("nan"))], ("mfvi",))
+    assert "| 3 .. 4 ± 1.4* [2 of 3 seeds] |" in md
+    md = kl_table.markdown_table([rec(1, float("nan"), float("nan")), rec(2, float("nan"), float("nan"))], ("mfvi",))
+    assert "| nan |" in md

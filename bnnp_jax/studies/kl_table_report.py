@@ -55,12 +55,17 @@ def _one_cell(r: dict) -> str:
 
 
 def _seed_cell(rs: list[dict]) -> str:
-    """Mean over seeds of the KL interval's ends, ± the standard deviation over seeds of its middle."""
-    lo = np.array([r.get("kl_exact", r["kl_lower"]) for r in rs], float)
-    hi = np.array([r.get("kl_exact", r["kl_upper"]) for r in rs], float)
+    """Mean over seeds of the KL interval's ends, ± the standard deviation over seeds of its
+    middle; over the seeds whose evidence is in, counted (``[k of n seeds]``) when not all are."""
+    have = [r for r in rs if np.isfinite(r.get("kl_exact", r["kl_lower"]))]
+    if len(have) < 2:
+        return (_one_cell(have[0]) if have else "nan") + (f" [{len(have)} of {len(rs)} seeds]" if have else "")
+    lo = np.array([r.get("kl_exact", r["kl_lower"]) for r in have], float)
+    hi = np.array([r.get("kl_exact", r["kl_upper"]) for r in have], float)
     sd = float(np.std(0.5 * (lo + hi), ddof=1))
-    ends = f"{lo.mean():.3g}" if all("kl_exact" in r for r in rs) else f"{lo.mean():.3g} .. {hi.mean():.3g}"
-    return ends + f" ± {sd:.2g}" + ("" if all(r.get("upper_is_bound", True) for r in rs) else "*")
+    ends = f"{lo.mean():.3g}" if all("kl_exact" in r for r in have) else f"{lo.mean():.3g} .. {hi.mean():.3g}"
+    cell = ends + f" ± {sd:.2g}" + ("" if all(r.get("upper_is_bound", True) for r in have) else "*")
+    return cell + ("" if len(have) == len(rs) else f" [{len(have)} of {len(rs)} seeds]")
 
 
 def markdown_table(records: list[dict], methods) -> str:
