@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bnnp_jax.config import ConfigError, load_yaml
-from bnnp_jax.studies import kl_table
+from bnnp_jax.studies import kl_table, kl_table_evidence
 
 
 def test_configs_load_and_unknown_keys_raise(tmp_path):
@@ -364,14 +364,14 @@ def test_paper_evidence_resumes_per_seed_and_keeps_nuts_runs(tmp_path, monkeypat
     copy.write_bytes(cached.read_bytes())
     with jax.enable_x64(True):
         g = kl_table.grid(cfg)
-        kept, _ = kl_table._nuts_starts(jax.random.PRNGKey(0), *g.element(0)[:3], cfg, cached)
-        redone, _ = kl_table._nuts_starts(jax.random.PRNGKey(0), *g.element(0)[:3], other, copy)
+        kept, _ = kl_table_evidence.nuts_starts(jax.random.PRNGKey(0), *g.element(0)[:3], cfg, cached)
+        redone, _ = kl_table_evidence.nuts_starts(jax.random.PRNGKey(0), *g.element(0)[:3], other, copy)
         with np.load(cached) as f:  # a stored run without a diagnostic recorded now is redone too
             np.savez(tmp_path / "old.npz", starts=np.zeros_like(f["starts"]), config=f["config"],
                      diagnostics=json.dumps({"nuts_max_r_hat": 1.0}))
-        again, diags = kl_table._nuts_starts(jax.random.PRNGKey(0), *g.element(0)[:3], cfg, tmp_path / "old.npz")
+        again, diags = kl_table_evidence.nuts_starts(jax.random.PRNGKey(0), *g.element(0)[:3], cfg, tmp_path / "old.npz")
     assert np.all(np.asarray(again) != 0.0)
-    assert set(diags) == set(kl_table.NUTS_DIAGNOSTICS)
+    assert set(diags) == set(kl_table_evidence.NUTS_DIAGNOSTICS)
     np.testing.assert_array_equal(kept, np.load(cached)["starts"])
     assert not np.array_equal(redone, kept) and np.array_equal(np.load(copy)["starts"], redone)
     monkeypatch.setattr(evidence, "estimate", estimate)
@@ -385,7 +385,7 @@ def test_paper_evidence_resumes_per_seed_and_keeps_nuts_runs(tmp_path, monkeypat
     sizes = {r["seed"]: r["num_points"] for r in one}
     assert sizes[1] != sizes[2] and nuts_seeds == [sizes[2]] * 2  # seed 1's NUTS runs came from the cache
     assert [key(r) for r in one] == [key(r) for r in per_seed]
-    assert all(set(kl_table.NUTS_DIAGNOSTICS) <= set(r) for r in per_seed)
+    assert all(set(kl_table_evidence.NUTS_DIAGNOSTICS) <= set(r) for r in per_seed)
     for field in ("log_evidence_lower", "log_evidence_upper", "nuts_max_r_hat", "nuts_max_r_hat_f"):
         np.testing.assert_allclose([r[field] for r in per_seed], [r[field] for r in one], rtol=1e-5)
 

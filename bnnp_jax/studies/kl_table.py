@@ -65,6 +65,9 @@ from bnnp_jax.core.minibatch import pad_rows
 from bnnp_jax.studies.kl_table_meta import amortised_elbo, load_meta_bnnp
 from bnnp_jax.studies.kl_table_config import (GAUSSIAN_VI, METHODS, MODES, AISSettings, KLTableConfig,
                                               NUTSSettings, TrainSettings, VISettings)
+from bnnp_jax.studies.kl_table_config import fingerprint as _fingerprint
+from bnnp_jax.studies.kl_table_evidence import nuts_file
+from bnnp_jax.studies.kl_table_evidence import run_evidence as _evidence
 from bnnp_jax.studies.kl_table_report import (Violation, elbo_trace, markdown_table, ordering_violations, plot,
                                               plot_elbo_gaps, rising_flags)
 
@@ -213,82 +216,9 @@ def closed_form_kl(res, model, x, y) -> float:
     return float(registry.linear_kl(res, [bnn.exact_posterior(model, x, y)]))
 
 
-# Per NUTS run: weight-space R-hat (max) and ESS (min), the acceptance rate, and R-hat and ESS
-# of the network's output at the data (``nuts.function_diagnostics``). Weight-space R-hat is
-# large whenever chains sit in permuted copies of one mode, which a reverse-AIS start does not
-# mind; the function-space R-hat says whether the chains agree on the posterior.
-NUTS_DIAGNOSTICS = ("nuts_max_r_hat", "nuts_min_ess", "nuts_accept_rate", "nuts_max_r_hat_f", "nuts_min_ess_f")
-
-
-def _nuts_starts(key, model, x, y, cfg: KLTableConfig, cache: Path | None = None):
-    """Reverse-AIS starts ``[K, P]`` for paper mode, drawn from a NUTS run's samples, and its
-    diagnostics (:data:`NUTS_DIAGNOSTICS`). With ``cache`` (a file), a result stored there by the same config is reused,
-    and a new one is stored (atomically): the NUTS runs of a group survive an interruption
-    before its AIS is done."""
-    from bnnp_jax.inference import nuts
-
-    made_by = json.dumps(_fingerprint(cfg), sort_keys=True)
-    if cache is not None and cache.is_file():
-        with np.load(cache) as f:
-            diags = json.loads(str(f["diagnostics"]))
-            # another config's run, or one without every diagnostic recorded now: redone and replaced
-            if str(f["config"]) == made_by and set(NUTS_DIAGNOSTICS) <= set(diags):
-                return jnp.asarray(f["starts"]), diags
-    kn, kp = jax.random.split(key)
-    n = cfg.nuts
-    run = nuts.fit(kn, model, x, y, num_warmup=n.num_warmup, num_samples=n.num_samples, num_chains=n.num_chains,
-                   progress_bar=False)
-    pool = nuts.flat_samples(run)
-    starts = pool[jax.random.choice(kp, pool.shape[0], (cfg.ais.num_particles,), replace=False)]
-    fd = nuts.function_diagnostics(run, x)
-    diags = {"nuts_max_r_hat": float(np.nanmax(run.diagnostics.r_hat)),
-             "nuts_min_ess": float(np.min(run.diagnostics.ess)), "nuts_accept_rate": run.diagnostics.accept_rate,
-             "nuts_max_r_hat_f": float(np.nanmax(fd["r_hat"])), "nuts_min_ess_f": float(np.nanmin(fd["ess"]))}
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp.npz")
-        np.savez(tmp, starts=np.asarray(starts), diagnostics=json.dumps(diags), config=made_by)
-        tmp.replace(cache)
-    return starts, diags
-
-
-def _nuts_file(folder: Path, g: Grid, i: int) -> Path:
-    return folder / f"{int(g.seeds[i])}_{float(g.sigmas[i])!r}.npz"
-
-
 def run_evidence(g: Grid, cfg: KLTableConfig, progress: bool = True, nuts_cache: Path | None = None) -> dict:
-    """Bounds on ``log p(D)`` at every element of ``g``, all AIS runs batched (one vmapped
-    program per stage, :func:`evidence.estimate`) -> ``(seed, sigma_y) -> record``. Reverse AIS
-    starts at the generating weights (certified), at exact posterior samples (no hidden
-    layer) or, in paper mode, at samples of one NUTS run per element (run one at a time, each
-    kept in the folder ``nuts_cache`` when given: :func:`_nuts_starts`)."""
-    from bnnp_jax.inference import evidence
-
-    a = cfg.ais
-    t0 = time.perf_counter()
-    parts = jax.vmap(lambda k: jax.random.split(k, 3))(_keys(g, None))
-    starts, diags = None, [{}] * len(g.sigmas)
-    if len(cfg.widths) > 2 and cfg.mode == "certified":
-        starts = jnp.broadcast_to(g.w_true[:, None], (g.w_true.shape[0], a.num_particles, g.w_true.shape[1]))
-    elif len(cfg.widths) > 2:
-        cached = lambda i: None if nuts_cache is None else _nuts_file(nuts_cache, g, i)
-        nuts = [_nuts_starts(parts[i, 0], *g.element(i)[:3], cfg, cached(i))
-                for i in tqdm(range(len(g.sigmas)), desc="NUTS", disable=not progress)]
-        starts, diags = jnp.stack([s for s, _ in nuts]), [d for _, d in nuts]
-    ev = evidence.estimate(parts[:, 1], g.models, g.x, g.y, cfg.mode, posterior_init=starts, mask=g.mask,
-                           batched=True, num_temps=a.num_temps, num_particles=a.num_particles,
-                           num_leapfrog=a.num_leapfrog, schedule_kind=a.schedule, progress_bar=progress)
-    seconds = (time.perf_counter() - t0) / len(g.sigmas)
-    out = {}
-    for i in range(len(g.sigmas)):
-        rec = {"seed": int(g.seeds[i]), "sigma_y": float(g.sigmas[i]), "log_evidence_lower": float(ev.lower[i]),
-               "log_evidence_upper": float(ev.upper[i]), "log_evidence_lower_stderr": float(ev.lower_stderr[i]),
-               "log_evidence_upper_stderr": float(ev.upper_stderr[i]), "upper_is_bound": ev.upper_is_bound,
-               "evidence_mode": ev.mode, "evidence_seconds": seconds, "num_points": int(g.sizes[i]), **diags[i]}
-        if not math.isnan(ev.exact[i]):
-            rec["log_evidence_exact"] = float(ev.exact[i])
-        out[(rec["seed"], rec["sigma_y"])] = rec
-    return out
+    """:func:`kl_table_evidence.run_evidence` with the grid's evidence keys."""
+    return _evidence(g, cfg, _keys(g, None), progress, nuts_cache)
 
 
 def _combine(method_records: list[dict], evidence: dict) -> list[dict]:
@@ -310,12 +240,6 @@ def _combine(method_records: list[dict], evidence: dict) -> list[dict]:
 
 
 # ----- outputs and resuming ----------------------------------------------------------
-
-
-def _fingerprint(cfg: KLTableConfig) -> dict:
-    """What a stored method's or evidence's records depend on: the config less the method list
-    and the batching (which changes results only by float error)."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in ("methods", "fit_batches")}
 
 
 def _same_config(stored: dict | None, cfg: KLTableConfig) -> bool:
@@ -442,7 +366,7 @@ def _run(cfg: KLTableConfig, out: Path, progress: bool = True, evidence_first: b
 
     def drop_nuts(group):  # the group's evidence is stored: its NUTS runs are no longer needed
         for i in group:
-            _nuts_file(cache, g, i).unlink(missing_ok=True)
+            nuts_file(cache, g, i).unlink(missing_ok=True)
 
     stages = [methods, lambda: stage("evidence", evidence, out / "evidence.json", bounds, "elements", drop_nuts)]
     for run_stage in reversed(stages) if evidence_first else stages:

@@ -7,7 +7,9 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["METHODS", "GAUSSIAN_VI", "MODES", "PAPER_SEEDS", "TrainSettings", "VISettings", "AISSettings",
+from bnnp_jax.config import to_dict
+
+__all__ = ["fingerprint", "METHODS", "GAUSSIAN_VI", "MODES", "PAPER_SEEDS", "TrainSettings", "VISettings", "AISSettings",
            "NUTSSettings", "KLTableConfig"]
 
 METHODS = ("bnnp_per_task", "bnnp_amortised", "givi", "ucvi", "lcvi", "fcvi", "mfvi")
@@ -120,3 +122,9 @@ class KLTableConfig:
         if self.sigma_y_values:
             return np.asarray(self.sigma_y_values, float)
         return np.geomspace(self.sigma_y_min, self.sigma_y_max, self.num_sigma_y)
+
+
+def fingerprint(cfg: KLTableConfig) -> dict:
+    """What a stored method's or evidence's records depend on: the config less the method list
+    and the batching (which changes results only by float error)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("methods", "fit_batches")}
