@@ -79,7 +79,7 @@ def layerwise_path(key, model: bnn.BNNModel, pseudo_x: Array, x: Array, layer_st
     # a layer whose prior covariance is shared by its units keeps one [1, D, D] root, so a
     # likelihood shared by the units too gives one posterior factor (SPEC section 9)
     factors = [blr.PriorFactors(f.mean, f.root[:1]) if shared else f
-               for f, shared in zip(factors, model.shared_cov or [False] * len(factors))]
+               for f, shared in zip(factors, model.shared_layers)]
     phis[0] = after(phis[0], factors)  # the draws' LAPACK chain starts after the prior's
     weights, kl = sample_layers(key, factors, stats)
     return (phis[-1] @ weights[-1].T)[m:], kl
@@ -208,7 +208,7 @@ def sample_path(key, model: bnn.BNNModel, params: GIVIParams, x: Array):
     """``f [N, D_L]`` at ``x`` and the path's KL, for one joint draw of all layers. ``Lambda_l``
     is shared by a layer's units, so where the prior covariance is too (``model.shared_cov``)
     every unit has the same posterior covariance and the layer takes one ``D x D`` factor."""
-    shared = model.shared_cov or (False,) * model.num_layers
+    shared = model.shared_layers
     fn = lambda l, phi_u: layer_stats(phi_u, params.pseudo_y[l], params.prec_raw[l], shared[l])
     return layerwise_path(key, model, params.z, x, fn)
 

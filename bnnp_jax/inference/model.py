@@ -79,6 +79,11 @@ class BNNModel:
         return len(self.widths) - 1
 
     @property
+    def shared_layers(self) -> tuple[bool, ...]:
+        """``shared_cov`` per layer (all ``False`` for a model built without it)."""
+        return self.shared_cov or (False,) * self.num_layers
+
+    @property
     def num_weights(self) -> int:
         return sum((a + 1) * b for a, b in zip(self.widths[:-1], self.widths[1:]))
 
