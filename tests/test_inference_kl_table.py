@@ -245,6 +245,13 @@ def test_table_resumes_per_method(tmp_path, monkeypatch):
         a, b = (sorted(json.loads((d / name).read_text())["records"], key=key) for d in (out, tmp_path / "first"))
         np.testing.assert_allclose([r.get("log_evidence_lower", r.get("elbo")) for r in a],
                                    [r.get("log_evidence_lower", r.get("elbo")) for r in b], rtol=1e-5)
+    # --report rewrites the outputs from what is stored, and fits nothing
+    calls.clear()
+    (out / "kl_table.md").unlink()
+    assert kl_table.run(argparse.Namespace(config=str(cfg), out=str(out), report=True)) == 0
+    assert calls == [] and "| 0.1 |" in (out / "kl_table.md").read_text()
+    with pytest.raises(FileNotFoundError, match="no stored results"):
+        kl_table.run(argparse.Namespace(config=str(cfg), out=str(tmp_path / "none"), report=True))
 
 
 def test_seed_batches_resume_per_seed_and_equal_one_batch(tmp_path, monkeypatch):
@@ -415,3 +422,17 @@ def test_seed_cells_use_the_seeds_whose_evidence_is_in():
     assert "| 3 .. 4 ± 1.4* [2 of 3 seeds] |" in md
     md = kl_table.markdown_table([rec(1, float("nan"), float("nan")), rec(2, float("nan"), float("nan"))], ("mfvi",))
     assert "| nan |" in md
+
+
+def test_paper_rows_sit_beside_the_spec_reference():
+    from bnnp_jax.studies import kl_table_report
+
+    rec = lambda seed, s, lo, hi, m="mfvi": dict(method=m, seed=seed, sigma_y=s, elbo=-1.0, elbo_stderr=0.1,
+                                                 kl_lower=lo, kl_upper=hi, upper_is_bound=False)
+    grid = np.geomspace(0.01, 10.0, 40)  # the paper's grid: 0.024 and 0.2 are not on it
+    recs = [rec(69, s, 1.0, 2.0) for s in grid] + [rec(21, s, 3.0, 4.0) for s in grid]
+    recs += [rec(69, s, 0.1, 0.2, "givi") for s in grid]
+    md = kl_table_report.paper_rows_table(recs, ("mfvi", "givi", "ucvi"))
+    assert "| 0.024 (0.0242) | 2 .. 3 ± 1.4* | 0.1 .. 0.2* |  |" in md  # nearest grid value, mean over seeds
+    assert "| 0.2 (0.203) | 1 .. 2* / 22 | 0.1 .. 0.2* / 0.11 | – / 19.2 |" in md  # seed 69 beside SPEC section 11
+    assert md.count("\n| ") == 2 * (1 + 4)  # two tables: a header and the four rows each

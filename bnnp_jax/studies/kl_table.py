@@ -68,8 +68,8 @@ from bnnp_jax.studies.kl_table_config import (GAUSSIAN_VI, METHODS, MODES, AISSe
 from bnnp_jax.studies.kl_table_config import fingerprint as _fingerprint
 from bnnp_jax.studies.kl_table_evidence import nuts_file
 from bnnp_jax.studies.kl_table_evidence import run_evidence as _evidence
-from bnnp_jax.studies.kl_table_report import (Violation, elbo_trace, markdown_table, ordering_violations, plot,
-                                              plot_elbo_gaps, rising_flags)
+from bnnp_jax.studies.kl_table_report import (Violation, elbo_trace, markdown_table, ordering_violations,
+                                              paper_rows_table, plot, plot_elbo_gaps, rising_flags)
 
 __all__ = ["METHODS", "GAUSSIAN_VI", "MODES", "TrainSettings", "VISettings", "AISSettings", "NUTSSettings",
            "KLTableConfig", "Grid", "simulate", "grid", "load_meta_bnnp", "closed_form_kl", "run_method",
@@ -274,7 +274,10 @@ def _dump(path: Path, cfg: KLTableConfig, records) -> None:
 
 def _write(out: Path, cfg: KLTableConfig, records: list[dict]) -> None:
     (out / "results.json").write_text(json.dumps({"config": to_dict(cfg), "records": records}, indent=1))
-    (out / "kl_table.md").write_text(markdown_table(records, cfg.methods))
+    table = markdown_table(records, cfg.methods)
+    if cfg.mode == "paper" and tuple(cfg.widths) == (1, 20, 20, 1):  # the paper's design: its rows and reference first
+        table = paper_rows_table(records, cfg.methods) + "\nEvery sigma_y of the grid:\n\n" + table
+    (out / "kl_table.md").write_text(table)
     plot(records, cfg.methods, out / "kl_vs_sigma.png")
     plot_elbo_gaps(records, cfg.methods, out / "elbo_gaps.png")
 
@@ -285,12 +288,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evidence-first", action="store_true",
                         help="estimate log p(D) before fitting the methods not yet done (the order of the work only: "
                              "the results are the same), so every finished column gets its KL sooner")
+    parser.add_argument("--report", action="store_true",
+                        help="only rewrite the table and figures from what --out holds (fits nothing)")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_yaml(KLTableConfig, args.config)
     with jax.enable_x64(cfg.float64):  # scoped, so a caller's float32 work is untouched
-        return _run(cfg, Path(args.out), evidence_first=getattr(args, "evidence_first", False))
+        return _run(cfg, Path(args.out), evidence_first=getattr(args, "evidence_first", False),
+                    report_only=getattr(args, "report", False))
 
 
 def _todo(g: Grid, done) -> list[int]:
@@ -306,9 +312,12 @@ def _groups(g: Grid, todo: list[int], cfg: KLTableConfig) -> list[list[int]]:
     return [[i for i in todo if g.seeds[i] == s] for s in dict.fromkeys(int(g.seeds[i]) for i in todo)]
 
 
-def _run(cfg: KLTableConfig, out: Path, progress: bool = True, evidence_first: bool = False) -> int:
+def _run(cfg: KLTableConfig, out: Path, progress: bool = True, evidence_first: bool = False,
+         report_only: bool = False) -> int:
+    if report_only and not (out / "methods").is_dir():
+        raise FileNotFoundError(f"--out {out}: no stored results to report (expected {out / 'methods'})")
     # loaded and checked before the long runs, so a bad path fails at once
-    meta_bnnp = load_meta_bnnp(cfg) if "bnnp_amortised" in cfg.methods else None
+    meta_bnnp = load_meta_bnnp(cfg) if "bnnp_amortised" in cfg.methods and not report_only else None
     (out / "methods").mkdir(parents=True, exist_ok=True)
     g = grid(cfg)
     timing_path = out / "timing.json"
@@ -321,6 +330,10 @@ def _run(cfg: KLTableConfig, out: Path, progress: bool = True, evidence_first: b
         _write(out, cfg, records)
         timing_path.write_text(json.dumps(timing, indent=1))
 
+    if report_only:
+        write()
+        print((out / "kl_table.md").read_text())
+        return 0
     b = len(g.sigmas)
     print(f"KL table: {len(cfg.seeds)} seeds x {b // len(cfg.seeds)} sigma_y = {b} fits per method "
           f"(N {int(g.sizes.min())}..{int(g.sizes.max())}, padded to {g.x.shape[1]})", flush=True)

@@ -13,7 +13,24 @@ import numpy as np
 
 from bnnp_jax.studies.kl_table_config import GAUSSIAN_VI
 
-__all__ = ["Violation", "elbo_trace", "rising_flags", "markdown_table", "ordering_violations", "plot", "plot_elbo_gaps"]
+__all__ = ["Violation", "elbo_trace", "rising_flags", "markdown_table", "paper_rows_table", "ordering_violations",
+           "plot", "plot_elbo_gaps", "PAPER_ROWS", "SPEC_REFERENCE", "SPEC_REFERENCE_SEED"]
+
+
+# SPEC section 11: the paper's gaps log p(D) - ELBO at dataset seed 69, its evidence a naive
+# Monte-Carlo estimate of log p(D) (biased low, so these gaps are too): sigma_y -> method -> nats.
+SPEC_REFERENCE_SEED = 69
+PAPER_ROWS = (0.024, 0.1, 0.2, 1.0)
+SPEC_REFERENCE = {
+    0.024: {"bnnp_per_task": 15.8, "bnnp_amortised": 36.2, "givi": 27.7, "ucvi": 91.7, "lcvi": 100.5, "fcvi": 156.2,
+            "mfvi": 617.6},
+    0.1: {"bnnp_per_task": 0.37, "bnnp_amortised": 0.93, "givi": 1.19, "ucvi": 30.9, "lcvi": 33.5, "fcvi": 35.3,
+          "mfvi": 39.2},
+    0.2: {"bnnp_per_task": 0.06, "bnnp_amortised": 0.20, "givi": 0.11, "ucvi": 19.2, "lcvi": 21.0, "fcvi": 21.3,
+          "mfvi": 22.0},
+    1.0: {"bnnp_per_task": 0.02, "bnnp_amortised": 0.05, "givi": 0.03, "ucvi": 3.2, "lcvi": 3.7, "fcvi": 3.7,
+          "mfvi": 4.0},
+}
 
 
 def elbo_trace(losses, max_points: int = 200) -> dict:
@@ -115,6 +132,35 @@ def markdown_table(records: list[dict], methods) -> str:
         out += ("\nNested families (gaps FCVI <= LCVI <= UCVI <= MFVI at every sigma_y, within 3 ELBO standard "
                 "errors, or 0.01 nats of the closed-form KL where there is one): " + _violations_text(bad))
     return out
+
+
+def paper_rows_table(records: list[dict], methods, rows=PAPER_ROWS, reference=SPEC_REFERENCE,
+                     reference_seed: int = SPEC_REFERENCE_SEED) -> str:
+    """The KL at the paper's rows (the grid's ``sigma_y`` nearest each of ``rows``): per
+    method the mean over seeds ± spread (as :func:`markdown_table`), then the reference seed's
+    own interval beside SPEC section 11's gap at that seed (``ours / SPEC``)."""
+    sigmas = np.array(sorted({r["sigma_y"] for r in records}))
+    if not sigmas.size:
+        return ""
+    by = _groups(records)
+    near = [(want, float(sigmas[np.argmin(np.abs(np.log(sigmas / want)))])) for want in rows]
+    head = "| sigma_y (grid) | " + " | ".join(methods) + " |\n|---|" + "---|" * len(methods)
+    mean_rows, ref_rows = [head], [head]
+    for want, s in near:
+        rs = {m: by.get((s, m), []) for m in methods}
+        mean_rows.append(f"| {want:g} ({s:.3g}) | " + " | ".join(
+            (_seed_cell(rs[m]) if len(rs[m]) > 1 else _one_cell(rs[m][0])) if rs[m] else "" for m in methods) + " |")
+        cells = []
+        for m in methods:
+            mine = [r for r in rs[m]
+                    if r.get("seed") == reference_seed and np.isfinite(r.get("kl_exact", r["kl_lower"]))]
+            ref = reference.get(want, {}).get(m)
+            cells.append((_one_cell(mine[0]) if mine else "–") + (f" / {ref:g}" if ref is not None else ""))
+        ref_rows.append(f"| {want:g} ({s:.3g}) | " + " | ".join(cells) + " |")
+    return ("KL(q || p(W|D)) at the paper's rows, over all seeds whose evidence is in:\n\n" + "\n".join(mean_rows)
+            + f"\n\nSeed {reference_seed} beside SPEC section 11's reference (ours / SPEC; the reference's evidence "
+            "is a naive Monte-Carlo estimate of log p(D), biased low, so its gaps are biased low by the same amount "
+            "for every method in a row; – : not run yet):\n\n" + "\n".join(ref_rows) + "\n")
 
 
 def _violations_text(bad: list["Violation"], show: int = 8) -> str:
@@ -223,31 +269,42 @@ def plot_elbo_gaps(records: list[dict], methods, path: Path, reference: str = "f
 
 
 def plot(records: list[dict], methods, path: Path) -> None:
-    """KL vs ``sigma_y`` (log-log), the span of the KL interval as error bars (mean over seeds)."""
+    """The paper's figure: KL against ``sigma_y`` on log-log axes, one line per method (the
+    mean over seeds of each seed's KL interval middle) in a band from the lowest seed's lower
+    end to the highest seed's upper end; one seed: the band is its interval."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    floor = 1e-3
+    floor = 1e-3  # log axes: gaps below this (Monte-Carlo noise around 0) are drawn at it
     by = _groups(records)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for m in methods:
         s = np.array(sorted({k[0] for k in by if k[1] == m}))
         if not s.size:
             continue
-        a = np.array([np.mean([r.get("kl_exact", r["kl_lower"]) for r in by[(v, m)]]) for v in s], float)
-        b = np.array([np.mean([r.get("kl_exact", r["kl_upper"]) for r in by[(v, m)]]) for v in s], float)
-        b = np.where(np.isnan(b), a, b)
-        # the stochastic bounds can cross by Monte-Carlo error: draw the span they cover
-        lo, hi = np.maximum(np.minimum(a, b), floor), np.maximum(np.maximum(a, b), floor)
-        mid = np.sqrt(lo * hi)
-        ok = np.isfinite(mid)  # NaN until the evidence for that sigma_y is in
+        mid, lo, hi = (np.full(s.size, np.nan) for _ in range(3))
+        n = 0
+        for j, v in enumerate(s):
+            have = [r for r in by[(v, m)] if np.isfinite(r.get("kl_exact", r["kl_lower"]))]
+            if not have:  # NaN until the evidence for that cell is in
+                continue
+            a = np.array([r.get("kl_exact", r["kl_lower"]) for r in have], float)
+            b = np.array([r.get("kl_exact", r["kl_upper"]) for r in have], float)
+            b = np.where(np.isnan(b), a, b)
+            # the stochastic bounds can cross by Monte-Carlo error: the band covers both ends
+            mid[j], n = np.mean(0.5 * (a + b)), max(n, len(have))
+            lo[j], hi[j] = np.min(np.minimum(a, b)), np.max(np.maximum(a, b))
+        ok = np.isfinite(mid)
         if ok.any():
-            ax.errorbar(s[ok], mid[ok], yerr=[(mid - lo)[ok], (hi - mid)[ok]], marker="o", ms=3, capsize=2, label=m)
+            line, = ax.plot(s[ok], np.maximum(mid[ok], floor), marker="o", ms=2.5, lw=1.2,
+                            label=m if n == 1 else f"{m} ({n} seeds)")
+            ax.fill_between(s[ok], np.maximum(lo[ok], floor), np.maximum(hi[ok], floor), color=line.get_color(),
+                            alpha=0.2, lw=0)
     if ax.lines:
         ax.set(xscale="log", yscale="log")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     ax.set(xlabel="model sigma_y", ylabel="KL(q || p(W|D)) [nats]")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
