@@ -436,3 +436,14 @@ def test_paper_rows_sit_beside_the_spec_reference():
     assert "| 0.024 (0.0242) | 2 .. 3 ± 1.4* | 0.1 .. 0.2* |  |" in md  # nearest grid value, mean over seeds
     assert "| 0.2 (0.203) | 1 .. 2* / 22 | 0.1 .. 0.2* / 0.11 | – / 19.2 |" in md  # seed 69 beside SPEC section 11
     assert md.count("\n| ") == 2 * (1 + 4)  # two tables: a header and the four rows each
+
+
+def test_every_violation_is_listed_with_its_reading():
+    rec = lambda m, e, rising: dict(method=m, seed=1, sigma_y=0.1, elbo=e, elbo_stderr=0.1, elbo_rising=rising,
+                                    elbo_final_gain=2.0 if rising else 0.1, elbo_final_gain_stderr=0.2)
+    md = kl_table.violations_table([rec("lcvi", -12.0, True), rec("ucvi", -10.0, False), rec("mfvi", -11.0, False)])
+    assert "| 1 | 0.1 | lcvi | ucvi | 2.00 ± 0.14 | 2.00 ± 0.20 | still rising: not converged |" in md
+    assert "| 1 | 0.1 | lcvi | mfvi | 1.00 ± 0.14 |" in md and "(2: 2 still rising" in md
+    md = kl_table.violations_table([rec("lcvi", -12.0, False), rec("ucvi", -10.0, False)])
+    assert "| 0.10 ± 0.20 | not flagged as rising |" in md
+    assert kl_table.violations_table([rec("lcvi", -10.0, False), rec("ucvi", -10.2, False)]) == ""

@@ -69,12 +69,13 @@ from bnnp_jax.studies.kl_table_config import fingerprint as _fingerprint
 from bnnp_jax.studies.kl_table_evidence import nuts_file
 from bnnp_jax.studies.kl_table_evidence import run_evidence as _evidence
 from bnnp_jax.studies.kl_table_report import (Violation, elbo_trace, markdown_table, ordering_violations,
-                                              paper_rows_table, plot, plot_elbo_gaps, rising_flags)
+                                              paper_rows_table, plot, plot_elbo_gaps, rising_flags,
+                                              violations_table)
 
 __all__ = ["METHODS", "GAUSSIAN_VI", "MODES", "TrainSettings", "VISettings", "AISSettings", "NUTSSettings",
            "KLTableConfig", "Grid", "simulate", "grid", "load_meta_bnnp", "closed_form_kl", "run_method",
-           "run_evidence", "elbo_trace", "markdown_table", "ordering_violations", "Violation", "plot", "plot_elbo_gaps",
-           "add_arguments", "run"]
+           "run_evidence", "elbo_trace", "markdown_table", "ordering_violations", "violations_table", "Violation", "plot",
+           "plot_elbo_gaps", "add_arguments", "run"]
 
 
 # ----- data -------------------------------------------------------------------
@@ -278,6 +279,11 @@ def _write(out: Path, cfg: KLTableConfig, records: list[dict]) -> None:
     if cfg.mode == "paper" and tuple(cfg.widths) == (1, 20, 20, 1):  # the paper's design: its rows and reference first
         table = paper_rows_table(records, cfg.methods) + "\nEvery sigma_y of the grid:\n\n" + table
     (out / "kl_table.md").write_text(table)
+    bad = violations_table(records)
+    if bad:  # every cell that breaks the nesting, each with its reading
+        (out / "ordering.md").write_text(bad)
+    else:
+        (out / "ordering.md").unlink(missing_ok=True)
     plot(records, cfg.methods, out / "kl_vs_sigma.png")
     plot_elbo_gaps(records, cfg.methods, out / "elbo_gaps.png")
 
