@@ -40,9 +40,12 @@ finishes; in paper mode each element's NUTS run is kept in ``nuts_cache/`` until
 evidence is stored, so an interrupted batch does not rerun them),
 ``timing.json`` (wall time of each method's batch and of the evidence), ``results.json``
 (config and one record per seed, ``sigma_y`` and method, rewritten after every step),
-``kl_table.md`` and ``kl_vs_sigma.png`` (log-log, the KL interval as error bars;
-non-positive values, possible at large ``sigma_y`` from Monte-Carlo error, are drawn at the
-axis floor).
+``kl_table.md`` (in the paper's design its four rows first, with seed 69 beside SPEC
+section 11's reference; then every ``sigma_y``), ``ordering.md`` (every nested-family
+violation with its reading), ``kl_vs_sigma.png`` (the paper's figure: log-log, a line per
+method with a band over seeds; non-positive values, possible at large ``sigma_y`` from
+Monte-Carlo error, are drawn at the axis floor) and ``elbo_gaps.png``. ``--report``
+rewrites these from what is stored, fitting nothing.
 """
 
 from __future__ import annotations

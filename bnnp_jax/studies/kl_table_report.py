@@ -13,8 +13,8 @@ import numpy as np
 
 from bnnp_jax.studies.kl_table_config import GAUSSIAN_VI
 
-__all__ = ["Violation", "elbo_trace", "rising_flags", "markdown_table", "paper_rows_table", "ordering_violations", "violations_table",
-           "plot", "plot_elbo_gaps", "PAPER_ROWS", "SPEC_REFERENCE", "SPEC_REFERENCE_SEED"]
+__all__ = ["Violation", "elbo_trace", "rising_flags", "markdown_table", "paper_rows_table", "ordering_violations",
+           "violations_table", "plot", "plot_elbo_gaps", "PAPER_ROWS", "SPEC_REFERENCE", "SPEC_REFERENCE_SEED"]
 
 
 # SPEC section 11: the paper's gaps log p(D) - ELBO at dataset seed 69, its evidence a naive
@@ -245,8 +245,8 @@ def violations_table(records: list[dict], z: float = 3.0) -> str:
         gain, gain_se = a.get("elbo_final_gain", float("nan")), a.get("elbo_final_gain_stderr", float("nan"))
         reading = "still rising: not converged" if a.get("elbo_rising") else "not flagged as rising"
         counts[reading] = counts.get(reading, 0) + 1
-        lines.append(f"| {b.seed} | {b.sigma_y:.3g} | {b.larger} | {b.smaller} | {c['elbo'] - a['elbo']:.2f} ± {se:.2f} "
-                     f"| {gain:.2f} ± {gain_se:.2f} | {reading} |")
+        lines.append(f"| {b.seed} | {b.sigma_y:.3g} | {b.larger} | {b.smaller} "
+                     f"| {c['elbo'] - a['elbo']:.2f} ± {se:.2f} | {gain:.2f} ± {gain_se:.2f} | {reading} |")
     summary = "; ".join(f"{v} {k}" for k, v in counts.items())
     return (f"Nested-family violations ({len(bad)}: {summary}). A larger family's ELBO is below a smaller one's "
             f"by more than {z:g} standard errors of the difference; the larger fit's gain is the rise of a "
