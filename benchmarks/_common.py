@@ -235,7 +235,8 @@ def print_table(rows: list[dict], columns: Sequence[str], title: str = "") -> No
 
 
 def write_json(name: str, args, results: list[dict], **extra) -> Path:
-    """``benchmarks/results/NAME.json`` with machine, device, versions, settings and rows."""
+    """``benchmarks/results/NAME.json`` (``NAME.gpu.json`` off the CPU) with machine, device,
+    versions, settings and rows."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
@@ -249,7 +250,8 @@ def write_json(name: str, args, results: list[dict], **extra) -> Path:
         "results": results,
     }
     payload["machine"]["load_average_at_start"] = START_LOAD  # when the script started
-    path = RESULTS / f"{name}.json"
+    # a GPU run sits beside the CPU one instead of replacing it (benchmarks/gpu_suite.sh)
+    path = RESULTS / (f"{name}.json" if payload["device"]["platform"] == "cpu" else f"{name}.gpu.json")
     path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
     print(f"\nwrote {path.relative_to(ROOT)}")
     return path
