@@ -445,5 +445,7 @@ def test_every_violation_is_listed_with_its_reading():
     assert "| 1 | 0.1 | lcvi | ucvi | 2.00 ± 0.14 | 2.00 ± 0.20 | still rising: not converged |" in md
     assert "| 1 | 0.1 | lcvi | mfvi | 1.00 ± 0.14 |" in md and "(2: 2 still rising" in md
     md = kl_table.violations_table([rec("lcvi", -12.0, False), rec("ucvi", -10.0, False)])
-    assert "| 0.10 ± 0.20 | not flagged as rising |" in md
+    assert "| 0.10 ± 0.20 | still gaining, under the flag's 3 standard errors |" in md
+    flat = dict(rec("lcvi", -12.0, False), elbo_final_gain=-0.1)
+    assert "| flat: stalled below the smaller family |" in kl_table.violations_table([flat, rec("ucvi", -10.0, False)])
     assert kl_table.violations_table([rec("lcvi", -10.0, False), rec("ucvi", -10.2, False)]) == ""
