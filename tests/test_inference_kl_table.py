@@ -432,9 +432,10 @@ def test_paper_rows_sit_beside_the_spec_reference():
     grid = np.geomspace(0.01, 10.0, 40)  # the paper's grid: 0.024 and 0.2 are not on it
     recs = [rec(69, s, 1.0, 2.0) for s in grid] + [rec(21, s, 3.0, 4.0) for s in grid]
     recs += [rec(69, s, 0.1, 0.2, "givi") for s in grid]
+    recs += [rec(21, s, float("nan"), float("nan"), "givi") for s in grid]  # evidence not in
     md = kl_table_report.paper_rows_table(recs, ("mfvi", "givi", "ucvi"))
-    assert "| 0.024 (0.0242) | 2 .. 3 ± 1.4* | 0.1 .. 0.2* |  |" in md  # nearest grid value, mean over seeds
-    assert "| 0.2 (0.203) | 1 .. 2* / 22 | 0.1 .. 0.2* / 0.11 | – / 19.2 |" in md  # seed 69 beside SPEC section 11
+    assert "| 0.024 (0.0242) | 2 .. 3 ± 1.4* | 0.1 .. 0.2* [1 of 2 seeds] |  |" in md  # nearest grid value
+    assert "| 0.2 (0.203) | 22 / 1 .. 4 [2] | 0.11 / 0.1 .. 0.2 [1] | 19.2 / – |" in md  # SPEC beside our span
     assert md.count("\n| ") == 2 * (1 + 4)  # two tables: a header and the four rows each
 
 
