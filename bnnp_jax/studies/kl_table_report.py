@@ -315,6 +315,7 @@ def plot(records: list[dict], methods, path: Path) -> None:
 
     floor = 1e-3  # log axes: gaps below this (Monte-Carlo noise around 0) are drawn at it
     by = _groups(records)
+    many = len({r.get("seed") for r in records}) > 1  # then each line says how many seeds it averages
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for m in methods:
         s = np.array(sorted({k[0] for k in by if k[1] == m}))
@@ -335,7 +336,7 @@ def plot(records: list[dict], methods, path: Path) -> None:
         ok = np.isfinite(mid)
         if ok.any():
             line, = ax.plot(s[ok], np.maximum(mid[ok], floor), marker="o", ms=2.5, lw=1.2,
-                            label=m if n == 1 else f"{m} ({n} seeds)")
+                            label=f"{m} ({n} seed{'s' if n != 1 else ''})" if many else m)
             ax.fill_between(s[ok], np.maximum(lo[ok], floor), np.maximum(hi[ok], floor), color=line.get_color(),
                             alpha=0.2, lw=0)
     if ax.lines:
