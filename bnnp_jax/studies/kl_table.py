@@ -40,8 +40,8 @@ finishes; in paper mode each element's NUTS run is kept in ``nuts_cache/`` until
 evidence is stored, so an interrupted batch does not rerun them),
 ``timing.json`` (wall time of each method's batch and of the evidence), ``results.json``
 (config and one record per seed, ``sigma_y`` and method, rewritten after every step),
-``kl_table.md`` (in the paper's design its four rows first, with seed 69 beside SPEC
-section 11's reference; then every ``sigma_y``), ``ordering.md`` (every nested-family
+``kl_table.md`` (in the paper's design its four rows first, with SPEC section 11's
+reference beside the span of our seeds; then every ``sigma_y``), ``ordering.md`` (every nested-family
 violation with its reading), ``kl_vs_sigma.png`` (the paper's figure: log-log, a line per
 method with a band over seeds; non-positive values, possible at large ``sigma_y`` from
 Monte-Carlo error, are drawn at the axis floor) and ``elbo_gaps.png``. ``--report``
@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from bnnp_jax.config import ConfigError, from_dict, load_yaml, to_dict
+from bnnp_jax.config import ConfigError, from_dict, load_yaml
 from bnnp_jax.core.minibatch import pad_rows
 from bnnp_jax.studies.kl_table_meta import amortised_elbo, load_meta_bnnp
 from bnnp_jax.studies.kl_table_config import (GAUSSIAN_VI, METHODS, MODES, AISSettings, KLTableConfig,
@@ -71,9 +71,8 @@ from bnnp_jax.studies.kl_table_config import (GAUSSIAN_VI, METHODS, MODES, AISSe
 from bnnp_jax.studies.kl_table_config import fingerprint as _fingerprint
 from bnnp_jax.studies.kl_table_evidence import nuts_file
 from bnnp_jax.studies.kl_table_evidence import run_evidence as _evidence
-from bnnp_jax.studies.kl_table_report import (Violation, elbo_trace, markdown_table, ordering_violations,
-                                              paper_rows_table, plot, plot_elbo_gaps, rising_flags,
-                                              violations_table)
+from bnnp_jax.studies.kl_table_report import (Violation, elbo_trace, markdown_table, ordering_violations, plot,
+                                              plot_elbo_gaps, rising_flags, violations_table, write_outputs)
 
 __all__ = ["METHODS", "GAUSSIAN_VI", "MODES", "TrainSettings", "VISettings", "AISSettings", "NUTSSettings",
            "KLTableConfig", "Grid", "simulate", "grid", "load_meta_bnnp", "closed_form_kl", "run_method",
@@ -276,21 +275,6 @@ def _dump(path: Path, cfg: KLTableConfig, records) -> None:
     tmp.replace(path)
 
 
-def _write(out: Path, cfg: KLTableConfig, records: list[dict]) -> None:
-    (out / "results.json").write_text(json.dumps({"config": to_dict(cfg), "records": records}, indent=1))
-    table = markdown_table(records, cfg.methods)
-    if cfg.mode == "paper" and tuple(cfg.widths) == (1, 20, 20, 1):  # the paper's design: its rows and reference first
-        table = paper_rows_table(records, cfg.methods) + "\nEvery sigma_y of the grid:\n\n" + table
-    (out / "kl_table.md").write_text(table)
-    bad = violations_table(records)
-    if bad:  # every cell that breaks the nesting, each with its reading
-        (out / "ordering.md").write_text(bad)
-    else:
-        (out / "ordering.md").unlink(missing_ok=True)
-    plot(records, cfg.methods, out / "kl_vs_sigma.png")
-    plot_elbo_gaps(records, cfg.methods, out / "elbo_gaps.png")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML file (see configs/kl_table*.yaml)")
     parser.add_argument("--out", required=True, help="output directory (rerun with the same one to resume)")
@@ -336,7 +320,7 @@ def _run(cfg: KLTableConfig, out: Path, progress: bool = True, evidence_first: b
 
     def write():
         records = [r for m in cfg.methods for r in _combine(stored[m] or [], evidence)]
-        _write(out, cfg, records)
+        write_outputs(out, cfg, records)
         timing_path.write_text(json.dumps(timing, indent=1))
 
     if report_only:

@@ -118,6 +118,12 @@ class KLTableConfig:
         if len(self.x_range) != 2 or len(self.n_range) != 2 or not self.n_range[0] < self.n_range[1]:
             raise ValueError(f"x_range and n_range need two entries, n_range increasing; got {self.x_range}, {self.n_range}")
 
+    @property
+    def paper_design(self) -> bool:
+        """SPEC section 11's table: paper mode on the 1-20-20-1 BNN, whose rows and reference
+        the outputs show first."""
+        return self.mode == "paper" and tuple(self.widths) == (1, 20, 20, 1)
+
     def sigma_grid(self) -> np.ndarray:
         if self.sigma_y_values:
             return np.asarray(self.sigma_y_values, float)

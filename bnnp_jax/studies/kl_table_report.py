@@ -4,6 +4,7 @@ several seeds a cell is the mean over seeds and its spread (records without one 
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -11,10 +12,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from bnnp_jax.studies.kl_table_config import GAUSSIAN_VI
+from bnnp_jax.config import to_dict
+from bnnp_jax.studies.kl_table_config import GAUSSIAN_VI, KLTableConfig
 
 __all__ = ["Violation", "elbo_trace", "rising_flags", "markdown_table", "paper_rows_table", "ordering_violations",
-           "violations_table", "plot", "plot_elbo_gaps", "PAPER_ROWS", "SPEC_REFERENCE"]
+           "violations_table", "plot", "plot_elbo_gaps", "write_outputs", "PAPER_ROWS", "SPEC_REFERENCE"]
 
 
 # SPEC section 11: the paper's gaps log p(D) - ELBO on its dataset seed 69, its evidence a naive
@@ -63,6 +65,21 @@ def _groups(records: list[dict]) -> dict:
     return out
 
 
+def _ends(r: dict) -> tuple[float, float]:
+    """A record's KL interval ``(lower, upper)``; the exact KL twice where there is one."""
+    return r.get("kl_exact", r["kl_lower"]), r.get("kl_exact", r["kl_upper"])
+
+
+def _with_evidence(rs: list[dict]) -> list[dict]:
+    """The records whose evidence is in (a NaN KL until it is)."""
+    return [r for r in rs if np.isfinite(_ends(r)[0])]
+
+
+def _cell(rs: list[dict]) -> str:
+    """One ``(sigma_y, method)`` cell: one seed's interval, or the mean over seeds."""
+    return _one_cell(rs[0]) if len(rs) == 1 else _seed_cell(rs)
+
+
 def _one_cell(r: dict) -> str:
     if "kl_exact" in r:
         return f"{r['kl_exact']:.3g}"
@@ -73,11 +90,10 @@ def _one_cell(r: dict) -> str:
 def _seed_cell(rs: list[dict]) -> str:
     """Mean over seeds of the KL interval's ends, ± the standard deviation over seeds of its
     middle; over the seeds whose evidence is in, counted (``[k of n seeds]``) when not all are."""
-    have = [r for r in rs if np.isfinite(r.get("kl_exact", r["kl_lower"]))]
+    have = _with_evidence(rs)
     if len(have) < 2:
         return (_one_cell(have[0]) if have else "nan") + (f" [{len(have)} of {len(rs)} seeds]" if have else "")
-    lo = np.array([r.get("kl_exact", r["kl_lower"]) for r in have], float)
-    hi = np.array([r.get("kl_exact", r["kl_upper"]) for r in have], float)
+    lo, hi = np.array([_ends(r) for r in have], float).T
     sd = float(np.std(0.5 * (lo + hi), ddof=1))
     ends = f"{lo.mean():.3g}" if all("kl_exact" in r for r in have) else f"{lo.mean():.3g} .. {hi.mean():.3g}"
     cell = ends + f" ± {sd:.2g}" + ("" if all(r.get("upper_is_bound", True) for r in have) else "*")
@@ -99,7 +115,7 @@ def markdown_table(records: list[dict], methods) -> str:
             if not rs:
                 cells.append("")
                 continue
-            cell = _one_cell(rs[0]) if len(rs) == 1 else _seed_cell(rs)
+            cell = _cell(rs)
             rising = sum(bool(r.get("elbo_rising")) for r in rs)
             cells.append(cell + ("" if not rising else " ↑" if len(rs) == 1 else f" ↑{rising}"))
         lines.append(f"| {s:.3g} | " + " | ".join(cells) + " |")
@@ -147,12 +163,12 @@ def paper_rows_table(records: list[dict], methods, rows=PAPER_ROWS, reference=SP
     mean_rows, ref_rows = [head], [head]
     for want, s in near:
         rs = {m: by.get((s, m), []) for m in methods}
-        mean_rows.append(f"| {want:g} ({s:.3g}) | " + " | ".join(
-            (_seed_cell(rs[m]) if len(rs[m]) > 1 else _one_cell(rs[m][0])) if rs[m] else "" for m in methods) + " |")
+        mean_rows.append(f"| {want:g} ({s:.3g}) | " + " | ".join(_cell(rs[m]) if rs[m] else "" for m in methods)
+                         + " |")
         cells = []
         for m in methods:
-            have = [r for r in rs[m] if np.isfinite(r.get("kl_exact", r["kl_lower"]))]
-            ends = [r.get("kl_exact", e) for r in have for e in (r["kl_lower"], r["kl_upper"])]
+            have = _with_evidence(rs[m])
+            ends = [e for r in have for e in _ends(r)]
             ref = reference.get(want, {}).get(m)
             ours = f"{min(ends):.3g} .. {max(ends):.3g} [{len(have)}]" if have else "–"
             cells.append(ours if ref is None else f"{ref:g} / {ours}")
@@ -324,11 +340,10 @@ def plot(records: list[dict], methods, path: Path) -> None:
         mid, lo, hi = (np.full(s.size, np.nan) for _ in range(3))
         n = 0
         for j, v in enumerate(s):
-            have = [r for r in by[(v, m)] if np.isfinite(r.get("kl_exact", r["kl_lower"]))]
+            have = _with_evidence(by[(v, m)])
             if not have:  # NaN until the evidence for that cell is in
                 continue
-            a = np.array([r.get("kl_exact", r["kl_lower"]) for r in have], float)
-            b = np.array([r.get("kl_exact", r["kl_upper"]) for r in have], float)
+            a, b = np.array([_ends(r) for r in have], float).T
             b = np.where(np.isnan(b), a, b)
             # the stochastic bounds can cross by Monte-Carlo error: the band covers both ends
             mid[j], n = np.mean(0.5 * (a + b)), max(n, len(have))
@@ -346,3 +361,21 @@ def plot(records: list[dict], methods, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_outputs(out: Path, cfg: KLTableConfig, records: list[dict]) -> None:
+    """Everything ``bnnp compare`` writes from the records: ``results.json``, ``kl_table.md``
+    (the paper's rows first in its design), ``ordering.md`` (removed when the nesting holds)
+    and the two figures."""
+    (out / "results.json").write_text(json.dumps({"config": to_dict(cfg), "records": records}, indent=1))
+    table = markdown_table(records, cfg.methods)
+    if cfg.paper_design:
+        table = paper_rows_table(records, cfg.methods) + "\nEvery sigma_y of the grid:\n\n" + table
+    (out / "kl_table.md").write_text(table)
+    bad = violations_table(records)
+    if bad:
+        (out / "ordering.md").write_text(bad)
+    else:
+        (out / "ordering.md").unlink(missing_ok=True)
+    plot(records, cfg.methods, out / "kl_vs_sigma.png")
+    plot_elbo_gaps(records, cfg.methods, out / "elbo_gaps.png")
