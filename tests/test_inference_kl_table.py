@@ -254,6 +254,37 @@ def test_table_resumes_per_method(tmp_path, monkeypatch):
         kl_table.run(argparse.Namespace(config=str(cfg), out=str(tmp_path / "none"), report=True))
 
 
+def test_only_runs_the_named_parts_and_reports_them_all(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seeds: [1]\nwidths: [1, 2, 1]\nsigma_y_values: [0.1]\nelbo_samples: 8\nmethods: [mfvi, ucvi]\n"
+                   "train: {num_steps: 4}\nais: {num_temps: 4, num_particles: 4, num_leapfrog: 2}\n")
+    calls = []
+    run_method, evidence = kl_table.run_method, kl_table.run_evidence
+
+    def method(m, *a, **k):
+        calls.append(m)
+        if m == "mfvi":  # another process runs ucvi on the same --out while mfvi fits
+            assert run("ucvi") == 0
+        return run_method(m, *a, **k)
+
+    monkeypatch.setattr(kl_table, "run_method", method)
+    monkeypatch.setattr(kl_table, "run_evidence", lambda *a, **k: calls.append("evidence") or evidence(*a, **k))
+
+    def run(*only):
+        return kl_table.run(argparse.Namespace(config=str(cfg), out=str(tmp_path / "out"), only=list(only)))
+
+    assert run("evidence") == 0 and calls == ["evidence"]
+    assert run("mfvi") == 0 and calls == ["evidence", "mfvi", "ucvi"]
+    # the mfvi run's outputs, written last, hold the ucvi column stored meanwhile, with its KL
+    recs = json.loads((tmp_path / "out" / "results.json").read_text())["records"]
+    assert sorted(r["method"] for r in recs) == ["mfvi", "ucvi"]
+    assert all(np.isfinite(r["kl_lower"]) for r in recs)
+    assert {"mfvi", "ucvi", "evidence"} <= set(json.loads((tmp_path / "out" / "timing.json").read_text()))
+    for bad in (["fcvi"], ["mfvi", "nope"], []):
+        with pytest.raises(ConfigError, match="--only.*expected some of mfvi, ucvi, evidence"):
+            run(*bad)
+
+
 def test_seed_batches_resume_per_seed_and_equal_one_batch(tmp_path, monkeypatch):
     base = ("seeds: [1, 2]\nwidths: [1, 2, 1]\nsigma_y_values: [0.1, 1.0]\nelbo_samples: 32\nmethods: [ucvi]\n"
             "train: {num_steps: 6}\nais: {num_temps: 4, num_particles: 4, num_leapfrog: 2}\n")

@@ -45,7 +45,9 @@ reference beside the span of our seeds; then every ``sigma_y``), ``ordering.md``
 violation with its reading), ``kl_vs_sigma.png`` (the paper's figure: log-log, a line per
 method with a band over seeds; non-positive values, possible at large ``sigma_y`` from
 Monte-Carlo error, are drawn at the axis floor) and ``elbo_gaps.png``. ``--report``
-rewrites these from what is stored, fitting nothing.
+rewrites these from what is stored, fitting nothing. ``--only PART ...`` runs some of the
+parts (methods, ``evidence``) and leaves the rest to another run, on the same ``DIR`` if
+wanted: the outputs reread the other parts' stored records each time they are written.
 """
 
 from __future__ import annotations
@@ -283,13 +285,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the results are the same), so every finished column gets its KL sooner")
     parser.add_argument("--report", action="store_true",
                         help="only rewrite the table and figures from what --out holds (fits nothing)")
+    parser.add_argument("--only", nargs="+", metavar="PART",
+                        help="run only these parts: some of the config's methods and/or 'evidence' (the outputs "
+                             "still show every part stored in --out)")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_yaml(KLTableConfig, args.config)
     with jax.enable_x64(cfg.float64):  # scoped, so a caller's float32 work is untouched
         return _run(cfg, Path(args.out), evidence_first=getattr(args, "evidence_first", False),
-                    report_only=getattr(args, "report", False))
+                    report_only=getattr(args, "report", False), only=getattr(args, "only", None))
 
 
 def _todo(g: Grid, done) -> list[int]:
@@ -306,19 +311,35 @@ def _groups(g: Grid, todo: list[int], cfg: KLTableConfig) -> list[list[int]]:
 
 
 def _run(cfg: KLTableConfig, out: Path, progress: bool = True, evidence_first: bool = False,
-         report_only: bool = False) -> int:
+         report_only: bool = False, only=None) -> int:
     if report_only and not (out / "methods").is_dir():
         raise FileNotFoundError(f"--out {out}: no stored results to report (expected {out / 'methods'})")
+    parts = (*cfg.methods, "evidence")
+    if only is not None and (not only or set(only) - set(parts)):
+        raise ConfigError(f"--only {' '.join(only)}: expected some of {', '.join(parts)} (this config's methods "
+                          "and 'evidence')")
+    run_parts = parts if only is None else tuple(only)
     # loaded and checked before the long runs, so a bad path fails at once
-    meta_bnnp = load_meta_bnnp(cfg) if "bnnp_amortised" in cfg.methods and not report_only else None
+    meta_bnnp = load_meta_bnnp(cfg) if "bnnp_amortised" in run_parts and not report_only else None
     (out / "methods").mkdir(parents=True, exist_ok=True)
     g = grid(cfg)
     timing_path = out / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     stored = {m: _load(out / "methods" / f"{m}.json", cfg) for m in cfg.methods}
-    evidence = {(r["seed"], r["sigma_y"]): r for r in _load(out / "evidence.json", cfg) or []}
+
+    def key(r):
+        return r["seed"], r["sigma_y"]
+
+    evidence = {key(r): r for r in _load(out / "evidence.json", cfg) or []}
 
     def write():
+        # parts another process may be running are reread, so the outputs show every stored part
+        for m in set(cfg.methods) - set(run_parts):
+            stored[m] = _load(out / "methods" / f"{m}.json", cfg)
+        if "evidence" not in run_parts:
+            evidence.update((key(r), r) for r in _load(out / "evidence.json", cfg) or [])
+        if timing_path.is_file():
+            timing.update((k, v) for k, v in json.loads(timing_path.read_text()).items() if k not in run_parts)
         records = [r for m in cfg.methods for r in _combine(stored[m] or [], evidence)]
         write_outputs(out, cfg, records)
         timing_path.write_text(json.dumps(timing, indent=1))
@@ -359,8 +380,8 @@ def _run(cfg: KLTableConfig, out: Path, progress: bool = True, evidence_first: b
         return stored[method]
 
     def methods():
-        for m in cfg.methods:
-            done = {(r["seed"], r["sigma_y"]) for r in stored[m] or []}
+        for m in (m for m in cfg.methods if m in run_parts):
+            done = {key(r) for r in stored[m] or []}
             stage(m, done, out / "methods" / f"{m}.json", lambda part, m=m: fit(m, part), "fits",
                   num_steps=cfg.train.num_steps)
 
@@ -374,7 +395,11 @@ def _run(cfg: KLTableConfig, out: Path, progress: bool = True, evidence_first: b
         for i in group:
             nuts_file(cache, g, i).unlink(missing_ok=True)
 
-    stages = [methods, lambda: stage("evidence", evidence, out / "evidence.json", bounds, "elements", drop_nuts)]
+    def log_evidence():
+        if "evidence" in run_parts:
+            stage("evidence", evidence, out / "evidence.json", bounds, "elements", drop_nuts)
+
+    stages = [methods, log_evidence]
     for run_stage in reversed(stages) if evidence_first else stages:
         run_stage()
     if cache.is_dir() and not any(cache.iterdir()):
