@@ -453,6 +453,10 @@ def test_seed_cells_use_the_seeds_whose_evidence_is_in():
     assert "| 3 .. 4 ± 1.4* [2 of 3 seeds] |" in md
     md = kl_table.markdown_table([rec(1, float("nan"), float("nan")), rec(2, float("nan"), float("nan"))], ("mfvi",))
     assert "| nan |" in md
+    # a method not yet fitted on every seed is counted against the table's seeds, not its own
+    ucvi = [dict(rec(s, 1.0, 2.0), method="ucvi") for s in (1, 2)]
+    md = kl_table.markdown_table([rec(1, 2.0, 3.0), rec(2, 4.0, 5.0), rec(3, 1.0, 1.0)] + ucvi, ("mfvi", "ucvi"))
+    assert "| 2.33 .. 3 ± 1.8* | 1 .. 2 ± 0* [2 of 3 seeds] |" in md
 
 
 def test_paper_rows_sit_beside_the_spec_reference():

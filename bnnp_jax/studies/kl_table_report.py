@@ -75,9 +75,10 @@ def _with_evidence(rs: list[dict]) -> list[dict]:
     return [r for r in rs if np.isfinite(_ends(r)[0])]
 
 
-def _cell(rs: list[dict]) -> str:
-    """One ``(sigma_y, method)`` cell: one seed's interval, or the mean over seeds."""
-    return _one_cell(rs[0]) if len(rs) == 1 else _seed_cell(rs)
+def _cell(rs: list[dict], n_seeds: int) -> str:
+    """One ``(sigma_y, method)`` cell of a table over ``n_seeds`` dataset seeds: one seed's
+    interval, or the mean over seeds."""
+    return _one_cell(rs[0]) if n_seeds == 1 else _seed_cell(rs, n_seeds)
 
 
 def _one_cell(r: dict) -> str:
@@ -87,17 +88,18 @@ def _one_cell(r: dict) -> str:
     return f"{r['kl_lower']:.3g} .. {r['kl_upper']:.3g}" + ("" if r["upper_is_bound"] else "*") + crossed
 
 
-def _seed_cell(rs: list[dict]) -> str:
+def _seed_cell(rs: list[dict], n_seeds: int) -> str:
     """Mean over seeds of the KL interval's ends, ± the standard deviation over seeds of its
-    middle; over the seeds whose evidence is in, counted (``[k of n seeds]``) when not all are."""
+    middle; over the seeds whose evidence is in, counted (``[k of n seeds]``, ``n`` the
+    table's seeds) when not all are."""
     have = _with_evidence(rs)
     if len(have) < 2:
-        return (_one_cell(have[0]) if have else "nan") + (f" [{len(have)} of {len(rs)} seeds]" if have else "")
+        return (_one_cell(have[0]) if have else "nan") + (f" [{len(have)} of {n_seeds} seeds]" if have else "")
     lo, hi = np.array([_ends(r) for r in have], float).T
     sd = float(np.std(0.5 * (lo + hi), ddof=1))
     ends = f"{lo.mean():.3g}" if all("kl_exact" in r for r in have) else f"{lo.mean():.3g} .. {hi.mean():.3g}"
     cell = ends + f" ± {sd:.2g}" + ("" if all(r.get("upper_is_bound", True) for r in have) else "*")
-    return cell + ("" if len(have) == len(rs) else f" [{len(have)} of {len(rs)} seeds]")
+    return cell + ("" if len(have) == n_seeds else f" [{len(have)} of {n_seeds} seeds]")
 
 
 def markdown_table(records: list[dict], methods) -> str:
@@ -115,7 +117,7 @@ def markdown_table(records: list[dict], methods) -> str:
             if not rs:
                 cells.append("")
                 continue
-            cell = _cell(rs)
+            cell = _cell(rs, len(seeds))
             rising = sum(bool(r.get("elbo_rising")) for r in rs)
             cells.append(cell + ("" if not rising else " ↑" if len(rs) == 1 else f" ↑{rising}"))
         lines.append(f"| {s:.3g} | " + " | ".join(cells) + " |")
@@ -158,12 +160,13 @@ def paper_rows_table(records: list[dict], methods, rows=PAPER_ROWS, reference=SP
     if not sigmas.size:
         return ""
     by = _groups(records)
+    n_seeds = len({r.get("seed") for r in records})
     near = [(want, float(sigmas[np.argmin(np.abs(np.log(sigmas / want)))])) for want in rows]
     head = "| sigma_y (grid) | " + " | ".join(methods) + " |\n|---|" + "---|" * len(methods)
     mean_rows, ref_rows = [head], [head]
     for want, s in near:
         rs = {m: by.get((s, m), []) for m in methods}
-        mean_rows.append(f"| {want:g} ({s:.3g}) | " + " | ".join(_cell(rs[m]) if rs[m] else "" for m in methods)
+        mean_rows.append(f"| {want:g} ({s:.3g}) | " + " | ".join(_cell(rs[m], n_seeds) if rs[m] else "" for m in methods)
                          + " |")
         cells = []
         for m in methods:
