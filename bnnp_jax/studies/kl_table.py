@@ -226,6 +226,11 @@ def run_evidence(g: Grid, cfg: KLTableConfig, progress: bool = True, nuts_cache:
     return _evidence(g, cfg, _keys(g, None), progress, nuts_cache)
 
 
+def _key(r: dict) -> tuple:
+    """A record's grid element ``(seed, sigma_y)``: what the evidence and the resume match on."""
+    return r["seed"], r["sigma_y"]
+
+
 def _combine(method_records: list[dict], evidence: dict) -> list[dict]:
     """Method records joined with their element's evidence, and the KL interval (NaN until the
     evidence is in)."""
@@ -233,7 +238,7 @@ def _combine(method_records: list[dict], evidence: dict) -> list[dict]:
     for r in method_records:
         if "elbo_trace" in r:  # the still-rising test from the stored trajectory, whoever wrote the record
             r = dict(r, **rising_flags(r["elbo_trace"]))
-        ev = evidence.get((r["seed"], r["sigma_y"]))
+        ev = evidence.get(_key(r))
         if ev is None:
             out.append(dict(r, kl_lower=math.nan, kl_upper=math.nan, upper_is_bound=False))
             continue
@@ -326,18 +331,14 @@ def _run(cfg: KLTableConfig, out: Path, progress: bool = True, evidence_first: b
     timing_path = out / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     stored = {m: _load(out / "methods" / f"{m}.json", cfg) for m in cfg.methods}
-
-    def key(r):
-        return r["seed"], r["sigma_y"]
-
-    evidence = {key(r): r for r in _load(out / "evidence.json", cfg) or []}
+    evidence = {_key(r): r for r in _load(out / "evidence.json", cfg) or []}
 
     def write():
         # parts another process may be running are reread, so the outputs show every stored part
         for m in set(cfg.methods) - set(run_parts):
             stored[m] = _load(out / "methods" / f"{m}.json", cfg)
         if "evidence" not in run_parts:
-            evidence.update((key(r), r) for r in _load(out / "evidence.json", cfg) or [])
+            evidence.update((_key(r), r) for r in _load(out / "evidence.json", cfg) or [])
         if timing_path.is_file():
             timing.update((k, v) for k, v in json.loads(timing_path.read_text()).items() if k not in run_parts)
         records = [r for m in cfg.methods for r in _combine(stored[m] or [], evidence)]
@@ -381,7 +382,7 @@ def _run(cfg: KLTableConfig, out: Path, progress: bool = True, evidence_first: b
 
     def methods():
         for m in (m for m in cfg.methods if m in run_parts):
-            done = {key(r) for r in stored[m] or []}
+            done = {_key(r) for r in stored[m] or []}
             stage(m, done, out / "methods" / f"{m}.json", lambda part, m=m: fit(m, part), "fits",
                   num_steps=cfg.train.num_steps)
 

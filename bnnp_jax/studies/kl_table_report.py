@@ -65,6 +65,11 @@ def _groups(records: list[dict]) -> dict:
     return out
 
 
+def _seeds(records: list[dict]) -> list:
+    """The dataset seeds the records cover, sorted."""
+    return sorted({r.get("seed") for r in records}, key=str)
+
+
 def _ends(r: dict) -> tuple[float, float]:
     """A record's KL interval ``(lower, upper)``; the exact KL twice where there is one."""
     return r.get("kl_exact", r["kl_lower"]), r.get("kl_exact", r["kl_upper"])
@@ -108,7 +113,7 @@ def markdown_table(records: list[dict], methods) -> str:
     (no hidden layer) and the nested-family ordering check."""
     sigmas = sorted({r["sigma_y"] for r in records})
     by = _groups(records)
-    seeds = sorted({r.get("seed") for r in records}, key=str)
+    seeds = _seeds(records)
     lines = ["| sigma_y | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for s in sigmas:
         cells = []
@@ -160,7 +165,7 @@ def paper_rows_table(records: list[dict], methods, rows=PAPER_ROWS, reference=SP
     if not sigmas.size:
         return ""
     by = _groups(records)
-    n_seeds = len({r.get("seed") for r in records})
+    n_seeds = len(_seeds(records))
     near = [(want, float(sigmas[np.argmin(np.abs(np.log(sigmas / want)))])) for want in rows]
     head = "| sigma_y (grid) | " + " | ".join(methods) + " |\n|---|" + "---|" * len(methods)
     mean_rows, ref_rows = [head], [head]
@@ -230,7 +235,7 @@ def ordering_violations(records: list[dict], z: float = 3.0, exact_tol: float = 
     family's KL above the smaller's by more than ``exact_tol`` nats: with exact KLs of ~1e-3,
     Monte-Carlo ELBOs would only test their noise."""
     by = {(r.get("seed"), r["sigma_y"], r["method"]): r for r in records}
-    many = len({r.get("seed") for r in records}) > 1
+    many = len(_seeds(records)) > 1
     out = []
     for seed, s in sorted({(r.get("seed"), r["sigma_y"]) for r in records}, key=lambda k: (str(k[0]), k[1])):
         present = [m for m in reversed(GAUSSIAN_VI) if (seed, s, m) in by]  # fcvi, lcvi, ucvi, mfvi
@@ -293,7 +298,7 @@ def plot_elbo_gaps(records: list[dict], methods, path: Path, reference: str = "f
     import matplotlib.pyplot as plt
 
     by = {(r.get("seed"), r["sigma_y"], r["method"]): r["elbo"] for r in records}
-    seeds = sorted({r.get("seed") for r in records}, key=str)
+    seeds = _seeds(records)
     sigmas = np.array(sorted({r["sigma_y"] for r in records}))
     others = [m for m in GAUSSIAN_VI if m in methods and m != reference]
     if reference not in methods or not others:
@@ -334,7 +339,7 @@ def plot(records: list[dict], methods, path: Path) -> None:
 
     floor = 1e-3  # log axes: gaps below this (Monte-Carlo noise around 0) are drawn at it
     by = _groups(records)
-    many = len({r.get("seed") for r in records}) > 1  # then each line says how many seeds it averages
+    many = len(_seeds(records)) > 1  # then each line says how many seeds it averages
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for m in methods:
         s = np.array(sorted({k[0] for k in by if k[1] == m}))
