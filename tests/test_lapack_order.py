@@ -109,16 +109,16 @@ def test_after_keeps_values_dtypes_and_gradients(dtype, request):
 PROGRAMS = textwrap.dedent("""
     import dataclasses, jax
     jax.config.update("jax_enable_x64", True)
-    from bnnp_jax.studies import kl_table
+    from bnnp_jax.studies import kl_table_grid
     from bnnp_jax.studies.kl_table_config import KLTableConfig, VISettings
     from bnnp_jax.inference import registry
     from bnnp_jax.bnnp import model as bnnp
     from bnnp_jax.bnnp.params import BNNPConfig, init
 
     # 9 fits and 10 ELBO draws in batches of 4: lax.map would add a remainder call beside its loop
-    g = kl_table.grid(KLTableConfig(seeds=(21,), num_sigma_y=9, widths=(1, 6, 6, 1), mode="paper"))
+    g = kl_table_grid.grid(KLTableConfig(seeds=(21,), num_sigma_y=9, widths=(1, 6, 6, 1), mode="paper"))
     for method in ("mfvi", "ucvi", "lcvi", "fcvi", "givi", "bnnp_per_task"):
-        kf, ke = kl_table._keys(g, method)
+        kf, ke = kl_table_grid.element_keys(g, method)
         own = dataclasses.asdict(VISettings()) if method in ("mfvi", "ucvi", "lcvi", "fcvi") else {}
         res = registry.fit_batch(method, kf, g.models, g.x, g.y, g.mask,
                                  **registry.budget(method, 2, (5e-3, 5e-5), 2), **own)
@@ -153,12 +153,12 @@ def test_library_programs_chain_their_lapack_calls(tmp_path):
 HUNG = textwrap.dedent("""
     import dataclasses, jax
     jax.config.update("jax_enable_x64", True)
-    from bnnp_jax.studies import kl_table
+    from bnnp_jax.studies import kl_table_grid
     from bnnp_jax.studies.kl_table_config import KLTableConfig
     from bnnp_jax.inference import registry
 
-    g = kl_table.grid(KLTableConfig(seeds=(21,), num_sigma_y=40, mode="paper"))
-    kf, _ = kl_table._keys(g, "mfvi")
+    g = kl_table_grid.grid(KLTableConfig(seeds=(21,), num_sigma_y=40, mode="paper"))
+    kf, _ = kl_table_grid.element_keys(g, "mfvi")
     res = registry.fit_batch("mfvi", kf, g.models, g.x, g.y, g.mask, mean_init="prior_draw",
                              **registry.budget("mfvi", 20, (5e-3, 5e-5), 8))
     print("finished", res.losses.shape)

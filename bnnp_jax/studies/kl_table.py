@@ -26,7 +26,7 @@ bracketed by bidirectional Monte Carlo, giving ``KL(q || p(W | D))`` in
   (``configs/kl_meta_bnnp.yaml``), read from the run directory ``bnnp_checkpoint``
   (:func:`load_meta_bnnp`) with its ``sigma_y`` set to the model's.
 
-Batching: the ``(seed, sigma_y)`` grid is one batch axis (:class:`Grid`; datasets padded to
+Batching: the ``(seed, sigma_y)`` grid is one batch axis (:class:`kl_table_grid.Grid`; datasets padded to
 the largest ``N`` with a mask), and each method's fits over all of it run as one vmapped,
 jitted program (:func:`bnnp_jax.inference.registry.fit_batch`), its ELBOs as another;
 ``fit_batches: seed`` runs one such program per dataset seed instead, for the fits and the
@@ -58,21 +58,19 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from bnnp_jax.config import ConfigError, from_dict, load_yaml
-from bnnp_jax.core.minibatch import pad_rows
 from bnnp_jax.studies.kl_table_meta import amortised_elbo, load_meta_bnnp
 from bnnp_jax.studies.kl_table_config import (GAUSSIAN_VI, METHODS, MODES, AISSettings, KLTableConfig,
                                               NUTSSettings, TrainSettings, VISettings)
 from bnnp_jax.studies.kl_table_config import fingerprint as _fingerprint
 from bnnp_jax.studies.kl_table_evidence import nuts_file
 from bnnp_jax.studies.kl_table_evidence import run_evidence as _evidence
+from bnnp_jax.studies.kl_table_grid import Grid, element_keys, grid, simulate
 from bnnp_jax.studies.kl_table_report import (Violation, elbo_trace, markdown_table, ordering_violations, plot,
                                               plot_elbo_gaps, rising_flags, violations_table, write_outputs)
 
@@ -80,98 +78,6 @@ __all__ = ["METHODS", "GAUSSIAN_VI", "MODES", "TrainSettings", "VISettings", "AI
            "KLTableConfig", "Grid", "simulate", "grid", "load_meta_bnnp", "closed_form_kl", "run_method",
            "run_evidence", "elbo_trace", "markdown_table", "ordering_violations", "violations_table", "Violation", "plot",
            "plot_elbo_gaps", "add_arguments", "run"]
-
-
-# ----- data -------------------------------------------------------------------
-
-
-def simulate(cfg: KLTableConfig, seed: int | None = None):
-    """One dataset of ``seed`` (default ``cfg.seeds[0]``): generating weights (flat ``[P]``),
-    inputs ``x [N, D_0]``, noiseless outputs ``f`` and the standard-normal noise draws
-    ``eps [N, D_L]`` (``y = f + noise * eps``)."""
-    from bnnp_jax.inference import model as bnn
-
-    prior_model = bnn.fixed_prior_model(cfg.widths, cfg.activation, 1.0)
-    seed = cfg.seeds[0] if seed is None else seed
-    kn, kx, kw, ke = jax.random.split(jax.random.PRNGKey(seed), 4)
-    n = int(jax.random.randint(kn, (), cfg.n_range[0], cfg.n_range[1]))
-    x = jax.random.uniform(kx, (n, cfg.widths[0]), minval=cfg.x_range[0], maxval=cfg.x_range[1])
-    w = bnn.prior_sample(kw, prior_model)
-    return bnn.flatten(w), x, bnn.forward(w, x, cfg.activation), jax.random.normal(ke, (n, cfg.widths[-1]))
-
-
-class Grid(NamedTuple):
-    """The ``(seed, sigma_y)`` batch, ``B = len(seeds) * len(sigma_grid)``, seed-major
-    (element ``i``: seed ``i // G``, ``sigma_y`` ``i % G``).
-
-    Attributes:
-      seeds, sigmas, sizes: ``[B]`` the dataset's seed, the model's ``sigma_y``, ``N``.
-      models: the :class:`BNNModel` s stacked (every leaf ``[B, ...]``; they differ in ``sigma_y``).
-      x, y, mask: ``[B, N, D_0]``, ``[B, N, D_L]``, ``[B, N]``: datasets padded to the largest ``N``.
-      w_true: ``[B, P]`` generating weights.
-      keys: ``[B, 2]`` per element (``PRNGKey(seed + 1)`` split over the grid, as for one seed).
-    """
-
-    seeds: np.ndarray
-    sigmas: np.ndarray
-    sizes: np.ndarray
-    models: object
-    x: jax.Array
-    y: jax.Array
-    mask: jax.Array
-    w_true: jax.Array
-    keys: jax.Array
-
-    def subset(self, idx) -> "Grid":
-        """The elements ``idx`` (indices into the batch), padding unchanged."""
-        idx = np.asarray(idx)
-        return Grid(self.seeds[idx], self.sigmas[idx], self.sizes[idx], jax.tree.map(lambda a: a[idx], self.models),
-                    self.x[idx], self.y[idx], self.mask[idx], self.w_true[idx], self.keys[idx])
-
-    def element(self, i: int):
-        """Element ``i`` unpadded: ``(model, x [N_i, D_0], y [N_i, D_L], w_true [P])``."""
-        n = int(self.sizes[i])
-        model = jax.tree.map(lambda a: a[i], self.models)
-        return model, self.x[i, :n], self.y[i, :n], self.w_true[i]
-
-
-def grid(cfg: KLTableConfig) -> Grid:
-    """The batch of every seed's dataset at every ``sigma_y`` (:class:`Grid`)."""
-    from bnnp_jax.inference import model as bnn
-
-    sigmas = cfg.sigma_grid()
-    data = [simulate(cfg, s) for s in cfg.seeds]
-    n_max = max(d[1].shape[0] for d in data)
-    pad = lambda a: pad_rows(a, n_max)
-    x, y, mask, w, keys = [], [], [], [], []
-    for seed, (w_true, xs, f, eps) in zip(cfg.seeds, data):
-        keys.append(jax.random.split(jax.random.PRNGKey(seed + 1), len(sigmas)))
-        for sigma in sigmas:
-            noise = sigma if cfg.mode == "certified" else cfg.data_noise
-            x.append(pad(xs))
-            y.append(pad(f + noise * eps))
-            mask.append(jnp.arange(n_max) < xs.shape[0])
-            w.append(w_true)
-    model = bnn.fixed_prior_model(cfg.widths, cfg.activation, 1.0)
-    b = len(x)
-    models = jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape), model)
-    dtype = model.prior_means[0].dtype
-    sig = jnp.asarray(np.tile(sigmas, len(cfg.seeds)), dtype)
-    models = dataclasses.replace(models, sigma_y=jnp.broadcast_to(sig[:, None], (b, cfg.widths[-1])))
-    return Grid(np.repeat(cfg.seeds, len(sigmas)), np.tile(sigmas, len(cfg.seeds)),
-                np.repeat([d[1].shape[0] for d in data], len(sigmas)), models, jnp.stack(x), jnp.stack(y),
-                jnp.stack(mask).astype(dtype), jnp.stack(w), jnp.concatenate(keys))
-
-
-def _keys(g: Grid, method: str | None):
-    """Per-element keys ``[B, 2]``: the evidence's (``method=None``), or a method's fit and ELBO
-    keys, fixed by the method's name (not its place in the config, so reruns match)."""
-    parts = jax.vmap(jax.random.split)(g.keys)
-    if method is None:
-        return parts[:, 0]
-    k = jax.vmap(lambda k: jax.random.fold_in(k, METHODS.index(method)))(parts[:, 1])
-    both = jax.vmap(jax.random.split)(k)
-    return both[:, 0], both[:, 1]
 
 
 # ----- methods ------------------------------------------------------------------
@@ -185,7 +91,7 @@ def run_method(method: str, g: Grid, cfg: KLTableConfig, meta_bnnp=None, progres
     from bnnp_jax.inference import registry, vi
 
     t = cfg.train
-    kf, ke = _keys(g, method)
+    kf, ke = element_keys(g, method)
     t0 = time.perf_counter()
     res = None
     if method == "bnnp_amortised":  # zero-shot at the table's sigma_y: nothing is trained
@@ -223,7 +129,7 @@ def closed_form_kl(res, model, x, y) -> float:
 
 def run_evidence(g: Grid, cfg: KLTableConfig, progress: bool = True, nuts_cache: Path | None = None) -> dict:
     """:func:`kl_table_evidence.run_evidence` with the grid's evidence keys."""
-    return _evidence(g, cfg, _keys(g, None), progress, nuts_cache)
+    return _evidence(g, cfg, element_keys(g, None), progress, nuts_cache)
 
 
 def _key(r: dict) -> tuple:

@@ -64,7 +64,7 @@ def nuts_file(folder: Path, g, i: int) -> Path:
 
 
 def run_evidence(g, cfg: KLTableConfig, keys, progress: bool = True, nuts_cache: Path | None = None) -> dict:
-    """Bounds on ``log p(D)`` at every element of the grid ``g`` (:class:`kl_table.Grid`), from
+    """Bounds on ``log p(D)`` at every element of the grid ``g`` (:class:`kl_table_grid.Grid`), from
     the per-element keys ``[B, 2]``, all AIS runs batched (one vmapped
     program per stage, :func:`evidence.estimate`) -> ``(seed, sigma_y) -> record``. Reverse AIS
     starts at the generating weights (certified), at exact posterior samples (no hidden
