@@ -77,7 +77,7 @@ def table(records: list[dict], setting: str) -> str:
     sigmas = sorted({r["sigma_y"] for r in records})
     seeds = sorted({r["seed"] for r in records})
     steps = sorted({r.get("num_steps", 1000) for r in records})
-    lines = [f"Mean final ELBO over validation seeds {tuple(seeds)} ({', '.join(map(str, steps))} steps).", "",
+    lines = [f"Mean final ELBO over seeds {tuple(seeds)} ({', '.join(map(str, steps))} steps).", "",
              f"| {setting} | method | " + " | ".join(f"sigma_y {s}" for s in sigmas) + " | rising |",
              "|---|---|" + "---|" * (len(sigmas) + 1)]
     for v in values:
