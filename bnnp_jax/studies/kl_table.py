@@ -108,7 +108,8 @@ def run_method(method: str, g: Grid, cfg: KLTableConfig, meta_bnnp=None, progres
     seconds = time.perf_counter() - t0
     records = []
     for i, (elbo, stderr) in enumerate(values):
-        rec = {"seed": int(g.seeds[i]), "sigma_y": float(g.sigmas[i]), "method": method, "elbo": float(elbo),
+        seed, sigma = g.key(i)
+        rec = {"seed": seed, "sigma_y": sigma, "method": method, "elbo": float(elbo),
                "elbo_stderr": float(stderr), "seconds": seconds / len(values), "batch_seconds": seconds}
         if res is not None:
             rec.update(elbo_trace(res.losses[i]), start_elbo=float(-res.losses[i, 0]))
@@ -133,7 +134,7 @@ def run_evidence(g: Grid, cfg: KLTableConfig, progress: bool = True, nuts_cache:
 
 
 def _key(r: dict) -> tuple:
-    """A record's grid element ``(seed, sigma_y)``: what the evidence and the resume match on."""
+    """A record's grid element ``(seed, sigma_y)`` (:meth:`Grid.key`): what the evidence and the resume match on."""
     return r["seed"], r["sigma_y"]
 
 
@@ -210,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _todo(g: Grid, done) -> list[int]:
     """Indices of the elements of ``g`` whose ``(seed, sigma_y)`` is not in ``done``."""
-    return [i for i in range(len(g.sigmas)) if (int(g.seeds[i]), float(g.sigmas[i])) not in done]
+    return [i for i in range(len(g.sigmas)) if g.key(i) not in done]
 
 
 def _groups(g: Grid, todo: list[int], cfg: KLTableConfig) -> list[list[int]]:

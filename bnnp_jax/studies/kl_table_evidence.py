@@ -60,7 +60,8 @@ def nuts_starts(key, model, x, y, cfg: KLTableConfig, cache: Path | None = None)
 
 def nuts_file(folder: Path, g, i: int) -> Path:
     """Where element ``i`` of ``g``'s NUTS run is kept."""
-    return folder / f"{int(g.seeds[i])}_{float(g.sigmas[i])!r}.npz"
+    seed, sigma = g.key(i)
+    return folder / f"{seed}_{sigma!r}.npz"
 
 
 def run_evidence(g, cfg: KLTableConfig, keys, progress: bool = True, nuts_cache: Path | None = None) -> dict:
@@ -89,11 +90,12 @@ def run_evidence(g, cfg: KLTableConfig, keys, progress: bool = True, nuts_cache:
     seconds = (time.perf_counter() - t0) / len(g.sigmas)
     out = {}
     for i in range(len(g.sigmas)):
-        rec = {"seed": int(g.seeds[i]), "sigma_y": float(g.sigmas[i]), "log_evidence_lower": float(ev.lower[i]),
+        seed, sigma = g.key(i)
+        rec = {"seed": seed, "sigma_y": sigma, "log_evidence_lower": float(ev.lower[i]),
                "log_evidence_upper": float(ev.upper[i]), "log_evidence_lower_stderr": float(ev.lower_stderr[i]),
                "log_evidence_upper_stderr": float(ev.upper_stderr[i]), "upper_is_bound": ev.upper_is_bound,
                "evidence_mode": ev.mode, "evidence_seconds": seconds, "num_points": int(g.sizes[i]), **diags[i]}
         if not math.isnan(ev.exact[i]):
             rec["log_evidence_exact"] = float(ev.exact[i])
-        out[(rec["seed"], rec["sigma_y"])] = rec
+        out[seed, sigma] = rec
     return out

@@ -63,6 +63,10 @@ class Grid(NamedTuple):
         return Grid(self.seeds[idx], self.sigmas[idx], self.sizes[idx], jax.tree.map(lambda a: a[idx], self.models),
                     self.x[idx], self.y[idx], self.mask[idx], self.w_true[idx], self.keys[idx])
 
+    def key(self, i: int) -> tuple[int, float]:
+        """Element ``i``'s ``(seed, sigma_y)``: how records, the resume and the NUTS cache name it."""
+        return int(self.seeds[i]), float(self.sigmas[i])
+
     def element(self, i: int):
         """Element ``i`` unpadded: ``(model, x [N_i, D_0], y [N_i, D_L], w_true [P])``."""
         n = int(self.sizes[i])
