@@ -66,8 +66,8 @@ def _groups(records: list[dict]) -> dict:
 
 
 def _seeds(records: list[dict]) -> list:
-    """The dataset seeds the records cover, sorted."""
-    return sorted({r.get("seed") for r in records}, key=str)
+    """The dataset seeds the records cover, in numeric order (``None``, a single-dataset run's, last)."""
+    return sorted({r.get("seed") for r in records}, key=lambda s: (s is None, s or 0))
 
 
 def _ends(r: dict) -> tuple[float, float]:
@@ -159,8 +159,8 @@ def markdown_table(records: list[dict], methods) -> str:
 def paper_rows_table(records: list[dict], methods, rows=PAPER_ROWS, reference=SPEC_REFERENCE) -> str:
     """The KL at the paper's rows (the grid's ``sigma_y`` nearest each of ``rows``): per
     method the mean over seeds ± spread (as :func:`markdown_table`), then SPEC section 11's
-    reference beside the span of our seeds' KL intervals (the lowest lower end to the highest
-    upper end), since the reference's dataset is one draw from the same prior as ours."""
+    reference beside the span of our seeds' KL intervals (the smallest to the largest interval
+    end, crossed sandwiches included), since the reference's dataset is one draw from the same prior as ours."""
     sigmas = np.array(sorted({r["sigma_y"] for r in records}))
     if not sigmas.size:
         return ""
@@ -182,7 +182,7 @@ def paper_rows_table(records: list[dict], methods, rows=PAPER_ROWS, reference=SP
             cells.append(ours if ref is None else f"{ref:g} / {ours}")
         ref_rows.append(f"| {want:g} ({s:.3g}) | " + " | ".join(cells) + " |")
     return ("KL(q || p(W|D)) at the paper's rows, over all seeds whose evidence is in:\n\n" + "\n".join(mean_rows)
-            + "\n\nSPEC section 11's reference / the span of ours (lowest lower end .. highest upper end over "
+            + "\n\nSPEC section 11's reference / the span of ours (smallest .. largest interval end over "
             "[k] seeds). The reference is one dataset (its seed 69, drawn by another random-number generator, so "
             "not our seed 69's data) from the same prior; its evidence is a naive Monte-Carlo estimate of "
             "log p(D), biased low, so its gaps are biased low by the same amount for every method in a row; "
