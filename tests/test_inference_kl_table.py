@@ -442,6 +442,15 @@ def test_validation_sweep_records_each_value(tmp_path, x64):
     assert "| -1.0 | ucvi |" in kl_sweep.table(recs, "init_log_scale")
     with pytest.raises(ValueError, match="unknown vi setting"):
         kl_sweep.sweep("learning_rate", [1], tmp_path)
+    # cells: only the pairs named, not the product of their seeds and sigmas
+    cells = kl_sweep.sweep("init_log_scale", [-1.0], tmp_path / "cells", cells=[(2, 1.0), (1, 0.1)],
+                           methods=("ucvi",), num_steps=3, elbo_samples=8)
+    assert sorted((r["seed"], r["sigma_y"]) for r in cells) == [(1, 0.1), (2, 1.0)]
+    assert np.isfinite([r["elbo"] for r in cells]).all()
+    mixed = [dict(r, method="lcvi") if r["sigma_y"] == 0.1 else r for r in cells]  # ucvi lacks sigma_y 0.1
+    assert "| -1.0 | ucvi | – | " in kl_sweep.table(mixed, "init_log_scale")
+    with pytest.raises(ValueError, match="cells"):
+        kl_sweep.sweep("init_log_scale", [-1.0], tmp_path, cells=[])
 
 
 def test_seed_cells_use_the_seeds_whose_evidence_is_in():

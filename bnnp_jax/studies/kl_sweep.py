@@ -4,7 +4,8 @@ validation datasets: seeds that are not the table's (SPEC section 11 uses 21, 42
     python -m bnnp_jax.studies.kl_sweep --setting step_rule --values entry row \\
         --base init_log_scale=-1 --out docs/results/kl_step_rule
 
-Each value fits every method at every ``sigma_y`` of every seed as one batched program
+Each value fits every method at every ``sigma_y`` of every seed (or only at the ``--cells``
+``SEED:SIGMA`` given) as one batched program
 (:func:`bnnp_jax.studies.kl_table.run_method`, as the table does) and records the final ELBO (``elbo_samples``
 draws), the starting ELBO and whether the ELBO was still rising. Writes ``sweep.json`` (one
 record per fit, written as they come) and ``sweep.md`` (mean final ELBO over the seeds).
@@ -37,10 +38,13 @@ def _parse(value: str):
 
 def sweep(setting: str, values, out: Path, *, base: dict | None = None, seeds=SEEDS, sigmas=SIGMAS,
           methods=METHODS, num_steps: int = 1000, lr=(5e-3, 5e-5), num_particles: int = 8,
-          elbo_samples: int = 2000) -> list[dict]:
+          elbo_samples: int = 2000, cells=None) -> list[dict]:
     """Fit ``methods`` on the paper-mode grid ``seeds x sigmas`` once per value of the
     :class:`~bnnp_jax.studies.kl_table_config.VISettings` field ``setting`` (the other fields
-    from ``base``, else their defaults) -> records, also written to ``out/sweep.json``."""
+    from ``base``, else their defaults) -> records, also written to ``out/sweep.json``.
+
+    ``cells``: ``(seed, sigma_y)`` pairs to fit instead of the whole product (``seeds`` and
+    ``sigmas`` are then theirs); each keeps the key it has in the grid of their seeds x sigmas."""
     from bnnp_jax.studies import kl_table
     from bnnp_jax.studies.kl_table_config import KLTableConfig, TrainSettings, VISettings
 
@@ -48,11 +52,18 @@ def sweep(setting: str, values, out: Path, *, base: dict | None = None, seeds=SE
     unknown = sorted(({setting} | set(base or {})) - fields)
     if unknown:
         raise ValueError(f"unknown vi setting(s) {unknown}; valid: {sorted(fields)}")
+    if cells is not None:
+        cells = [(int(a), float(b)) for a, b in cells]
+        if not cells:
+            raise ValueError("cells: expected at least one (seed, sigma_y) pair")
+        seeds, sigmas = tuple(dict.fromkeys(a for a, _ in cells)), tuple(sorted({b for _, b in cells}))
     out.mkdir(parents=True, exist_ok=True)
     train = TrainSettings(num_steps=num_steps, lr_start=lr[0], lr_end=lr[1], num_particles=num_particles)
     cfg = KLTableConfig(seeds=tuple(seeds), sigma_y_values=tuple(sigmas), mode="paper", methods=tuple(methods),
                         train=train, elbo_samples=elbo_samples)
     g = kl_table.grid(cfg)
+    if cells is not None:
+        g = g.subset([i for i in range(len(g.seeds)) if g.key(i) in set(cells)])
     records = []
     for value in values:
         vi = {**dataclasses.asdict(VISettings()), **(base or {}), setting: value}
@@ -83,8 +94,8 @@ def table(records: list[dict], setting: str) -> str:
     for v in values:
         for m in methods:
             rs = [r for r in records if r[setting] == v and r["method"] == m]
-            cells = [np.mean([r["elbo"] for r in rs if r["sigma_y"] == s]) for s in sigmas]
-            lines.append(f"| {v} | {m} | " + " | ".join(f"{c:.1f}" for c in cells)
+            cells = [[r["elbo"] for r in rs if r["sigma_y"] == s] for s in sigmas]
+            lines.append(f"| {v} | {m} | " + " | ".join(f"{np.mean(c):.1f}" if c else "–" for c in cells)
                          + f" | {sum(r['rising'] for r in rs)}/{len(rs)} |")
     return "\n".join(lines) + "\n"
 
@@ -96,8 +107,10 @@ def main(argv=None) -> int:
     ap.add_argument("--values", nargs="+", required=True)
     ap.add_argument("--base", nargs="*", default=[], metavar="FIELD=VALUE", help="other vi settings")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    ap.add_argument("--sigmas", nargs="+", type=float, default=list(SIGMAS))
+    ap.add_argument("--seeds", nargs="+", type=int, help=f"default {' '.join(map(str, SEEDS))}")
+    ap.add_argument("--sigmas", nargs="+", type=float, help=f"default {' '.join(map(str, SIGMAS))}")
+    ap.add_argument("--cells", nargs="+", metavar="SEED:SIGMA", help="fit only these (seed, sigma_y) cells "
+                    "(instead of --seeds x --sigmas), each with its key in the grid of their seeds x sigmas")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--elbo-samples", type=int, default=2000, help="draws per final ELBO (the table uses 10000)")
     ap.add_argument("--out", type=Path, required=True)
@@ -106,13 +119,21 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"--base takes FIELD=VALUE, got {bad}")
     base = {k: _parse(v) for k, v in (b.split("=", 1) for b in args.base)}
+    cells = None
+    if args.cells is not None:
+        if args.seeds or args.sigmas:
+            ap.error("--cells names the seeds and sigmas itself; drop --seeds and --sigmas")
+        try:
+            cells = [(int(a), float(b)) for a, b in (c.split(":") for c in args.cells)]
+        except ValueError:
+            ap.error(f"--cells takes SEED:SIGMA pairs, e.g. 21:0.084, got {args.cells}")
 
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    records = sweep(args.setting, [_parse(v) for v in args.values], args.out, base=base, seeds=args.seeds,
-                    sigmas=args.sigmas, methods=args.methods, num_steps=args.steps,
-                    elbo_samples=args.elbo_samples)
+    records = sweep(args.setting, [_parse(v) for v in args.values], args.out, base=base,
+                    seeds=args.seeds or SEEDS, sigmas=args.sigmas or SIGMAS, methods=args.methods,
+                    num_steps=args.steps, elbo_samples=args.elbo_samples, cells=cells)
     text = table(records, args.setting)
     (args.out / "sweep.md").write_text(text)
     print(text)
