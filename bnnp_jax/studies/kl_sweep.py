@@ -53,17 +53,17 @@ def sweep(setting: str, values, out: Path, *, base: dict | None = None, seeds=SE
     if unknown:
         raise ValueError(f"unknown vi setting(s) {unknown}; valid: {sorted(fields)}")
     if cells is not None:
-        cells = [(int(a), float(b)) for a, b in cells]
+        cells = {(int(a), float(b)) for a, b in cells}
         if not cells:
             raise ValueError("cells: expected at least one (seed, sigma_y) pair")
-        seeds, sigmas = tuple(dict.fromkeys(a for a, _ in cells)), tuple(sorted({b for _, b in cells}))
+        seeds, sigmas = tuple(sorted({a for a, _ in cells})), tuple(sorted({b for _, b in cells}))
     out.mkdir(parents=True, exist_ok=True)
     train = TrainSettings(num_steps=num_steps, lr_start=lr[0], lr_end=lr[1], num_particles=num_particles)
     cfg = KLTableConfig(seeds=tuple(seeds), sigma_y_values=tuple(sigmas), mode="paper", methods=tuple(methods),
                         train=train, elbo_samples=elbo_samples)
     g = kl_table.grid(cfg)
     if cells is not None:
-        g = g.subset([i for i in range(len(g.seeds)) if g.key(i) in set(cells)])
+        g = g.subset([i for i in range(len(g.seeds)) if g.key(i) in cells])
     records = []
     for value in values:
         vi = {**dataclasses.asdict(VISettings()), **(base or {}), setting: value}
