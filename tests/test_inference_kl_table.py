@@ -285,6 +285,62 @@ def test_only_runs_the_named_parts_and_reports_them_all(tmp_path, monkeypatch):
             run(*bad)
 
 
+def test_runs_of_other_seeds_on_one_out_keep_each_others_work(tmp_path, monkeypatch):
+    """``--seeds 2`` finishes on the same ``--out`` while ``--seeds 1`` fits (as a second process
+    would): both seeds' records and wall times are kept, each equal to a run of every seed."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seeds: [1, 2]\nwidths: [1, 2, 1]\nsigma_y_values: [0.1, 1.0]\nelbo_samples: 16\n"
+                   "methods: [ucvi]\ntrain: {num_steps: 4}\nais: {num_temps: 4, num_particles: 4, num_leapfrog: 2}\n")
+
+    def run(out, seeds=None):
+        return kl_table.run(argparse.Namespace(config=str(cfg), out=str(tmp_path / out), only=["ucvi"], seeds=seeds))
+
+    assert run("all") == 0
+    run_method, fitted = kl_table.run_method, []
+
+    def method(m, g, *a, **k):
+        fitted.append(sorted({int(s) for s in g.seeds}))
+        if len(fitted) == 1:
+            assert run("shared", seeds=[2]) == 0
+        return run_method(m, g, *a, **k)
+
+    monkeypatch.setattr(kl_table, "run_method", method)
+    assert run("shared", seeds=[1]) == 0
+    assert fitted == [[1], [2]]
+    key = lambda r: (r["seed"], r["sigma_y"])
+    one, shared = (sorted(json.loads((tmp_path / d / "methods" / "ucvi.json").read_text())["records"], key=key)
+                   for d in ("all", "shared"))
+    assert [key(r) for r in shared] == [key(r) for r in one]
+    np.testing.assert_allclose([r["elbo"] for r in shared], [r["elbo"] for r in one], rtol=1e-5)
+    assert len(json.loads((tmp_path / "shared" / "results.json").read_text())["records"]) == 4
+    assert json.loads((tmp_path / "shared" / "timing.json").read_text())["ucvi"]["fits"] == 4
+    fitted.clear()
+    assert run("shared") == 0 and fitted == []  # nothing left to fit
+    for bad in ([3], [1, 3], []):
+        with pytest.raises(ConfigError, match="--seeds.*expected some of this config's seeds 1, 2"):
+            run("shared", seeds=bad)
+
+
+def test_the_out_lock_excludes_another_process(tmp_path):
+    """A second process waits for ``DIR/.lock`` while this one holds it."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, pathlib\nfrom bnnp_jax.studies.kl_table import _locked\n"
+            "out = pathlib.Path(sys.argv[1])\n(out / 'ready').write_text('')\n"
+            "with _locked(out):\n    (out / 'took').write_text('')\n")
+    with kl_table._locked(tmp_path):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "ready").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (tmp_path / "ready").exists(), "the second process did not start"
+        time.sleep(2.0)  # it has asked for the lock; it must still be waiting
+        assert proc.poll() is None and not (tmp_path / "took").exists()
+    assert proc.wait(timeout=120) == 0 and (tmp_path / "took").exists()
+
+
 def test_seed_batches_resume_per_seed_and_equal_one_batch(tmp_path, monkeypatch):
     base = ("seeds: [1, 2]\nwidths: [1, 2, 1]\nsigma_y_values: [0.1, 1.0]\nelbo_samples: 32\nmethods: [ucvi]\n"
             "train: {num_steps: 6}\nais: {num_temps: 4, num_particles: 4, num_leapfrog: 2}\n")

@@ -46,18 +46,29 @@ violation with its reading), ``kl_vs_sigma.png`` (the paper's figure: log-log, a
 method with a band over seeds; non-positive values, possible at large ``sigma_y`` from
 Monte-Carlo error, are drawn at the axis floor) and ``elbo_gaps.png``. ``--report``
 rewrites these from what is stored, fitting nothing. ``--only PART ...`` runs some of the
-parts (methods, ``evidence``) and leaves the rest to another run, on the same ``DIR`` if
-wanted: the outputs reread the other parts' stored records each time they are written.
+parts (methods, ``evidence``) and ``--seeds S ...`` some of the config's dataset seeds, and
+leave the rest to another run, on the same ``DIR`` if wanted: processes sharing ``DIR`` take
+turns on the lock file ``DIR/.lock`` to merge their records into the stored ones (one per
+element) and to add their wall time to ``timing.json``, and the outputs are rewritten from
+everything stored. With ``--seeds`` the grid (its padding and per-element keys) is still the
+config's, so a seed fits as it would in a run of every seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): one process per --out
+    fcntl = None
 
 import jax
 import numpy as np
@@ -183,10 +194,49 @@ def _load(path: Path, cfg: KLTableConfig):
     return stored["records"]
 
 
-def _dump(path: Path, cfg: KLTableConfig, records) -> None:
-    tmp = path.with_suffix(".tmp")  # written whole, then renamed: an interrupted run leaves no half file
-    tmp.write_text(json.dumps({"config": _fingerprint(cfg), "records": records}, indent=1))
+@contextlib.contextmanager
+def _locked(out: Path):
+    """Hold ``out/.lock`` (an exclusive ``flock``): one process at a time reads, merges and
+    rewrites the stored records, ``timing.json`` and the outputs of ``out``."""
+    with open(out / ".lock", "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # written whole, then renamed: no half file
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def _dump(path: Path, cfg: KLTableConfig, records) -> tuple[list[dict], bool]:
+    """Merge ``records`` into those stored at ``path`` (one per element ``(seed, sigma_y)``;
+    where both have one, ``records``' wins), so another process's records stored meanwhile
+    are kept. Call under :func:`_locked`. Returns the stored records and whether ``path`` held
+    none before."""
+    before = _load(path, cfg) or []
+    merged = {_key(r): r for r in before}
+    merged.update((_key(r), r) for r in records)
+    stored = list(merged.values())
+    _write_atomic(path, json.dumps({"config": _fingerprint(cfg), "records": stored}, indent=1))
+    return stored, not before
+
+
+def _add_time(path: Path, name: str, seconds: float, unit: str, count: int, fresh: bool, **extra) -> None:
+    """Add one batch's wall time and size to ``timing.json``'s entry ``name`` (under :func:`_locked`);
+    ``fresh`` (the part had nothing stored) drops an entry left by an earlier run."""
+    timing = json.loads(path.read_text()) if path.is_file() else {}
+    prev = {} if fresh else timing.get(name, {})
+    timing[name] = {"seconds": prev.get("seconds", 0.0) + seconds, unit: prev.get(unit, 0) + count, **extra}
+    _write_atomic(path, json.dumps(timing, indent=1))
+
+
+def _write(out: Path, cfg: KLTableConfig) -> None:
+    """Rewrite the outputs from every part stored in ``out`` (under :func:`_locked`)."""
+    evidence = {_key(r): r for r in _load(out / "evidence.json", cfg) or []}
+    records = [r for m in cfg.methods for r in _combine(_load(out / "methods" / f"{m}.json", cfg) or [], evidence)]
+    write_outputs(out, cfg, records)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -200,18 +250,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", nargs="+", metavar="PART",
                         help="run only these parts: some of the config's methods and/or 'evidence' (the outputs "
                              "still show every part stored in --out)")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                        help="run only these of the config's dataset seeds (same grid, padding and keys as a run "
+                             "of all; another process may run the others on the same --out)")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_yaml(KLTableConfig, args.config)
     with jax.enable_x64(cfg.float64):  # scoped, so a caller's float32 work is untouched
         return _run(cfg, Path(args.out), evidence_first=getattr(args, "evidence_first", False),
-                    report_only=getattr(args, "report", False), only=getattr(args, "only", None))
+                    report_only=getattr(args, "report", False), only=getattr(args, "only", None),
+                    seeds=getattr(args, "seeds", None))
 
 
-def _todo(g: Grid, done) -> list[int]:
-    """Indices of the elements of ``g`` whose ``(seed, sigma_y)`` is not in ``done``."""
-    return [i for i in range(len(g.sigmas)) if g.key(i) not in done]
+def _todo(g: Grid, done, seeds=None) -> list[int]:
+    """Indices of the elements of ``g`` whose ``(seed, sigma_y)`` is not in ``done`` (and whose
+    seed is in ``seeds``, when given)."""
+    return [i for i in range(len(g.sigmas)) if g.key(i) not in done and (seeds is None or g.key(i)[0] in seeds)]
 
 
 def _groups(g: Grid, todo: list[int], cfg: KLTableConfig) -> list[list[int]]:
@@ -223,34 +278,29 @@ def _groups(g: Grid, todo: list[int], cfg: KLTableConfig) -> list[list[int]]:
 
 
 def _run(cfg: KLTableConfig, out: Path, progress: bool = True, evidence_first: bool = False,
-         report_only: bool = False, only=None) -> int:
+         report_only: bool = False, only=None, seeds=None) -> int:
     if report_only and not (out / "methods").is_dir():
         raise FileNotFoundError(f"--out {out}: no stored results to report (expected {out / 'methods'})")
     parts = (*cfg.methods, "evidence")
     if only is not None and (not only or set(only) - set(parts)):
         raise ConfigError(f"--only {' '.join(only)}: expected some of {', '.join(parts)} (this config's methods "
                           "and 'evidence')")
+    if seeds is not None and (not seeds or set(seeds) - set(cfg.seeds)):
+        raise ConfigError(f"--seeds {' '.join(map(str, seeds))}: expected some of this config's seeds "
+                          f"{', '.join(map(str, cfg.seeds))}")
     run_parts = parts if only is None else tuple(only)
     # loaded and checked before the long runs, so a bad path fails at once
     meta_bnnp = load_meta_bnnp(cfg) if "bnnp_amortised" in run_parts and not report_only else None
     (out / "methods").mkdir(parents=True, exist_ok=True)
+    path = {m: out / "methods" / f"{m}.json" for m in cfg.methods} | {"evidence": out / "evidence.json"}
+    for p in path.values():  # records written by another config fail here, before any work
+        _load(p, cfg)
     g = grid(cfg)
     timing_path = out / "timing.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
-    stored = {m: _load(out / "methods" / f"{m}.json", cfg) for m in cfg.methods}
-    evidence = {_key(r): r for r in _load(out / "evidence.json", cfg) or []}
 
     def write():
-        # parts another process may be running are reread, so the outputs show every stored part
-        for m in set(cfg.methods) - set(run_parts):
-            stored[m] = _load(out / "methods" / f"{m}.json", cfg)
-        if "evidence" not in run_parts:
-            evidence.update((_key(r), r) for r in _load(out / "evidence.json", cfg) or [])
-        if timing_path.is_file():
-            timing.update((k, v) for k, v in json.loads(timing_path.read_text()).items() if k not in run_parts)
-        records = [r for m in cfg.methods for r in _combine(stored[m] or [], evidence)]
-        write_outputs(out, cfg, records)
-        timing_path.write_text(json.dumps(timing, indent=1))
+        with _locked(out):
+            _write(out, cfg)
 
     if report_only:
         write()
@@ -258,46 +308,39 @@ def _run(cfg: KLTableConfig, out: Path, progress: bool = True, evidence_first: b
         return 0
     b = len(g.sigmas)
     print(f"KL table: {len(cfg.seeds)} seeds x {b // len(cfg.seeds)} sigma_y = {b} fits per method "
-          f"(N {int(g.sizes.min())}..{int(g.sizes.max())}, padded to {g.x.shape[1]})", flush=True)
+          f"(N {int(g.sizes.min())}..{int(g.sizes.max())}, padded to {g.x.shape[1]})"
+          + ("" if seeds is None else f"; this run: seeds {', '.join(map(str, seeds))}"), flush=True)
 
-    def stage(name: str, done, path: Path, run_group, unit: str, on_stored=None, **extra):
-        """Run the elements not in ``done`` one batch (:func:`_groups`) at a time:
-        ``run_group(part) -> all records so far``, stored to ``path`` and the outputs after each
-        batch, then ``on_stored(group)``; the batch's wall time is added to ``timing[name]``."""
-        todo = _todo(g, done)
+    def stage(name: str, run_group, unit: str, on_stored=None, **extra):
+        """Run the elements of part ``name`` not stored yet, one batch (:func:`_groups`) at a
+        time: ``run_group(part) -> the part's new records``, merged into the stored ones, its
+        wall time added to ``timing.json`` and the outputs rewritten after each batch, then
+        ``on_stored(group)``."""
+        todo = _todo(g, {_key(r) for r in _load(path[name], cfg) or []}, seeds)
         if not todo:
-            print(f"{name}: done already ({path}), skipped", flush=True)
+            print(f"{name}: done already ({path[name]}), skipped", flush=True)
             return
-        if len(todo) == b:  # a fresh start: no time carried over from an earlier run's entry
-            timing.pop(name, None)
         for group in _groups(g, todo, cfg):
             t0 = time.perf_counter()
             records = run_group(g if len(group) == b else g.subset(group))
             seconds = time.perf_counter() - t0
-            prev = timing.get(name, {})
-            timing[name] = {"seconds": prev.get("seconds", 0.0) + seconds, unit: prev.get(unit, 0) + len(group),
-                            **extra}
-            _dump(path, cfg, records)
-            write()
+            with _locked(out):
+                stored, fresh = _dump(path[name], cfg, records)
+                _add_time(timing_path, name, seconds, unit, len(group), fresh, **extra)
+                _write(out, cfg)
             if on_stored is not None:
                 on_stored(group)
-            print(f"{name}: {len(group)} {unit} in {seconds:.0f} s ({len(records)} of {b} done)", flush=True)
-
-    def fit(method: str, part: Grid) -> list[dict]:
-        stored[method] = (stored[method] or []) + run_method(method, part, cfg, meta_bnnp, progress)
-        return stored[method]
+            print(f"{name}: {len(group)} {unit} in {seconds:.0f} s ({len(stored)} of {b} done)", flush=True)
 
     def methods():
         for m in (m for m in cfg.methods if m in run_parts):
-            done = {_key(r) for r in stored[m] or []}
-            stage(m, done, out / "methods" / f"{m}.json", lambda part, m=m: fit(m, part), "fits",
+            stage(m, lambda part, m=m: run_method(m, part, cfg, meta_bnnp, progress), "fits",
                   num_steps=cfg.train.num_steps)
 
     cache = out / "nuts_cache"
 
     def bounds(part: Grid) -> list[dict]:
-        evidence.update(run_evidence(part, cfg, progress, nuts_cache=cache))
-        return list(evidence.values())
+        return list(run_evidence(part, cfg, progress, nuts_cache=cache).values())
 
     def drop_nuts(group):  # the group's evidence is stored: its NUTS runs are no longer needed
         for i in group:
@@ -305,14 +348,15 @@ def _run(cfg: KLTableConfig, out: Path, progress: bool = True, evidence_first: b
 
     def log_evidence():
         if "evidence" in run_parts:
-            stage("evidence", evidence, out / "evidence.json", bounds, "elements", drop_nuts)
+            stage("evidence", bounds, "elements", drop_nuts)
 
     stages = [methods, log_evidence]
     for run_stage in reversed(stages) if evidence_first else stages:
         run_stage()
-    if cache.is_dir() and not any(cache.iterdir()):
-        cache.rmdir()
-    write()
+    with _locked(out):
+        if cache.is_dir() and not any(cache.iterdir()):
+            cache.rmdir()
+        _write(out, cfg)
     print((out / "kl_table.md").read_text())
     return 0
 
