@@ -17,8 +17,10 @@ Every repeat draws a fresh batch of tasks, as training does: with bucketed conte
 sizes a step's cost depends on its tasks, so the mean over repeats is the figure
 that predicts a run's wall time. Each row also carries XLA's FLOP count of the
 step and the achieved FLOP/s as a fraction of a large ``jnp.dot`` measured in the
-same subprocess (XLA counts every branch of a switch, so the bucketed rows get an
-upper bound on FLOPs: their fraction is left out).
+same subprocess. XLA's count of a bucketed step is not its work: it counts the body of
+the loop over tasks once, with the largest branch of its switch. So the bucketed rows'
+FLOPs are counted per task instead (:func:`bucketed_flops`): each task at its context
+size, as the step runs it, summed over the batch's tasks, plus the optimizer update.
 
 Every configuration runs in a fresh subprocess (own compile, own peak RSS).
 
@@ -75,11 +77,47 @@ def worker(cfg: dict) -> dict:
     t = C.time_fn(lambda: step(params, state, next(keys), next(stream)), repeats=repeats)
     # time_fn keeps the median; with a fresh batch per call the mean predicts a run's wall time
     t["context_sizes"] = [np.asarray(b.context.sum(1)).astype(int).tolist() for b in batches]
-    t["flops"] = C.xla_flops(step, params, state, jax.random.PRNGKey(0), batches[0])
+    if buckets == 1 or batches[0].context_index is None:  # no switch: XLA's count of the step is exact
+        t["flops"] = C.xla_flops(step, params, state, jax.random.PRNGKey(0), batches[0])
+    elif cfg.get("task_flops", True):  # the timed calls ran batches[1:] (time_fn's first call ran batches[0])
+        per_batch, t["flops_per_context_size"] = bucketed_flops(opt, params, state, batches, cfg["S"])
+        t["flops_per_batch"] = per_batch
+        t["flops"] = sum(per_batch[1:]) / len(per_batch[1:]) if None not in per_batch else None
     t["matmul_flops_per_s"] = C.matmul_rates((cfg["dtype"],)).get(cfg["dtype"])
     if cfg["device"] == "gpu":
         t["peak_memory_bytes"] = C.gpu_peak_bytes()
     return t
+
+
+def bucketed_flops(opt, params, state, batches, num_samples: int):
+    """XLA's FLOP count of the bucketed step (``context_buckets`` at its default) on each
+    of ``batches``, and per context size. A task whose context fits size ``s`` runs that
+    size's branch: the forward pass, then in the backward pass the forward again and its
+    VJP (``objectives._switch_recompute``), i.e. the FLOPs of ``value_and_grad`` plus those
+    of the forward, both counted on a one-task batch gathered to ``s`` rows with one size.
+    A batch's count sums its tasks' and adds the optimizer update's."""
+    import jax
+    import numpy as np
+    import optax
+
+    from bnnp_jax.bnnp import objectives
+
+    sizes = objectives.context_sizes(batches[0].context_index.shape[1], objectives.DEFAULT_CONTEXT_BUCKETS)
+    key = jax.random.PRNGKey(0)
+    loss = lambda p, b: -objectives.pp_avi(key, p, b, num_samples, 1.0, None, 1)  # noqa: E731
+    per_size = {}
+    for s in sizes:
+        one = jax.tree.map(lambda a: a[:1], batches[0])._replace(context_index=batches[0].context_index[:1, :s])
+        fwd, vg = C.xla_flops(jax.jit(loss), params, one), C.xla_flops(jax.jit(jax.value_and_grad(loss)), params, one)
+        per_size[int(s)] = None if fwd is None or vg is None else fwd + vg
+    update = jax.jit(lambda g, st, p: optax.apply_updates(p, opt.update(g, st, p)[0]))
+    update_flops = C.xla_flops(update, params, state, params) or 0.0
+    out = []
+    for b in batches:
+        counts = np.asarray((b.context > 0).sum(1))
+        per_task = [per_size[int(sizes[i])] for i in np.searchsorted(np.asarray(sizes), counts)]
+        out.append(None if None in per_task else sum(per_task) + update_flops)
+    return out, per_size
 
 
 def configs(quick: bool) -> list[dict]:
@@ -111,9 +149,11 @@ def measure(cfg: dict, device: str) -> dict:
     row["tasks_per_s"] = cfg["tasks"] / res["run_median_s"]
     row["flops"] = res.get("flops")
     row["matmul_flops_per_s"] = res.get("matmul_flops_per_s")
-    one_size = LAYERS[cfg["layer"]][1] == 1  # no switch: XLA's count is exact
-    if row["flops"] and one_size:
-        row["achieved_flops_per_s"] = row["flops"] / res["run_median_s"]
+    row["flops_per_context_size"] = res.get("flops_per_context_size")
+    if row["flops"]:
+        # one size: the same FLOPs every call, so the median time; bucketed: the timed batches' mean count
+        one_size = LAYERS[cfg["layer"]][1] == 1
+        row["achieved_flops_per_s"] = row["flops"] / res["run_median_s" if one_size else "run_mean_s"]
         if row["matmul_flops_per_s"]:
             row["fraction_of_matmul_rate"] = row["achieved_flops_per_s"] / row["matmul_flops_per_s"]
     row["tasks_per_cpu_s"] = cfg["tasks"] / res["run_median_cpu_s"]
@@ -149,7 +189,10 @@ def summarise(rows):
 
 
 def main(argv=None):
-    args = C.parse_args(argparse.ArgumentParser(description=__doc__), argv)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--no-task-flops", action="store_true",
+                        help="skip the bucketed rows' per-task FLOP count (8 extra compiles a row)")
+    args = C.parse_args(parser, argv)
     cfg = C.worker_config(args)
     if cfg is not None:
         return C.emit(worker(cfg))
@@ -157,7 +200,7 @@ def main(argv=None):
     cols = ["sweep", "layer", "width", "S", "dtype", "compile_s_est", "run_mean_s", "run_median_s",
             "run_median_cpu_s", "peak_memory_bytes", "speedup_vs_reference_mean", "fraction_of_matmul_rate", "error"]
     for c in configs(args.quick):
-        rows.append(measure(c, args.device))
+        rows.append(measure({**c, "task_flops": not args.no_task_flops}, args.device))
         C.print_table(rows[-1:], cols)
     C.print_table(rows, cols, "PP-AVI training step (5 sawtooth tasks per step)")
     summary = summarise(rows)
