@@ -8,9 +8,9 @@ A training case times the value and gradient of ``sum(KL) + sum(w)`` over ``S`` 
 of one layer (``O`` units, ``D`` inputs with bias, ``N`` points, per-unit
 pseudo-precisions); a prediction case times the draws alone (``with_kl=False``, no
 gradient), at the shapes of ``amortised_vs_mcmc``'s path-dependent hidden layer (20
-units, 21 inputs, N = 30, 1000 paths). Compile and run apart, and reports the whitened form's time as a
-ratio of the information form's, with XLA's FLOP count and the achieved rate against
-a matmul measured in the same run.
+units, 21 inputs, N = 30, 1000 paths). Each case times compile and run apart and
+reports the whitened form's time as a ratio of the information form's, with XLA's FLOP
+count and the achieved rate against a matmul measured in the same run.
 
     python benchmarks/primal_forms.py [--quick] [--device cpu|gpu]
 """
