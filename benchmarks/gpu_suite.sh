@@ -16,6 +16,10 @@ py="${PYTHON:-python3}"
 log="$out/suite.log"  # one log and at most four JSON files: the device tool returns 8 files at most
 nvidia-smi -L 2>&1 | tee "$log"
 "$py" -c "import jax; print(jax.__version__, jax.devices())" 2>&1 | tee -a "$log"
+if ! "$py" -c "import jax, sys; sys.exit(0 if any(d.platform == 'gpu' for d in jax.devices()) else 1)" 2>/dev/null; then
+    echo "no GPU visible to JAX (jax.devices() lists none): nothing to run" | tee -a "$log"
+    exit 2
+fi
 # name, seconds, extra arguments: the throughput step and the NUTS comparison first, they are the
 # issue's anchors; the bucketed rows' per-task FLOP count (8 compiles a row) does not fit the limit
 for spec in "train_throughput 240 --no-task-flops" "amortised_vs_mcmc 150" "layer_cost 90" "small_cholesky 60"; do
