@@ -61,7 +61,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -84,6 +83,7 @@ from bnnp_jax.studies.kl_table_evidence import run_evidence as _evidence
 from bnnp_jax.studies.kl_table_grid import Grid, element_keys, grid, simulate
 from bnnp_jax.studies.kl_table_report import (Violation, elbo_trace, markdown_table, ordering_violations, plot,
                                               plot_elbo_gaps, rising_flags, violations_table, write_outputs)
+from bnnp_jax.training.checkpoint import write_text_atomic
 
 __all__ = ["METHODS", "GAUSSIAN_VI", "MODES", "TrainSettings", "VISettings", "AISSettings", "NUTSSettings",
            "KLTableConfig", "Grid", "simulate", "grid", "load_meta_bnnp", "closed_form_kl", "run_method",
@@ -204,12 +204,6 @@ def _locked(out: Path):
         yield  # closing the file releases the lock
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # written whole, then renamed: no half file
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _dump(path: Path, cfg: KLTableConfig, records) -> tuple[list[dict], bool]:
     """Merge ``records`` into those stored at ``path`` (one per element ``(seed, sigma_y)``;
     where both have one, ``records``' wins), so another process's records stored meanwhile
@@ -219,7 +213,7 @@ def _dump(path: Path, cfg: KLTableConfig, records) -> tuple[list[dict], bool]:
     merged = {_key(r): r for r in before}
     merged.update((_key(r), r) for r in records)
     stored = list(merged.values())
-    _write_atomic(path, json.dumps({"config": _fingerprint(cfg), "records": stored}, indent=1))
+    write_text_atomic(path, json.dumps({"config": _fingerprint(cfg), "records": stored}, indent=1))
     return stored, not before
 
 
@@ -229,7 +223,7 @@ def _add_time(path: Path, name: str, seconds: float, unit: str, count: int, fres
     timing = json.loads(path.read_text()) if path.is_file() else {}
     prev = {} if fresh else timing.get(name, {})
     timing[name] = {"seconds": prev.get("seconds", 0.0) + seconds, unit: prev.get(unit, 0) + count, **extra}
-    _write_atomic(path, json.dumps(timing, indent=1))
+    write_text_atomic(path, json.dumps(timing, indent=1))
 
 
 def _write(out: Path, cfg: KLTableConfig) -> None:

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "CheckpointError", "list_checkpoints", "save", "restore",
-           "restore_latest"]
+           "restore_latest", "write_text_atomic"]
 
 FORMAT_VERSION = 2
 MAGIC = b"BNNPCKPT"
@@ -167,3 +167,13 @@ def restore_latest(directory: str | Path, template: Any) -> tuple[int, Any, dict
             errors.append(str(e))
             warnings.warn(f"skipping unusable checkpoint: {e}", stacklevel=2)
     raise CheckpointError("no usable checkpoint: " + "; ".join(errors))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` (named for this process, so
+    writers in two processes never share it) and rename it over ``path``: a kill leaves
+    the old file or the new one, never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import sys
 import threading
@@ -326,7 +325,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, resume: bool = Fal
         if run_dir is not None and (step % t.checkpoint_every == 0 or step == t.steps):
             checkpoint.save(run_dir / "checkpoints", step, state, {"history": history})
             # history.json beside every checkpoint, so a run committed mid-way shows its curves.
-            _write_atomic(run_dir / "history.json", json.dumps(history))
+            checkpoint.write_text_atomic(run_dir / "history.json", json.dumps(history))
 
     with _stop_on_signal(run_dir is not None) as stop:
         state = _run_chunks(config, chunk, state, "train", progress, run_dir, after_chunk, stop)
@@ -334,7 +333,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, resume: bool = Fal
     if stop() and step < t.steps and step % t.checkpoint_every:  # stopped between checkpoints: keep the work
         checkpoint.save(run_dir / "checkpoints", step, state, {"history": history})
     if run_dir is not None:
-        _write_atomic(run_dir / "history.json", json.dumps(history))
+        checkpoint.write_text_atomic(run_dir / "history.json", json.dumps(history))
     return state, history
 
 
@@ -366,14 +365,6 @@ class _stop_on_signal:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         return False
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file and rename it over ``path``: a kill
-    leaves the old file or the new one, never a torn one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, Any, dict]:
